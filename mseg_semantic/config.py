@@ -1,0 +1,449 @@
+"""YAML configs with typed ``key=value`` overrides.
+
+A config is a set of sections (``DATA``, ``TRAIN``, ``Distributed``, ``TEST``, ...) laid out as in MSeg's
+release files, so MSeg's YAML files load unchanged. Every key is declared in ``SCHEMA`` with its default
+and type; an unknown key or a value of the wrong type is a :class:`ConfigError` that names the key and
+suggests the nearest valid one.
+
+Overrides are ``SECTION.key=value`` or a bare ``key=value`` when the key exists in exactly one section.
+Values are parsed as YAML (``max_iters=100``, ``dataset=[a,b]``, ``resume=null``).
+
+Optional ``STAGES`` list named stages, each with overrides of its own (see :func:`apply_stage`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "SCHEMA",
+    "ALIASES",
+    "Config",
+    "ConfigError",
+    "Option",
+    "apply_stage",
+    "load_config",
+    "parse_override",
+    "stage_names",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and what would be valid."""
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    kinds: tuple[str, ...]  # any of: int float bool str list dict
+    optional: bool
+    help: str = ""
+
+
+def _opt(default: Any, kind: str | tuple[str, ...] | None = None, optional: bool | None = None, help: str = "") -> Option:
+    if kind is None:
+        if default is None:
+            raise AssertionError("an option with default None needs an explicit kind")
+        kind = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}[type(default)]
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    return Option(default, kinds, default is None if optional is None else optional, help)
+
+
+# The schema follows MSeg's section layout. Keys marked "MSeg compatibility" are accepted so MSeg's
+# files load, and documented in the README as unused where they are.
+SCHEMA: dict[str, dict[str, Option]] = {
+    "DATA": {
+        "dataset": _opt(None, ("list", "str"), help="training datasets (taxonomy names), or one name"),
+        "universal": _opt(True, help="train in the universal taxonomy (False: the dataset's own = oracle)"),
+        "use_mgda": _opt(False, help="train with the MGDA multi-task baseline"),
+        "finetune": _opt(False, help="MSeg compatibility"),
+        "data_root": _opt("${MSEG_DATA_ROOT:-}", help="common root of all datasets"),
+        "dataset_roots": _opt({}, help="per-dataset root overrides: name -> dir (relative to data_root or absolute)"),
+        "dataset_lists": _opt({}, help="per-dataset list overrides: name -> {split: list file}"),
+        "sampling_weights": _opt(None, "dict", help="name -> relative sampling weight (default: uniform)"),
+        "on_bad_sample": _opt("error", help="error | skip: what to do with a missing or corrupt file"),
+        "unknown_label": _opt("error", help="error | ignore: label ids outside a dataset's taxonomy"),
+    },
+    "TRAIN": {
+        "exp_id": _opt("default", help="experiment name, part of the default output_dir"),
+        "output_dir": _opt(None, "str", help="default output/<date>_<exp_id>"),
+        "model": _opt("hrnet_w48", help="model name (see mseg-weights / mseg_semantic.model)"),
+        "use_naive_taxonomy": _opt(False, help="train in the naive 316-logit taxonomy"),
+        "arch": _opt("hrnet", help="MSeg compatibility"),
+        "network_name": _opt(None, "str", help="MSeg compatibility"),
+        "layers": _opt(None, "int", help="MSeg compatibility"),
+        "sync_bn": _opt(True, help="SyncBatchNorm when distributed on GPUs"),
+        "train_h": _opt(713),
+        "train_w": _opt(713),
+        "scale_min": _opt(0.5),
+        "scale_max": _opt(2.0),
+        "short_size": _opt(1080),
+        "rotate_min": _opt(-10.0, "float"),
+        "rotate_max": _opt(10.0, "float"),
+        "blur_prob": _opt(0.5),
+        "flip_prob": _opt(0.5),
+        "rotate_prob": _opt(0.5),
+        "zoom_factor": _opt(8, help="MSeg compatibility"),
+        "ignore_label": _opt(255),
+        "aux_weight": _opt(0.4, help="MSeg compatibility (HRNet has no auxiliary head)"),
+        "num_examples": _opt(1000000, help="crops per dataset; sets max_iters"),
+        "max_iters": _opt(None, "int", help="overrides the count derived from num_examples"),
+        "train_gpu": _opt([0], help="GPU ids (MSeg); with dataset_gpu_mapping sets GPUs per dataset"),
+        "dataset_gpu_mapping": _opt(None, "dict", help="MSeg mode: dataset -> GPU ranks; default: mix every batch"),
+        "workers": _opt(4, help="data loader worker processes per rank"),
+        "batch_size": _opt(14, help="global batch size over all ranks"),
+        "batch_size_val": _opt(1),
+        "base_lr": _opt(0.01),
+        "epochs": _opt(10, help="MSeg compatibility"),
+        "start_epoch": _opt(0, help="MSeg compatibility"),
+        "power": _opt(0.9),
+        "momentum": _opt(0.9),
+        "weight_decay": _opt(0.0001),
+        "grad_clip": _opt(None, "float", help="max gradient norm (default: no clipping)"),
+        "seed": _opt(0),
+        "precision": _opt(None, "str", help="fp32 | bf16 | fp16 (default: from opt_level)"),
+        "channels_last": _opt(False),
+        "print_freq": _opt(10),
+        "save_freq": _opt(1, help="MSeg compatibility"),
+        "checkpoint_every": _opt(1000),
+        "keep_checkpoints": _opt(3),
+        "weights": _opt(None, "str", help="fine-tune: load model weights only"),
+        "reinit_head": _opt(False, help="with weights: re-initialise the classifier on a class-count mismatch"),
+        "resume": _opt(None, "str", help="checkpoint to resume from (default: newest in output_dir)"),
+        "auto_resume": _opt(True, help="resume from output_dir/checkpoints when present"),
+        "evaluate": _opt(False, help="MSeg compatibility"),
+        "stage": _opt(None, "str", help="stage to run (default: all, in order)"),
+        "tensorboard": _opt(True),
+    },
+    "Distributed": {
+        "dist_url": _opt("env://", help="MSeg compatibility; torchrun sets the rendezvous"),
+        "dist_backend": _opt(None, "str", help="default nccl on GPUs, gloo on CPUs"),
+        "multiprocessing_distributed": _opt(True, help="MSeg compatibility"),
+        "world_size": _opt(1, help="MSeg compatibility; torchrun sets it"),
+        "rank": _opt(0, help="MSeg compatibility; torchrun sets it"),
+        "use_apex": _opt(False, help="MSeg compatibility; native AMP is used"),
+        "opt_level": _opt("O0", help="MSeg's apex level, mapped onto precision: O0 fp32, O1/O2 fp16 autocast, O3 fp16"),
+        "keep_batchnorm_fp32": _opt(None, ("bool", "str"), help="MSeg compatibility"),
+        "loss_scale": _opt(None, ("float", "str"), help="MSeg compatibility"),
+    },
+    "TEST": {
+        "split": _opt("val"),
+        "base_size": _opt(None, "int", help="short side the image is resized to before inference"),
+        "test_h": _opt(713),
+        "test_w": _opt(713),
+        "scales": _opt([1.0]),
+        "batch_size_val": _opt(1),
+        "model_path": _opt(None, "str"),
+        "save_folder": _opt(None, "str"),
+        "vis_freq": _opt(20, help="MSeg compatibility"),
+        "img_name_unique": _opt(False, help="MSeg compatibility"),
+        "small": _opt(True, help="MSeg compatibility"),
+        "native_img_h": _opt(-1, help="MSeg compatibility"),
+        "native_img_w": _opt(-1, help="MSeg compatibility"),
+        "has_prediction": _opt(False, help="MSeg compatibility"),
+        "index_start": _opt(0),
+        "index_step": _opt(0),
+        "test_gpu": _opt([0], help="MSeg compatibility"),
+        "model_name": _opt(None, "str", help="MSeg compatibility"),
+        "input_file": _opt(None, "str", help="MSeg compatibility"),
+    },
+}
+
+# MSeg's key -> this project's key. The alias is accepted in files and overrides and written back
+# under the canonical name.
+ALIASES: dict[tuple[str, str], tuple[str, str]] = {
+    ("TRAIN", "weight"): ("TRAIN", "weights"),
+    ("TRAIN", "manual_seed"): ("TRAIN", "seed"),
+    ("TRAIN", "save_path"): ("TRAIN", "output_dir"),
+}
+
+# Values MSeg writes for "unset"; only meaningful for optional keys.
+_NONE_STRINGS = {"None", "none", "default", ""}
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _nearest(word: str, candidates: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def _all_keys(schema: Mapping[str, Mapping[str, Option]]) -> list[str]:
+    return [f"{s}.{k}" for s, keys in schema.items() for k in keys] + [f"{s}.{k}" for s, k in ALIASES]
+
+
+def _resolve_key(name: str, schema: Mapping[str, Mapping[str, Option]], where: str) -> tuple[str, str]:
+    """``SECTION.key`` or a unique bare ``key`` -> (section, canonical key)."""
+    if "." in name:
+        section, key = name.split(".", 1)
+        if section not in schema:
+            raise ConfigError(f"{where}: unknown section {section!r} in {name!r}; valid sections: {', '.join(schema)}.{_nearest(section, schema)}")
+        if (section, key) in ALIASES:
+            return ALIASES[(section, key)]
+        if key not in schema[section]:
+            raise ConfigError(f"{where}: unknown key {name!r}.{_nearest(name, _all_keys(schema))}")
+        return section, key
+    owners = [s for s, keys in schema.items() if name in keys]
+    owners += [ALIASES[(s, k)][0] for s, k in ALIASES if k == name]
+    if not owners:
+        bare = {k for keys in schema.values() for k in keys} | {k for _, k in ALIASES}
+        raise ConfigError(f"{where}: unknown key {name!r}.{_nearest(name, bare)}")
+    if len(set(owners)) > 1:
+        raise ConfigError(f"{where}: key {name!r} exists in several sections; write one of {', '.join(f'{s}.{name}' for s in owners)}")
+    section = owners[0]
+    if (section, name) in ALIASES:
+        return ALIASES[(section, name)]
+    return section, name
+
+
+def _expand_env(value: Any, where: str) -> Any:
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match) -> str:
+        var, fallback = match.group(1), match.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if fallback is not None:
+            return fallback
+        raise ConfigError(f"{where}: environment variable {var} is not set (write ${{{var}:-default}} for a fallback)")
+
+    return _ENV_PATTERN.sub(substitute, value)
+
+
+def _coerce(value: Any, option: Option, where: str) -> Any:
+    """Check ``value`` against ``option`` and convert the harmless cases (int for float, '1e6' for int)."""
+    means_unset = isinstance(value, str) and value in _NONE_STRINGS and (option.optional or "str" not in option.kinds)
+    if value is None or means_unset:
+        # MSeg writes an empty value for "not set": an unset required key keeps its default.
+        return None if option.optional else option.default
+    for kind in option.kinds:
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if kind == "bool" and isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        if kind == "int" and not isinstance(value, bool):
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    pass
+                else:
+                    if number.is_integer():
+                        return int(number)
+        if kind == "float" and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if kind == "str" and isinstance(value, str):
+            return value
+        if kind == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if kind == "list" and isinstance(value, (list, tuple)):
+            return list(value)
+        if kind == "dict" and isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"{where}: expected {' or '.join(option.kinds)}, got {type(value).__name__} {value!r}")
+
+
+class Section(Mapping[str, Any]):
+    """Read-only view of one section with attribute access."""
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"config section {self._name} has no key {key!r}.{_nearest(key, self._values)}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("configs are read-only; use Config.updated(...)")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Section({self._name}, {self._values!r})"
+
+
+class Config(Mapping[str, Section]):
+    """A validated config: ``cfg.TRAIN.batch_size``. Immutable; :meth:`updated` returns a changed copy."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], stages: list[dict[str, Any]], overrides: Sequence[str], source: str | None):
+        self._values = values
+        self.stages = stages
+        self.overrides = list(overrides)
+        self.source = source
+
+    def __getattr__(self, name: str) -> Section:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return Section(name, self._values[name])
+        except KeyError:
+            raise AttributeError(f"config has no section {name!r}; sections: {', '.join(self._values)}") from None
+
+    def __getitem__(self, name: str) -> Section:
+        return Section(name, self._values[name])
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, dotted: str, default: Any = None) -> Any:  # type: ignore[override]
+        section, key = _resolve_key(dotted, SCHEMA, "config")
+        return self._values[section].get(key, default)
+
+    def updated(self, assignments: Mapping[str, Any], where: str = "update") -> "Config":
+        """Copy with ``{'SECTION.key' or 'key': value}`` applied and validated."""
+        values = {s: dict(v) for s, v in self._values.items()}
+        for name, value in assignments.items():
+            section, key = _resolve_key(name, SCHEMA, where)
+            values[section][key] = _coerce(_expand_env(value, f"{where}: {section}.{key}"), SCHEMA[section][key], f"{where}: {section}.{key}")
+        return Config(values, self.stages, self.overrides, self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {s: dict(v) for s, v in self._values.items()}
+        if self.stages:
+            out["STAGES"] = [dict(s) for s in self.stages]
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the resolved config as YAML, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = f"# resolved config; source: {self.source}; overrides: {' '.join(self.overrides) or '(none)'}\n"
+        text += yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    def __repr__(self) -> str:
+        return f"Config(source={self.source!r}, overrides={self.overrides!r})"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'TRAIN.max_iters=10'`` -> ``('TRAIN.max_iters', 10)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value (e.g. max_iters=100 or TRAIN.batch_size=8)")
+    name, raw = text.split("=", 1)
+    name = name.strip().lstrip("-")
+    if not name:
+        raise ConfigError(f"override {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return name, value
+
+
+def _validate_stages(raw: Any, where: str) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: STAGES must be a list of {{name: ..., overrides: {{...}}}}")
+    stages, seen = [], set()
+    for i, stage in enumerate(raw):
+        if not isinstance(stage, dict) or "name" not in stage:
+            raise ConfigError(f"{where}: STAGES[{i}] needs a 'name' (and optional 'overrides' mapping)")
+        extra = set(stage) - {"name", "overrides"}
+        if extra:
+            raise ConfigError(f"{where}: STAGES[{i}] has unknown fields {sorted(extra)}; valid: name, overrides")
+        name = str(stage["name"])
+        if name in seen:
+            raise ConfigError(f"{where}: stage name {name!r} appears twice")
+        seen.add(name)
+        overrides = stage.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}: STAGES[{i}] ({name}) overrides must be a mapping of key: value")
+        for key, value in overrides.items():
+            section, canonical = _resolve_key(str(key), SCHEMA, f"{where}: stage {name}")
+            _coerce(value, SCHEMA[section][canonical], f"{where}: stage {name}: {section}.{canonical}")
+        stages.append({"name": name, "overrides": dict(overrides)})
+    return stages
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated against :data:`SCHEMA`."""
+    values: dict[str, dict[str, Any]] = {s: {k: o.default for k, o in keys.items()} for s, keys in SCHEMA.items()}
+    stages: list[dict[str, Any]] = []
+    where = str(path) if path is not None else "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SCHEMA)})")
+        for section, keys in data.items():
+            if section == "STAGES":
+                stages = _validate_stages(keys, where)
+                continue
+            if section not in SCHEMA:
+                raise ConfigError(f"{path}: unknown section {section!r}; valid: {', '.join(SCHEMA)}, STAGES.{_nearest(str(section), list(SCHEMA) + ['STAGES'])}")
+            if keys is None:
+                continue
+            if not isinstance(keys, dict):
+                raise ConfigError(f"{path}: section {section} must be a mapping of key: value")
+            for key, value in keys.items():
+                sec, canonical = _resolve_key(f"{section}.{key}", SCHEMA, where)
+                values[sec][canonical] = value
+    for section, keys in values.items():
+        for key, value in keys.items():
+            label = f"{where}: {section}.{key}"
+            keys[key] = _coerce(_expand_env(value, label), SCHEMA[section][key], label)
+    cfg = Config(values, stages, [], where)
+    cfg = cfg.updated(dict(parse_override(o) for o in overrides), where="command line")
+    cfg.overrides = list(overrides)
+    return cfg
+
+
+def stage_names(cfg: Config) -> list[str]:
+    return [s["name"] for s in cfg.stages]
+
+
+def apply_stage(cfg: Config, name: str) -> Config:
+    """The config of one stage: file values <- the stage's overrides <- the command-line overrides."""
+    for stage in cfg.stages:
+        if stage["name"] == name:
+            staged = cfg.updated(stage["overrides"], where=f"stage {name}")
+            staged = staged.updated(dict(parse_override(o) for o in cfg.overrides), where="command line")
+            return staged.updated({"TRAIN.stage": name})
+    raise ConfigError(f"unknown stage {name!r}; this config defines: {', '.join(stage_names(cfg)) or '(no stages)'}.{_nearest(name, stage_names(cfg))}")
