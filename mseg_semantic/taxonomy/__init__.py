@@ -1,0 +1,40 @@
+"""MSeg's universal taxonomy as project data, and converters between label spaces.
+
+Taxonomy facts from MSeg (Lambert et al., CVPR 2020), mseg-api, CC BY 4.0.
+"""
+
+from mseg_semantic.taxonomy.catalog import (
+    DATA_DIR,
+    DEFAULT_TEST_DATASETS,
+    DEFAULT_TRAIN_DATASETS,
+    IGNORE_INDEX,
+    NUM_UNIVERSAL_CLASSES,
+    RELABELED_TRAIN_DATASETS,
+    UNRELABELED_TRAIN_DATASETS,
+    add_taxonomy_file,
+    get_taxonomy,
+    load_class_colors,
+    load_class_names,
+    taxonomy_names,
+    validate_file,
+)
+from mseg_semantic.taxonomy.converter import (
+    NaiveTaxonomyConverter,
+    OracleTaxonomyConverter,
+    TaxonomyConverter,
+    UnknownLabelError,
+    build_taxonomy_converter,
+    naive_class_names,
+)
+from mseg_semantic.taxonomy.files import Problem, Taxonomy, TaxonomyFileError, ValidationReport
+
+# MSeg's name for the test list
+TEST_DATASETS = DEFAULT_TEST_DATASETS
+
+__all__ = [
+    "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "IGNORE_INDEX", "NUM_UNIVERSAL_CLASSES",
+    "RELABELED_TRAIN_DATASETS", "TEST_DATASETS", "UNRELABELED_TRAIN_DATASETS", "NaiveTaxonomyConverter",
+    "OracleTaxonomyConverter", "Problem", "Taxonomy", "TaxonomyConverter", "TaxonomyFileError",
+    "UnknownLabelError", "ValidationReport", "add_taxonomy_file", "build_taxonomy_converter", "get_taxonomy",
+    "load_class_colors", "load_class_names", "naive_class_names", "taxonomy_names", "validate_file",
+]

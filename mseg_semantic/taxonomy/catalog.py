@@ -1,0 +1,113 @@
+"""The taxonomies this process knows: the built-in data files plus user files added with add_taxonomy_file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mseg_semantic.taxonomy.files import (
+    Taxonomy,
+    TaxonomyFileError,
+    ValidationReport,
+    palette,
+    read_taxonomy_file,
+    suggest,
+)
+from mseg_semantic.taxonomy.validation import validate_taxonomies
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+IGNORE_INDEX = 255
+NUM_UNIVERSAL_CLASSES = 194
+
+# MSeg's training taxonomies. MSeg also lists cityscapes-34 as unrelabeled; it is in the data (role train) but,
+# as in MSeg's released models, not among the defaults.
+UNRELABELED_TRAIN_DATASETS = [
+    "ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39", "mapillary-public65", "sunrgbd-37",
+]
+RELABELED_TRAIN_DATASETS = [
+    "ade20k-150-relabeled", "bdd-relabeled", "cityscapes-19-relabeled", "cityscapes-34-relabeled",
+    "coco-panoptic-133-relabeled", "idd-39-relabeled", "mapillary-public65-relabeled", "sunrgbd-37-relabeled",
+]
+DEFAULT_TRAIN_DATASETS = UNRELABELED_TRAIN_DATASETS + RELABELED_TRAIN_DATASETS
+DEFAULT_TEST_DATASETS = ["camvid-11", "kitti-19", "pascal-context-60", "scannet-20", "voc2012", "wilddash-19"]
+NAIVE = "naive"
+
+_builtin: dict[str, Taxonomy] = {}
+_user: dict[str, Taxonomy] = {}
+
+
+def builtin_taxonomy_names() -> list[str]:
+    return sorted(p.stem for p in DATA_DIR.glob("*.tsv"))
+
+
+def taxonomy_names(role: str | None = None) -> list[str]:
+    """Every known taxonomy name (built-in and added), optionally only those of one role."""
+    names = builtin_taxonomy_names() + sorted(_user)
+    if role is None:
+        return names
+    return [n for n in names if get_taxonomy(n).role == role]
+
+
+def get_taxonomy(name: str) -> Taxonomy:
+    if name in _user:
+        return _user[name]
+    if name in _builtin:
+        return _builtin[name]
+    path = DATA_DIR / f"{name}.tsv"
+    if not path.is_file():
+        known = builtin_taxonomy_names() + sorted(_user)
+        raise KeyError(f"unknown taxonomy {name!r}{suggest(name, known)}; known: {', '.join(known)}")
+    blocks, report = read_taxonomy_file(path)
+    report.raise_if_errors()
+    if len(blocks) != 1 or blocks[0].name != name:
+        report = ValidationReport()
+        report.error(path, None, name, f"a built-in file must hold exactly one block named {name!r}")
+        raise TaxonomyFileError(report)
+    _builtin[name] = blocks[0]
+    return blocks[0]
+
+
+def all_taxonomies() -> dict[str, Taxonomy]:
+    return {name: get_taxonomy(name) for name in taxonomy_names()}
+
+
+def load_class_names(taxonomy_name: str) -> list[str]:
+    """Class names of a taxonomy; list index = label id. 'naive' gives the 316 naive names ('' at 255)."""
+    if taxonomy_name == NAIVE:
+        from mseg_semantic.taxonomy.converter import naive_class_names
+        return naive_class_names(UNRELABELED_TRAIN_DATASETS)
+    return list(get_taxonomy(taxonomy_name).class_names)
+
+
+def load_class_colors(taxonomy_name: str) -> np.ndarray:
+    """(K, 3) uint8 RGB colours, index = label id (a deterministic palette where the data gives none)."""
+    if taxonomy_name == NAIVE:
+        return palette(len(load_class_names(NAIVE)))
+    tax = get_taxonomy(taxonomy_name)
+    if tax.colors is None:
+        return palette(tax.num_classes)
+    return tax.colors.copy()
+
+
+def validate_file(path: str | os.PathLike) -> tuple[list[Taxonomy], ValidationReport]:
+    """Parse and check a user file against everything already known; registers nothing."""
+    blocks, report = read_taxonomy_file(path)
+    report.extend(validate_taxonomies(blocks, all_taxonomies()))
+    return blocks, report
+
+
+def add_taxonomy_file(path: str | os.PathLike) -> ValidationReport:
+    """Make the taxonomies of a user file available by name. Raises TaxonomyFileError listing every error;
+    returns the report (warnings) otherwise."""
+    blocks, report = validate_file(path)
+    report.raise_if_errors()
+    for tax in blocks:
+        _user[tax.name] = tax
+    return report
+
+
+def remove_user_taxonomies() -> None:
+    """Forget every taxonomy added with add_taxonomy_file (tests use this)."""
+    _user.clear()

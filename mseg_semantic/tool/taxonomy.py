@@ -1,0 +1,259 @@
+"""mseg-taxonomy: list taxonomies, show a dataset's mapping, validate user files, export the mapping.
+
+    mseg-taxonomy list [--role train|test|raw|universal]
+    mseg-taxonomy show DATASET [--kind universal|naive]
+    mseg-taxonomy validate FILE [FILE ...]
+    mseg-taxonomy export --format csv|md [-o FILE] [--kind universal|naive]
+    mseg-taxonomy summary
+    mseg-taxonomy import-mseg MSEG_API_DATA_DIR -o OUT_DIR
+Global: --taxonomy-file FILE (repeatable) adds user taxonomies before the command runs.
+Exit codes: 0 ok, 2 bad input (message or validation report on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+
+from mseg_semantic.taxonomy import (
+    DEFAULT_TEST_DATASETS,
+    DEFAULT_TRAIN_DATASETS,
+    IGNORE_INDEX,
+    UNRELABELED_TRAIN_DATASETS,
+    NaiveTaxonomyConverter,
+    TaxonomyConverter,
+    TaxonomyFileError,
+    add_taxonomy_file,
+    get_taxonomy,
+    taxonomy_names,
+    validate_file,
+)
+from mseg_semantic.taxonomy.catalog import all_taxonomies
+from mseg_semantic.taxonomy.files import ROLES, ValidationReport, write_text_atomic
+from mseg_semantic.taxonomy.validation import validate_taxonomies
+
+
+class CliError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mseg-taxonomy", description=__doc__.split("\n")[0])
+    parser.add_argument("--taxonomy-file", action="append", default=[], metavar="FILE",
+                        help="add the taxonomies of a user file first (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list known taxonomies")
+    p.add_argument("--role", choices=ROLES)
+    p = sub.add_parser("show", help="one dataset's mapping: source class -> universal class")
+    p.add_argument("dataset")
+    p.add_argument("--kind", choices=("universal", "naive"), default="universal")
+    p = sub.add_parser("validate", help="validate user taxonomy files")
+    p.add_argument("files", nargs="+")
+    p = sub.add_parser("export", help="export the whole mapping as CSV or Markdown")
+    p.add_argument("--format", choices=("csv", "md"), required=True)
+    p.add_argument("-o", "--output", help="file to write (atomically); default stdout")
+    p.add_argument("--kind", choices=("universal", "naive"), default="universal")
+    sub.add_parser("summary", help="counts, defaults, coverage and the built-in data's validation")
+    p = sub.add_parser("import-mseg", help="author taxonomy files from an mseg-api data folder")
+    p.add_argument("mseg_data_dir")
+    p.add_argument("-o", "--output-dir", required=True)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = sys.stdout
+    try:
+        for path in args.taxonomy_file:
+            report = add_taxonomy_file(path)
+            if report.warnings:
+                print(report.format(), file=sys.stderr)
+        if args.command == "list":
+            cmd_list(args.role, out)
+        elif args.command == "show":
+            cmd_show(args.dataset, args.kind, out)
+        elif args.command == "validate":
+            return cmd_validate(args.files, out)
+        elif args.command == "export":
+            text = export_mapping(args.kind, args.format)
+            if args.output:
+                write_text_atomic(args.output, text)
+                print(f"wrote {args.output}", file=out)
+            else:
+                out.write(text)
+        elif args.command == "summary":
+            cmd_summary(out)
+        elif args.command == "import-mseg":
+            cmd_import(args.mseg_data_dir, args.output_dir, out)
+    except BrokenPipeError:  # e.g. `mseg-taxonomy list | head`
+        return 0
+    except (CliError, KeyError, ValueError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"mseg-taxonomy: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _converters(kind: str) -> list:
+    names = taxonomy_names()
+    if kind == "naive":
+        return [NaiveTaxonomyConverter()]
+    # one converter per universal taxonomy, with every train/test dataset that maps to it
+    convs = []
+    for uni in taxonomy_names("universal"):
+        train = [n for n in names if get_taxonomy(n).role == "train" and get_taxonomy(n).maps_to == uni]
+        test = [n for n in names if get_taxonomy(n).role == "test" and get_taxonomy(n).maps_to == uni]
+        convs.append(TaxonomyConverter(train, test, universal=uni))
+    return convs
+
+
+def cmd_list(role: str | None, out) -> None:
+    rows = [("name", "role", "classes", "maps_to", "default")]
+    for name in taxonomy_names(role):
+        tax = get_taxonomy(name)
+        default = ("train" if name in DEFAULT_TRAIN_DATASETS else "test" if name in DEFAULT_TEST_DATASETS else "")
+        rows.append((name, tax.role, str(tax.num_classes), tax.maps_to if tax.role in ("train", "test") else "",
+                     default))
+    _print_table(rows, out)
+
+
+def cmd_show(dataset: str, kind: str, out) -> None:
+    tax = get_taxonomy(dataset)
+    print(f"{dataset}: role {tax.role}, {tax.num_classes} classes, source {tax.source}", file=out)
+    if kind == "naive":
+        if tax.role not in ("train", "test"):
+            raise CliError(f"{dataset!r} has role {tax.role!r}; the naive mapping exists for train/test datasets")
+        conv = NaiveTaxonomyConverter(test_datasets=[dataset] if tax.role == "test" else DEFAULT_TEST_DATASETS,
+                                      train_datasets=UNRELABELED_TRAIN_DATASETS)
+        names = conv.class_names
+        if tax.role == "train" and dataset in conv.id_to_uid_maps:
+            rows = [("id", "class", "naive_id", "naive_class")]
+            rows += [(str(i), c, str(conv.id_to_uid_maps[dataset][i]), names[conv.id_to_uid_maps[dataset][i]])
+                     for i, c in enumerate(tax.class_names)]
+        elif tax.role == "train":
+            raise CliError(f"{dataset!r} is not one of the naive taxonomy's training datasets "
+                           f"({', '.join(UNRELABELED_TRAIN_DATASETS)})")
+        else:
+            matrix = conv.test_projection_matrix(dataset)
+            rows = [("id", "test_class", "naive_ids", "naive_classes")]
+            for i, c in enumerate(tax.class_names):
+                uids = [int(u) for u in matrix[i].nonzero().flatten()]
+                rows.append((str(i), c, " ".join(map(str, uids)), ", ".join(names[u] for u in uids)))
+        _print_table(rows, out)
+        return
+    if tax.role == "universal":
+        rows = [("id", "class", "parent", "wordnet")]
+        rows += [(str(i), c, tax.extra.get("parent", [""] * tax.num_classes)[i],
+                  tax.extra.get("wordnet", [""] * tax.num_classes)[i]) for i, c in enumerate(tax.class_names)]
+    elif tax.role == "raw":
+        rows = [("id", "class")] + [(str(i), c) for i, c in enumerate(tax.class_names)]
+    else:
+        uni = TaxonomyConverter([], [], universal=tax.maps_to)
+        if tax.role == "train":
+            rows = [("id", "class", "universal_id", "universal_class")]
+            for i, c in enumerate(tax.class_names):
+                uid = uni.uname2uid[tax.universal[i][0]]
+                rows.append((str(i), c, str(uid), uni.uid2uname[uid]))
+        else:
+            rows = [("id", "test_class", "universal_ids", "universal_classes")]
+            for i, c in enumerate(tax.class_names):
+                uids = sorted(uni.uname2uid[u] for u in tax.universal[i])
+                rows.append((str(i), c, " ".join(map(str, uids)), ", ".join(uni.uid2uname[u] for u in uids)))
+    _print_table(rows, out)
+
+
+def cmd_validate(files: list[str], out) -> int:
+    report = ValidationReport()
+    for path in files:
+        blocks, file_report = validate_file(path)
+        report.extend(file_report)
+        for tax in blocks:
+            print(f"{path}: {tax.name} ({tax.role}, {tax.num_classes} classes)", file=out)
+    if report.errors:
+        print(report.format(), file=sys.stderr)
+        return 2
+    print(report.format(), file=out)
+    return 0
+
+
+def export_mapping(kind: str, fmt: str) -> str:
+    """Long table: one row per (dataset class, model class) pair; a test class fed by nothing gets one empty row."""
+    header = ["taxonomy", "role", "class_id", "class_name", "model_id", "model_class"]
+    rows = []
+    for conv in _converters(kind):
+        for d in conv.train_datasets:
+            for i, c in enumerate(conv.dataset_classnames[d]):
+                uid = conv.id_to_uid_maps[d][i]
+                rows.append([d, "train", i, c, uid, conv.uid2uname[uid]])
+        for d in conv.test_datasets:
+            matrix = conv.test_projection_matrix(d)
+            for i, c in enumerate(conv.dataset_classnames[d]):
+                uids = [int(u) for u in matrix[i].nonzero().flatten()]
+                for uid in uids or [None]:
+                    rows.append([d, "test", i, c, "" if uid is None else uid,
+                                 "" if uid is None else conv.uid2uname[uid]])
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return buf.getvalue()
+    lines = []
+    current = None
+    for row in rows:
+        if row[0] != current:
+            current = row[0]
+            lines += ["", f"## {current} ({row[1]})", "", "| id | class | model id | model class |",
+                      "| ---: | --- | ---: | --- |"]
+        lines.append(f"| {row[2]} | {_md(row[3])} | {row[4]} | {_md(row[5])} |")
+    title = "MSeg universal taxonomy mapping" if kind == "universal" else "Naive taxonomy mapping"
+    return f"# {title}\n" + "\n".join(lines) + "\n"
+
+
+def _md(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def cmd_summary(out) -> None:
+    conv = TaxonomyConverter()
+    naive = NaiveTaxonomyConverter()
+    print(f"universal classes: {conv.num_uclasses} (ignore id {IGNORE_INDEX})", file=out)
+    print(f"naive taxonomy: {len(naive.uid2uname) - 1} classes, {naive.num_uclasses} logits", file=out)
+    print(f"default training datasets ({len(DEFAULT_TRAIN_DATASETS)}):", file=out)
+    for d in DEFAULT_TRAIN_DATASETS:
+        print(f"  {d:30s} {len(conv.dataset_classnames[d]):4d} classes -> "
+              f"{len(conv.dataset_universal_ids(d)):4d} universal", file=out)
+    print(f"default test datasets ({len(DEFAULT_TEST_DATASETS)}):", file=out)
+    for d in DEFAULT_TEST_DATASETS:
+        print(f"  {d:30s} {len(conv.dataset_classnames[d]):4d} classes <- "
+              f"{len(conv.dataset_universal_ids(d)):4d} universal", file=out)
+    print(f"universal classes no default training dataset supplies: {len(conv.unsupplied_uids)}", file=out)
+    report = validate_taxonomies(list(all_taxonomies().values()))
+    print(f"validation of all known taxonomy data: {len(report.errors)} error(s), "
+          f"{len(report.warnings)} warning(s)", file=out)
+    for problem in report.problems:
+        print(f"  {problem}", file=out)
+
+
+def cmd_import(data_dir: str, out_dir: str, out) -> None:
+    from mseg_semantic.taxonomy.mseg_import import DATA_HEADER, import_mseg, write_taxonomy_files
+
+    taxonomies, report = import_mseg(data_dir)
+    report.extend(validate_taxonomies(taxonomies))
+    if report.errors:
+        raise TaxonomyFileError(report)
+    for path in write_taxonomy_files(taxonomies, out_dir, DATA_HEADER):
+        print(f"wrote {path}", file=out)
+    print(report.format(), file=out)
+
+
+def _print_table(rows, out) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
