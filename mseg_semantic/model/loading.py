@@ -1,0 +1,282 @@
+"""Load weights into an HRNet from MSeg releases, official HRNet ImageNet checkpoints or this project's files.
+
+Files are read with ``torch.load(weights_only=True)``: no pickled code from a downloaded file ever runs.
+The checkpoint kind is detected from its layout:
+
+=========================  ==================================================================================
+kind                       layout
+=========================  ==================================================================================
+``project_training``       ``{"model": state_dict, "optimizer": ..., "iteration": ..., ...}`` (trainer's resume file)
+``project_final``          ``{"state_dict": state_dict, "meta": {"model": name, "num_classes": K, ...}}``
+``mseg_release``           ``{"state_dict": state_dict, ...}`` without ``meta`` (keys may start with ``module.``)
+``imagenet_classification`` official HRNet-Image-Classification weights: a bare state dict that also holds the
+                           classification head (``incre_modules``, ``downsamp_modules``, ``final_layer``,
+                           ``classifier``). Those keys are skipped; the segmentation head keeps its initialisation.
+``state_dict``             any other bare state dict with this model's key names
+=========================  ==================================================================================
+
+Every key of the model must come from the file (an ImageNet file: every backbone key), except the BatchNorm
+``num_batches_tracked`` counters, which older PyTorch versions did not save. A key with a different shape is an
+error, unless it belongs to the head and ``reinit_head=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from mseg_semantic.model.hrnet import HRNET_SPECS, init_weights
+
+__all__ = ["CheckpointMismatchError", "LoadReport", "guess_variant", "load_weights", "read_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+HEAD_PREFIX = "last_layer."
+CLASSIFIER_PREFIX = "last_layer.3."
+IMAGENET_ONLY_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+KINDS = ("project_training", "project_final", "mseg_release", "imagenet_classification", "state_dict")
+
+
+class CheckpointMismatchError(ValueError):
+    """The file's keys or shapes do not fit the model; the message names the file, the key and what to do."""
+
+
+@dataclass
+class LoadReport:
+    path: str
+    kind: str  # one of KINDS
+    loaded: list[str] = field(default_factory=list)  # model keys set from the file
+    skipped: list[str] = field(default_factory=list)  # file keys not used (ImageNet classification head, strict=False)
+    missing: list[str] = field(default_factory=list)  # model keys the file lacks: they keep their current values
+    reinitialised: list[str] = field(default_factory=list)  # head keys re-initialised (reinit_head=True)
+    meta: dict = field(default_factory=dict)  # the file's "meta" (project checkpoints), else {}
+
+    def summary(self) -> str:
+        lines = [
+            f"loaded {len(self.loaded)} tensors from {self.path} ({self.kind})",
+            f"  skipped {len(self.skipped)} keys of the file{_examples(self.skipped)}",
+            f"  missing {len(self.missing)} model keys (kept as initialised){_examples(self.missing)}",
+            f"  re-initialised {len(self.reinitialised)} head keys{_examples(self.reinitialised)}",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:  # the counts and a few names, not thousands of keys
+        return self.summary()
+
+
+def _examples(keys: list[str], limit: int = 4) -> str:
+    if not keys:
+        return ""
+    shown = ", ".join(keys[:limit])
+    return f": {shown}" + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
+
+
+def _strip_wrappers(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(error).__name__}: {error}). "
+            "Only tensors and plain containers are accepted (torch.load(weights_only=True)); a truncated "
+            "download also fails here: re-download it (mseg-weights download NAME --force)."
+        ) from error
+
+
+def _as_state_dict(obj: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"{path}: {where} is not a non-empty state dict (got {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: {where} has entries that are not tensors: {_examples([str(b) for b in bad])}")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        clean = _strip_wrappers(key)
+        if clean in state:
+            raise ValueError(f"{path}: key {clean!r} appears twice (with and without a 'module.' prefix)")
+        state[clean] = value
+    return state
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """``(state_dict, kind, meta)`` of a checkpoint file, prefixes ``module.`` / ``_orig_mod.`` removed."""
+    path = Path(path)
+    obj = _torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a dict, found {type(obj).__name__}")
+    if "model" in obj and isinstance(obj["model"], Mapping) and "state_dict" not in obj:
+        state, kind = _as_state_dict(obj["model"], path, "'model'"), "project_training"
+    elif "state_dict" in obj:
+        kind = "project_final" if isinstance(obj.get("meta"), Mapping) else "mseg_release"
+        state = _as_state_dict(obj["state_dict"], path, "'state_dict'")
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, kind = _as_state_dict(obj, path, "the file"), "state_dict"
+    else:
+        top = ", ".join(repr(k) for k in list(obj)[:8])
+        raise ValueError(
+            f"{path}: unrecognised checkpoint layout (top-level keys: {top}); expected a state dict, "
+            "{'state_dict': ...} (MSeg release / project final weights) or {'model': ...} (training checkpoint)"
+        )
+    if kind in ("state_dict", "mseg_release") and any(k.startswith(IMAGENET_ONLY_PREFIXES) for k in state):
+        kind = "imagenet_classification"
+    meta = dict(obj["meta"]) if kind == "project_final" else {}
+    if kind == "project_training" and isinstance(obj.get("meta"), Mapping):
+        meta = dict(obj["meta"])
+    return state, kind, meta
+
+
+def guess_variant(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The HRNet width whose first-branch width and stage-1 depth match the state dict, if any."""
+    first = state.get("transition1.0.0.weight")
+    if first is None:
+        return None
+    stage1_blocks = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
+    for name, spec in HRNET_SPECS.items():
+        if first.shape[0] == spec.widths[0] and stage1_blocks == spec.stage1_blocks:
+            return name
+    return None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _mismatch_message(path: Path, key: str, file_shape, model_shape, state, model: nn.Module) -> str:
+    msg = (
+        f"{path}: key {key!r} has shape {tuple(file_shape)} in the file but {tuple(model_shape)} in the model"
+    )
+    if key.startswith(HEAD_PREFIX):
+        classifier = state.get(CLASSIFIER_PREFIX + "weight")
+        if classifier is not None and key.startswith(CLASSIFIER_PREFIX):
+            ours = getattr(model, "num_classes", model_shape[0])
+            msg += (
+                f". The file has {classifier.shape[0]} classes, the model {ours}: build the model with "
+                f"num_classes={classifier.shape[0]}, or pass reinit_head=True to start a new classifier."
+            )
+        else:
+            msg += ". Pass reinit_head=True to re-initialise the head, or build the model that matches the file."
+    else:
+        guess = guess_variant(state)
+        ours = getattr(model, "name", "") or "this model"
+        if guess and guess != ours:
+            msg += f". The file looks like {guess!r}, the model is {ours!r}: build_model({guess!r}, ...)."
+        else:
+            msg += ". The backbone does not match this model; check the model name."
+    return msg
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    reinit_head: bool = False,
+    strict: bool = True,
+    log: bool = True,
+) -> LoadReport:
+    """Load a checkpoint into ``model`` in place and return what was loaded, skipped, missing, re-initialised.
+
+    ``reinit_head=True``: the final classifier (``last_layer.3``) is re-initialised whatever the file holds, and
+    any other head key whose shape differs or that the file lacks is re-initialised instead of an error (for
+    fine-tuning to another taxonomy). ``strict=False``: keys the model lacks, or backbone keys the file lacks, are
+    reported instead of raised. Shape mismatches outside the head are always an error.
+    """
+    path = Path(path)
+    target = _unwrap(model)
+    state, kind, meta = read_state_dict(path)
+    report = LoadReport(path=str(path), kind=kind, meta=meta)
+
+    model_name = getattr(target, "name", "")
+    if meta.get("model") and model_name and meta["model"] != model_name:
+        raise CheckpointMismatchError(
+            f"{path}: the file holds a {meta['model']!r} model but the model is {model_name!r}: "
+            f"build_model({meta['model']!r}, num_classes={meta.get('num_classes', '...')})"
+        )
+
+    own = target.state_dict()
+    to_load: dict[str, torch.Tensor] = {}
+    reinit_modules: set[str] = set()
+    unexpected: list[str] = []
+    for key, value in state.items():
+        if key not in own:
+            if kind == "imagenet_classification" and key.startswith(IMAGENET_ONLY_PREFIXES):
+                report.skipped.append(key)
+            else:
+                unexpected.append(key)
+            continue
+        if reinit_head and key.startswith(CLASSIFIER_PREFIX):
+            reinit_modules.add(key.rsplit(".", 1)[0])
+            continue
+        if value.shape != own[key].shape:
+            if reinit_head and key.startswith(HEAD_PREFIX):
+                reinit_modules.add(key.rsplit(".", 1)[0])
+                continue
+            raise CheckpointMismatchError(_mismatch_message(path, key, value.shape, own[key].shape, state, target))
+        to_load[key] = value
+
+    if unexpected:
+        if strict:
+            guess = guess_variant(state)
+            hint = f" The file looks like {guess!r}." if guess and guess != model_name else ""
+            raise CheckpointMismatchError(
+                f"{path}: {len(unexpected)} keys of the file are not in the model{_examples(unexpected)}."
+                f"{hint} Is it another architecture (e.g. HRNet-OCR) or width? strict=False skips them."
+            )
+        report.skipped.extend(unexpected)
+
+    # a head module re-initialised because one of its tensors mismatched takes none of the file's tensors
+    to_load = {k: v for k, v in to_load.items() if k.rsplit(".", 1)[0] not in reinit_modules}
+    absent = [k for k in own if k not in to_load and k.rsplit(".", 1)[0] not in reinit_modules]
+    blocking = []
+    for key in absent:
+        module_name = key.rsplit(".", 1)[0]
+        if key.startswith(HEAD_PREFIX) and reinit_head:
+            reinit_modules.add(module_name)
+        elif key.endswith("num_batches_tracked"):
+            report.missing.append(key)
+        elif key.startswith(HEAD_PREFIX) and kind == "imagenet_classification":
+            report.missing.append(key)
+        else:
+            blocking.append(key)
+    if blocking:
+        if strict:
+            raise CheckpointMismatchError(
+                f"{path} ({kind}): {len(blocking)} model keys are missing from the file{_examples(blocking)}. "
+                "Is it a checkpoint of another model? strict=False keeps their initialisation."
+            )
+        report.missing.extend(blocking)
+
+    target.load_state_dict(to_load, strict=False)
+    report.loaded = list(to_load)
+
+    for module_name in sorted(reinit_modules):
+        module = target.get_submodule(module_name)
+        init_weights(module)
+        report.reinitialised.extend(f"{module_name}.{k}" for k in module.state_dict())
+
+    if log:
+        logger.info(report.summary())
+    return report

@@ -1,0 +1,416 @@
+"""Released weights: a registry of MSeg's checkpoints and the ImageNet HRNet-W48 backbone, and a download cache.
+
+Cache: ``$MSEG_CACHE`` (default ``~/.cache/mseg_semantic``), files under ``<cache>/weights/``.
+- A download goes to a partial file beside its target and is renamed into place (``os.replace``) only when
+  complete, so a file at the target path is always whole. An interrupted download resumes: HTTP with a
+  ``Range`` request on ``NAME.pth.part``, Google Drive through gdown's own resume (``NAME.pth.gdown``).
+- The SHA-256 of every file is recorded in ``<cache>/weights/checksums.json`` the first time it is seen and
+  checked on every later use; a mismatch is an error that keeps the file and says how to download it again.
+- Offline, the error names the URL and the path to place a hand-downloaded file at.
+
+MSeg's models are HRNetV2-W48; their Google Drive ids and published zero-shot mIoU come from the MSeg release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ChecksumMismatchError",
+    "OfflineError",
+    "WEIGHTS",
+    "WeightsEntry",
+    "WeightsError",
+    "cache_dir",
+    "cached_status",
+    "download_weights",
+    "resolve_weights",
+    "verify_weights",
+    "weights_path",
+]
+
+ZERO_SHOT_DATASETS = ("voc2012", "pascal-context-60", "camvid-11", "wilddash-19", "kitti-19", "scannet-20")
+NUM_CLASSES = {
+    "universal": 194,
+    "naive": 316,
+    "oracle:voc2012": 21,
+    "oracle:pascal-context-60": 60,
+    "oracle:camvid-11": 11,
+    "oracle:kitti-19": 19,
+    "oracle:scannet-20": 20,
+}
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    name: str
+    filename: str
+    model: str  # a name for mseg_semantic.model.build_model
+    num_classes: int | None  # None: a backbone without the segmentation head
+    taxonomy: str  # "universal" | "naive" | "oracle:<test dataset>" | "imagenet"
+    gdrive_id: str | None = None
+    url: str | None = None  # a direct HTTP(S) link
+    manual_url: str | None = None  # a page to download from by hand when no direct link is known
+    sha256: str | None = None  # a published checksum; otherwise the first download's is recorded
+    zero_shot_miou: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+    harmonic_mean: float | None = None  # of the zero-shot mIoU over the six test datasets, as published
+    note: str = ""
+
+    @property
+    def source(self) -> str:
+        if self.url:
+            return self.url
+        if self.gdrive_id:
+            return f"https://drive.google.com/uc?id={self.gdrive_id}"
+        return self.manual_url or ""
+
+
+# name, Google Drive id, taxonomy, zero-shot mIoU on ZERO_SHOT_DATASETS (None: not published), harmonic mean
+_MSEG_RELEASES = (
+    ("mseg-1m", "1g-D6PtXV-UhoIYFcQbiqcXWU2Q2M-zo9", "universal", (70.7, 42.7, 83.3, 62.0, 67.0, 48.2), 59.2),
+    ("mseg-3m-480p", "1BeZt6QXLwVQJhOVd_NTnVTmtAO1zJYZ-", "universal", (76.4, 45.9, 81.2, 62.7, 68.2, 49.5), 61.2),
+    ("mseg-3m-720p", "1Y9rHOn_8e_qLuOnl4NeOeueU-MXRi3Ft", "universal", (74.7, 44.0, 83.5, 60.4, 67.9, 47.7), 59.8),
+    ("mseg-3m-1080p", "1iobea9IW2cWPF6DtM04OvKtDRVNggSb5", "universal", (72.0, 44.0, 84.5, 59.9, 66.5, 49.5), 59.8),
+    ("mseg-unrelabeled-1m", "1PHQNttQVn2dZW7ScUvaagc-OmB4eCRRy", "universal", (70.2, 42.7, 82.0, 62.7, 65.5, 43.2), 57.6),
+    ("mseg-mgda-1m", "1kqbEPr7LxjMZX_f2Mtieluj1OPu4eLE2", "universal", (68.5, 41.7, 82.9, 61.1, 66.7, 46.7), 58.0),
+    ("mseg-naive-1m", "1t4u0C3Li6_4mxLs032EuafKgmpONo3Ws", "naive", (None,) * 6, None),
+    ("ade20k-1m", "1xZ72nDuRc53u_WBWO_MazdHxR5HsO68I", "universal", (35.4, 23.9, 52.6, 38.6, 41.6, 42.9), 36.9),
+    ("bdd-1m", "1lTrejH7Agg1T61igCFWBpdUrrGs7EBf-", "universal", (14.4, 7.1, 70.7, 52.2, 54.5, 1.4), 6.1),
+    ("cityscapes-1m", "18v6yH6mx4zksozn2ap5mCgKo-4ekayCO", "universal", (13.3, 6.8, 76.1, 30.1, 57.6, 1.7), 6.8),
+    ("coco-1m", "18H6lfHQTPUyDge_TU1uqoedUFRUyGTuJ", "universal", (73.4, 43.3, 58.7, 38.2, 47.6, 33.4), 45.8),
+    ("idd-1m", "1I6Fo5eUXrNBhWzC0BrApGAuKMGuxsrM7", "universal", (14.6, 6.5, 72.1, 41.2, 51.0, 1.6), 6.5),
+    ("mapillary-1m", "1TPIFGZWuJXipDI9ceRMS-OdPbeVOi32u", "universal", (22.5, 13.6, 82.1, 55.4, 67.7, 2.1), 9.3),
+    ("sunrgbd-1m", "1YRyJGe4gz4IHAKhuDUATqvaKRdR7gyAn", "universal", (10.0, 4.3, 0.1, 1.9, 1.1, 42.6), 0.3),
+    ("oracle-voc2012-1m", "1S5DuNCiRlaqTdXJ1TGups0kYEiEohZqC", "oracle:voc2012", (77.8, None, None, None, None, None), None),
+    ("oracle-pascal-context-60-1m", "1-V4OOst1Ud9ohPWb-tSFNY2W44fMyZ_i", "oracle:pascal-context-60", (None, 45.8, None, None, None, None), None),
+    ("oracle-camvid-11-1m", "1023eornZ2LP5NjDqIeunCIH35Ue38W8d", "oracle:camvid-11", (None, None, 78.8, None, None, None), None),
+    ("oracle-kitti-19-1m", "14OkwxoaPK5mrxyL8CeUqGQOFW5U33b8J", "oracle:kitti-19", (None, None, None, None, 58.4, None), None),
+    ("oracle-scannet-20-1m", "1njQkFTQ6F9p0nFTBLs2C4LGjAvm0Hydd", "oracle:scannet-20", (None, None, None, None, None, 62.3), None),
+)  # fmt: skip
+
+
+def _mseg_entry(name: str, drive_id: str, taxonomy: str, miou: tuple, harmonic: float | None) -> WeightsEntry:
+    return WeightsEntry(
+        name=name,
+        filename=f"{name}.pth",
+        model="hrnet_w48",
+        num_classes=NUM_CLASSES[taxonomy],
+        taxonomy=taxonomy,
+        gdrive_id=drive_id,
+        zero_shot_miou={d: v for d, v in zip(ZERO_SHOT_DATASETS, miou) if v is not None},
+        harmonic_mean=harmonic,
+    )
+
+
+# The official ImageNet HRNet-W48-C weights (HRNet-Image-Classification) are published on OneDrive only, with
+# no direct link: download by hand, or give a direct mirror with `mseg-weights download NAME --url URL`.
+HRNET_W48_IMAGENET = WeightsEntry(
+    name="hrnet_w48_imagenet",
+    filename="hrnetv2_w48_imagenet_pretrained.pth",
+    model="hrnet_w48",
+    num_classes=None,
+    taxonomy="imagenet",
+    manual_url="https://1drv.ms/u/s!Aus8VCZ_C_33dKvqI6pBZlifgJk",
+    note="HRNet-W48-C ImageNet classification weights (backbone init for training); OneDrive, manual download",
+)
+
+WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in [_mseg_entry(*row) for row in _MSEG_RELEASES]}
+WEIGHTS[HRNET_W48_IMAGENET.name] = HRNET_W48_IMAGENET
+
+
+class WeightsError(RuntimeError):
+    """A weights file could not be found, downloaded or verified; the message says what to do."""
+
+
+class OfflineError(WeightsError):
+    """The download source could not be reached."""
+
+
+class ChecksumMismatchError(WeightsError):
+    """A cached file's SHA-256 differs from the recorded (or published) one."""
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    """Where weights live: ``override``, else ``$MSEG_CACHE``, else ``~/.cache/mseg_semantic`` (+ ``/weights``)."""
+    root = override or os.environ.get("MSEG_CACHE") or Path.home() / ".cache" / "mseg_semantic"
+    return Path(root).expanduser() / "weights"
+
+
+def _entry(name: str | WeightsEntry) -> WeightsEntry:
+    if isinstance(name, WeightsEntry):
+        return name
+    entry = WEIGHTS.get(name)
+    if entry is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(WEIGHTS), n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise WeightsError(f"unknown weights {name!r}{hint}; `mseg-weights list` shows the names")
+    return entry
+
+
+def weights_path(name: str | WeightsEntry, cache: str | Path | None = None) -> Path:
+    """The path a registry entry has in the cache (whether or not it is there yet)."""
+    return cache_dir(cache) / _entry(name).filename
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest_path(directory: Path) -> Path:
+    return directory / "checksums.json"
+
+
+def _read_manifest(directory: Path) -> dict:
+    path = _manifest_path(directory)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path}: not valid JSON ({error}); fix or delete it (checksums are then re-recorded)")
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object of filename -> record")
+    return data
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checksums.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, _manifest_path(directory))
+
+
+def _record(directory: Path, filename: str, sha256: str, size: int, source: str) -> None:
+    manifest = _read_manifest(directory)
+    manifest[filename] = {
+        "sha256": sha256,
+        "size": size,
+        "source": source,
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_manifest(directory, manifest)
+
+
+def _expected_sha(entry: WeightsEntry, directory: Path) -> str | None:
+    record = _read_manifest(directory).get(entry.filename)
+    return entry.sha256 or (record or {}).get("sha256")
+
+
+def _redownload_hint(entry: WeightsEntry) -> str:
+    return f"`mseg-weights download {entry.name} --force` downloads it again"
+
+
+def verify_weights(name: str | WeightsEntry, cache: str | Path | None = None) -> str:
+    """Check a cached file against its recorded SHA-256 (recording it if this is the first time); return it.
+
+    Raises :class:`WeightsError` when the file is not in the cache, :class:`ChecksumMismatchError` when it differs.
+    """
+    entry = _entry(name)
+    directory = cache_dir(cache)
+    path = directory / entry.filename
+    if not path.is_file():
+        raise WeightsError(f"{entry.name}: not in the cache ({path}); `mseg-weights download {entry.name}`")
+    actual = _sha256(path)
+    expected = _expected_sha(entry, directory)
+    if expected is None:
+        _record(directory, entry.filename, actual, path.stat().st_size, "placed by hand")
+        return actual
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"{path}: SHA-256 {actual} differs from the recorded {expected} (file kept; it may be corrupt or "
+            f"replaced). {_redownload_hint(entry)}; if you replaced it on purpose, delete its entry in "
+            f"{_manifest_path(directory)} and run `mseg-weights verify {entry.name}`."
+        )
+    return actual
+
+
+def cached_status(name: str | WeightsEntry, cache: str | Path | None = None) -> str:
+    """'cached' | 'cached (checksum not recorded)' | 'partial' | 'missing' (no hashing: cheap, for listings)."""
+    entry = _entry(name)
+    directory = cache_dir(cache)
+    path = directory / entry.filename
+    if path.is_file():
+        recorded = entry.filename in _read_manifest(directory)
+        return "cached" if recorded else "cached (checksum not recorded)"
+    partial = list(directory.glob(entry.filename + ".part")) + list(directory.glob(entry.filename + ".gdown*"))
+    return "partial" if partial else "missing"
+
+
+def _offline_message(entry: WeightsEntry, url: str, dest: Path, error: BaseException) -> str:
+    return (
+        f"could not download {entry.name} from {url} ({type(error).__name__}: {error}). If this machine is "
+        f"offline, download the file elsewhere from {url}, place it at {dest}, then run "
+        f"`mseg-weights verify {entry.name}` to record its checksum. A partial download is kept and resumes."
+    )
+
+
+def _progress(done: int, total: int | None, quiet: bool) -> None:
+    if quiet:
+        return
+    if total:
+        print(f"\r  {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr, flush=True)
+    else:
+        print(f"\r  {done / 2**20:8.1f} MiB", end="", file=sys.stderr, flush=True)
+
+
+def _http_download(entry: WeightsEntry, url: str, part: Path, dest: Path, quiet: bool, timeout: float) -> None:
+    """Download ``url`` into ``part``, resuming from its current size with an HTTP Range request."""
+    start = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "mseg-semantic"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and start:
+            # Range not satisfiable: the partial file is complete if the server's total equals its size
+            total = (error.headers.get("Content-Range") or "").rpartition("/")[2]
+            if total.isdigit() and int(total) == start:
+                return
+            part.unlink()
+            return _http_download(entry, url, part, dest, quiet, timeout)
+        raise WeightsError(f"could not download {entry.name} from {url}: HTTP {error.code} {error.reason}") from error
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        raise OfflineError(_offline_message(entry, url, dest, error)) from error
+
+    with response:
+        resumed = start and response.status == 206
+        if not resumed:
+            start = 0  # the server ignored the Range request: start over
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length and length.isdigit() else None
+        done = start
+        try:
+            with open(part, "ab" if resumed else "wb") as f:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+                    done += len(chunk)
+                    _progress(done, total, quiet)
+        except (OSError, http.client.HTTPException) as error:  # connection dropped mid-transfer
+            raise OfflineError(_offline_message(entry, url, dest, error)) from error
+        finally:
+            if not quiet:
+                print(file=sys.stderr)
+    if total is not None and done != total:
+        raise OfflineError(
+            f"download of {entry.name} from {url} stopped at {done} of {total} bytes; run it again to resume "
+            f"(partial file {part})"
+        )
+
+
+def _gdrive_download(entry: WeightsEntry, staging: Path, dest: Path, quiet: bool) -> None:
+    """Download from Google Drive with gdown, which resumes its own partial file next to ``staging``."""
+    import gdown
+    import requests
+
+    url = entry.source
+    try:
+        result = gdown.download(id=entry.gdrive_id, output=str(staging), quiet=quiet, resume=True)
+    except (requests.exceptions.RequestException, OSError) as error:
+        raise OfflineError(_offline_message(entry, url, dest, error)) from error
+    except gdown.exceptions.FileURLRetrievalError as error:
+        raise WeightsError(
+            f"Google Drive refused {entry.name} ({url}): {error}. Drive limits downloads of popular files; "
+            f"try again later, or download it in a browser and place it at {dest}, then run "
+            f"`mseg-weights verify {entry.name}`."
+        ) from error
+    if result is None or not staging.is_file():
+        raise WeightsError(f"gdown did not produce {staging} for {entry.name} ({url}); try again")
+
+
+def download_weights(
+    name: str | WeightsEntry,
+    cache: str | Path | None = None,
+    force: bool = False,
+    url: str | None = None,
+    quiet: bool = False,
+    timeout: float = 60.0,
+) -> Path:
+    """Download a registry entry into the cache (if not already there) and return its verified path.
+
+    ``url`` overrides the entry's source with a direct HTTP(S) link (e.g. a mirror of a manual-only file).
+    ``force`` deletes the cached file and any partial download first.
+    """
+    entry = _entry(name)
+    directory = cache_dir(cache)
+    directory.mkdir(parents=True, exist_ok=True)
+    dest = directory / entry.filename
+    part = dest.with_name(dest.name + ".part")
+    staging = dest.with_name(dest.name + ".gdown")
+
+    if force:
+        for leftover in [dest, part, staging, *directory.glob(staging.name + "*.part")]:
+            leftover.unlink(missing_ok=True)
+        manifest = _read_manifest(directory)
+        if manifest.pop(entry.filename, None) is not None:
+            # forget the old checksum so that the new file's is recorded; a published one still applies
+            _write_manifest(directory, manifest)
+    elif dest.is_file():
+        verify_weights(entry, cache)
+        return dest
+
+    direct = url or entry.url
+    if direct:
+        source = direct
+        _http_download(entry, direct, part, dest, quiet, timeout)
+        complete = part
+    elif entry.gdrive_id:
+        source = entry.source
+        _gdrive_download(entry, staging, dest, quiet)
+        complete = staging
+    else:
+        raise WeightsError(
+            f"{entry.name} has no direct download link. Download {entry.filename} by hand from "
+            f"{entry.manual_url} and place it at {dest}, then run `mseg-weights verify {entry.name}`; or give a "
+            f"direct link: `mseg-weights download {entry.name} --url URL`."
+        )
+
+    actual = _sha256(complete)
+    if entry.sha256 and actual != entry.sha256:
+        raise ChecksumMismatchError(
+            f"{entry.name}: downloaded file {complete} has SHA-256 {actual}, the published one is "
+            f"{entry.sha256} (file kept for inspection). {_redownload_hint(entry)}."
+        )
+    _record(directory, entry.filename, actual, complete.stat().st_size, source)
+    os.replace(complete, dest)
+    return dest
+
+
+def resolve_weights(name_or_path: str | Path, cache: str | Path | None = None, download: bool = False) -> Path:
+    """A local checkpoint path as is, or a registry name resolved to its verified cached file.
+
+    With ``download=True`` a registry entry missing from the cache is downloaded; otherwise that is an error
+    that says how to download it.
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    name = str(name_or_path)
+    if name not in WEIGHTS:
+        raise FileNotFoundError(
+            f"{name!r} is neither a file nor a released weights name (`mseg-weights list` shows the names)"
+        )
+    path = weights_path(name, cache)
+    if path.is_file():
+        verify_weights(name, cache)
+        return path
+    if download:
+        return download_weights(name, cache)
+    raise WeightsError(f"{name} is not in the cache ({path}); run `mseg-weights download {name}`")
