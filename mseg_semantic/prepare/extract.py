@@ -1,0 +1,268 @@
+"""Safe, idempotent extraction of zip and tar(.gz) archives.
+
+Every member is checked before it is written: absolute paths, ``..`` components, links whose target leaves
+the destination, and device/fifo entries are refused. The archive is unpacked into a temporary directory
+beside the destination and moved in only when complete, so a refused or interrupted extraction leaves the
+destination untouched. A marker file records a finished extraction; a second call is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+log = logging.getLogger("mseg_semantic.prepare")
+
+
+class UnsafeArchiveError(RuntimeError):
+    pass
+
+
+class ArchiveError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class MemberFilter:
+    strip_prefix: str = ""
+    include: tuple[str, ...] = ()
+    include_suffixes: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def apply(self, name: str) -> str | None:
+        """The path to write for member ``name`` (already validated), or None to skip it."""
+        if self.strip_prefix:
+            if not name.startswith(self.strip_prefix):
+                return None
+            name = name[len(self.strip_prefix):]
+        if not name:
+            return None
+        if self.include and not any(name.startswith(p) for p in self.include):
+            return None
+        if self.include_suffixes and not name.endswith(self.include_suffixes):
+            return None
+        if any(fragment in name for fragment in self.exclude):
+            return None
+        return name
+
+
+def _check_member_path(archive: Path, name: str) -> str:
+    """Normalised relative path of a member; raises on absolute paths and '..'."""
+    raw = name.replace("\\", "/")
+    if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":") or raw.startswith("//"):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} contains '..'; refusing to extract")
+    return "/".join(parts)
+
+
+def _check_link_target(archive: Path, member: str, target: str, hard: bool) -> str:
+    """Normalised archive-relative path a link points to; raises when it leaves the destination."""
+    kind = "hard link" if hard else "symlink"
+    if target.startswith("/") or (len(target) > 1 and target[1] == ":"):
+        raise UnsafeArchiveError(f"{archive}: {kind} {member!r} -> {target!r} points outside the destination; refusing to extract")
+    resolved = posixpath.normpath(target if hard else posixpath.join(posixpath.dirname(member), target))
+    if resolved == ".." or resolved.startswith("../"):
+        raise UnsafeArchiveError(f"{archive}: {kind} {member!r} -> {target!r} points outside the destination; refusing to extract")
+    return resolved
+
+
+def archive_kind(path: Path) -> str:
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except OSError:
+        pass
+    raise ArchiveError(f"{path}: not a zip or tar archive (truncated download? rerun `mseg-prepare download`)")
+
+
+def _write_stream(src, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
+def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
+    count = 0
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
+            name = _check_member_path(archive, info.filename)
+            mode = info.external_attr >> 16
+            is_link = stat.S_ISLNK(mode)
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a device/fifo/socket; refusing to extract")
+            target = zf.read(info).decode("utf-8", "replace") if is_link else None
+            if is_link:
+                _check_link_target(archive, name, target, hard=False)
+            out_name = member_filter.apply(name) if name else None
+            if out_name is None:
+                continue
+            dest = tmp / out_name
+            if info.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            elif is_link:
+                _check_link_target(archive, out_name, target, hard=False)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(target, dest)
+            else:
+                with zf.open(info) as src:
+                    _write_stream(src, dest)
+            count += 1
+    return count
+
+
+def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
+    count = 0
+    # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
+    with tarfile.open(archive, mode="r|*") as tf, tqdm(desc=f"extract {archive.name}", unit="file",
+                                                       disable=not progress, leave=False) as bar:
+        for member in tf:
+            bar.update(1)
+            name = _check_member_path(archive, member.name)
+            if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device/fifo; refusing to extract")
+            if member.issym():
+                _check_link_target(archive, name, member.linkname, hard=False)
+            if member.islnk():
+                _check_member_path(archive, member.linkname)
+                _check_link_target(archive, name, member.linkname, hard=True)
+            out_name = member_filter.apply(name) if name else None
+            if out_name is None:
+                continue
+            dest = tmp / out_name
+            if member.isdir():
+                dest.mkdir(parents=True, exist_ok=True)
+            elif member.issym():
+                _check_link_target(archive, out_name, member.linkname, hard=False)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(member.linkname, dest)
+            elif member.islnk():
+                source_name = member_filter.apply(_check_member_path(archive, member.linkname))
+                source = tmp / source_name if source_name else None
+                if source is None or not source.is_file():
+                    raise UnsafeArchiveError(f"{archive}: hard link {member.name!r} -> {member.linkname!r} does not point to an extracted file")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, dest)
+            elif member.isfile():
+                src = tf.extractfile(member)
+                _write_stream(src, dest)
+            else:
+                continue
+            count += 1
+    return count
+
+
+def _merge_into(src: Path, dest: Path) -> None:
+    """Move the tree ``src`` into ``dest``; existing directories are merged, existing files replaced."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        target = dest / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _merge_into(entry, target)
+            entry.rmdir()
+        else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(entry, target)
+
+
+def read_marker(marker: Path) -> dict | None:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: MemberFilter = MemberFilter(),
+                    progress: bool = True, force: bool = False) -> bool:
+    """Unpack ``archive`` into ``dest`` safely; returns False when the marker says it is already done."""
+    archive, dest, marker = Path(archive), Path(dest), Path(marker)
+    done = read_marker(marker)
+    if done and not force:
+        if not archive.exists() or (done.get("size") == archive.stat().st_size and done.get("mtime_ns") == archive.stat().st_mtime_ns):
+            return False
+    if not archive.is_file():
+        raise ArchiveError(f"{archive} does not exist; run `mseg-prepare download` first")
+    kind = archive_kind(archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".mseg_extract_tmp.{archive.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        count = _extract_zip(archive, tmp, member_filter, progress) if kind == "zip" else _extract_tar(archive, tmp, member_filter, progress)
+        _merge_into(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    st = archive.stat()
+    payload = {"archive": str(archive), "dest": str(dest), "members": count, "size": st.st_size,
+               "mtime_ns": st.st_mtime_ns, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp_marker = marker.with_name(marker.name + ".tmp")
+    tmp_marker.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp_marker, marker)
+    log.info("extracted %s (%d entries) into %s", archive.name, count, dest)
+    return True
+
+
+def extract_dataset(spec, root: Path, progress: bool = True, force: bool = False,
+                    delete_archives: bool = False, only_needed_for: tuple[str, ...] | None = None) -> list[str]:
+    """Run the extraction plan of a dataset spec; returns the archives extracted this time.
+
+    A required archive that is missing is an error; an archive needed only for relabeling (ADE20K's full
+    release) or an optional one is skipped with a note. ``only_needed_for``: only the archives needed for
+    those steps, and only those present (the relabel step unpacks an instance archive placed late).
+    """
+    from mseg_semantic.prepare.download import find_present
+    from mseg_semantic.prepare.specs import STATE_DIR
+
+    root = Path(root)
+    top = root / spec.top_dir
+    done: list[str] = []
+    for step in spec.extract:
+        archive_spec = spec.archive(step.archive)
+        marker = root / STATE_DIR / "extracted" / spec.key / (step.archive.replace("/", "__") + ".json")
+        if archive_spec is not None:
+            path = find_present(top, archive_spec)
+            needed_for = archive_spec.needed_for
+        else:  # an archive inside an archive (COCO's panoptic PNG zips)
+            path = top / step.archive
+            needed_for = "remap"
+        if only_needed_for is not None and needed_for not in only_needed_for:
+            continue
+        if path is None or not path.is_file():
+            if only_needed_for is not None:
+                continue
+            if read_marker(marker) and not force:
+                continue  # extracted earlier, archive deleted since
+            if needed_for == "remap":
+                raise ArchiveError(f"{spec.key}: {top / step.archive} is missing; run `mseg-prepare download {spec.key}` "
+                                   f"(or place the file there by hand)")
+            log.info("%s: %s not present, skipped (%s)", spec.key, step.archive,
+                     "needed only for relabel" if needed_for == "relabel" else "optional")
+            continue
+        member_filter = MemberFilter(step.strip_prefix, step.include, step.include_suffixes, step.exclude)
+        if extract_archive(path, top / step.dest, marker, member_filter, progress=progress, force=force):
+            done.append(step.archive)
+        if delete_archives and path.exists():
+            path.unlink()
+    return done

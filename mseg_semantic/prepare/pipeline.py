@@ -1,0 +1,144 @@
+"""``mseg-prepare all``: download -> extract -> remap -> relabel (training sets) -> verify, per dataset,
+resumable: each finished step leaves ``<root>/.mseg_prepare/done/<dataset>.<step>`` and is skipped next time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
+
+log = logging.getLogger("mseg_semantic.prepare")
+
+STEPS = ("download", "extract", "remap", "relabel", "verify")
+
+
+@dataclass
+class Options:
+    workers: int | None = None
+    credentials_file: str | None = None
+    progress: bool = True
+    unknown: str = "error"
+    check_labels: bool = True
+    include_optional: bool = False
+    delete_archives: bool = False
+    records_dir: str | None = None
+
+
+def steps_for(spec: DatasetSpec) -> list[str]:
+    return [step for step in STEPS if step != "relabel" or spec.relabeled]
+
+
+def marker_path(root: Path, key: str, step: str) -> Path:
+    return Path(root) / STATE_DIR / "done" / f"{key}.{step}"
+
+
+def is_done(root: Path, key: str, step: str) -> bool:
+    return marker_path(root, key, step).is_file()
+
+
+def mark_done(root: Path, key: str, step: str, summary: dict | None = None) -> None:
+    path = marker_path(root, key, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def clear_markers(root: Path, key: str, from_step: str) -> None:
+    """A redone step invalidates the steps after it."""
+    for step in STEPS[STEPS.index(from_step):]:
+        marker_path(root, key, step).unlink(missing_ok=True)
+
+
+def run_step(key: str, step: str, root: Path, options: Options) -> dict:
+    spec = get_spec(key)
+    if step == "download":
+        from mseg_semantic.prepare.download import download_dataset
+
+        results = download_dataset(spec, root, credentials_file=options.credentials_file, progress=options.progress,
+                                   include_optional=options.include_optional)
+        return {"archives": {r.archive: r.status for r in results}}
+    if step == "extract":
+        from mseg_semantic.prepare.extract import extract_dataset
+
+        return {"extracted": extract_dataset(spec, root, progress=options.progress, delete_archives=options.delete_archives)}
+    if step == "remap":
+        from mseg_semantic.prepare.remap import remap_dataset
+
+        report = remap_dataset(key, root, workers=options.workers, unknown=options.unknown, progress=options.progress)
+        return {"splits": report["splits"]}
+    if step == "relabel":
+        from mseg_semantic.prepare.relabel import relabel_dataset
+
+        report = relabel_dataset(key, root, workers=options.workers, records_dir=options.records_dir, progress=options.progress)
+        return {name: {k: part[k] for k in ("applied", "not_found", "mismatch", "image_not_in_list")}
+                for name, part in report["targets"].items()}
+    if step == "verify":
+        from mseg_semantic.prepare.verify import verify_dataset
+
+        result = verify_dataset(key, root, check_labels=options.check_labels, workers=options.workers, progress=options.progress)
+        if not result.ok:
+            raise VerifyFailed(f"{key}: verification found {len(result.problems)} problem(s):\n  " + "\n  ".join(result.problems[:30]))
+        return {"counts": result.counts}
+    raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+
+
+class VerifyFailed(RuntimeError):
+    pass
+
+
+def describe_plan(keys: list[str], root: Path, force: bool = False) -> list[str]:
+    lines = []
+    for key in keys:
+        spec = get_spec(key)
+        states = []
+        for step in steps_for(spec):
+            states.append(f"{step}:{'done' if is_done(root, key, step) and not force else 'todo'}")
+        lines.append(f"{key:15s} [{spec.role}, {spec.registration}] " + " -> ".join(states))
+        if not is_done(root, key, "download") or force:
+            top = Path(root) / spec.top_dir
+            for archive in spec.archives:
+                where = "present" if any((top / n).is_file() for n in archive.names) else (
+                    "download" if archive.url or archive.personal_url else "manual")
+                lines.append(f"    {archive.filename:45s} {archive.size:>8s}  {where}"
+                             + ("" if archive.needed_for == "remap" else f" ({archive.needed_for})"))
+    return lines
+
+
+def run_all(keys: list[str], root: Path, options: Options, force: bool = False) -> dict[str, str]:
+    """Run the chain for each dataset; returns dataset -> 'done' | 'manual step needed' | 'failed: ...'.
+
+    A dataset that stops (manual step, error) does not stop the others.
+    """
+    from mseg_semantic.prepare.download import ManualStepRequired
+
+    root = Path(root)
+    status: dict[str, str] = {}
+    for key in keys:
+        spec = get_spec(key)
+        if force:
+            clear_markers(root, key, "download")
+        status[key] = "done"
+        for step in steps_for(spec):
+            if is_done(root, key, step):
+                log.info("%s: %s already done (marker %s)", key, step, marker_path(root, key, step))
+                continue
+            log.info("%s: %s ...", key, step)
+            try:
+                summary = run_step(key, step, root, options)
+            except ManualStepRequired as exc:
+                log.error("%s", exc)
+                status[key] = f"manual step needed before {step}"
+                break
+            except Exception as exc:  # one dataset's failure must not stop the others; the message says which
+                log.error("%s: %s failed: %s", key, step, exc)
+                status[key] = f"failed at {step}: {str(exc).splitlines()[0]}"
+                break
+            clear_markers(root, key, step)
+            mark_done(root, key, step, summary)
+    return status

@@ -1,0 +1,290 @@
+"""The 13 datasets MSeg uses: where their archives come from, how they unpack, what they should contain.
+
+Archives live where MSeg's own scripts put them, ``<root>/<top dir>/<archive>`` (e.g.
+``<root>/Cityscapes/gtFine_trainvaltest.zip``), so archives already downloaded by hand or by MSeg's scripts
+are picked up. Each dataset's files end up under ``<root>/catalog.DATASET_DIRS[taxonomy]``.
+Split sizes are those of MSeg's list files (mseg-api ``dataset_lists``) or, where MSeg used a subset,
+of the official split (noted in ``notes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mseg_semantic.data.catalog import DATASET_DIRS
+
+
+@dataclass(frozen=True)
+class Archive:
+    filename: str
+    url: str | None = None  # public URL; None when only a login, a personal link or a browser can fetch it
+    login: str | None = None  # "cityscapes" | "wilddash": a form login before the download (credentials needed)
+    personal_url: bool = False  # the owners e-mail a personal link: read as credential ``url`` (MSEG_<DATASET>_URL)
+    personal_url_suffix: str = ""  # appended to the personal link (ScanNet mails a base URL)
+    manual: str = ""  # the browser steps when no automatic download is possible
+    aliases: tuple[str, ...] = ()  # other names the same archive is known under
+    needed_for: str = "remap"  # "remap" (the whole chain needs it), "relabel" (only relabeling), "optional"
+    sha256: str | None = None  # pinned digest where one is published; otherwise recorded on first download
+    size: str = ""  # human size hint
+    extract: bool = True
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.filename, *self.aliases)
+
+
+@dataclass(frozen=True)
+class ExtractStep:
+    archive: str  # file name of an Archive, or a path (relative to the top dir) of an archive unpacked earlier
+    dest: str = ""  # directory relative to the top dir
+    strip_prefix: str = ""  # leading member path removed before writing
+    include: tuple[str, ...] = ()  # keep only members (after stripping) starting with one of these
+    include_suffixes: tuple[str, ...] = ()  # keep only members ending with one of these
+    exclude: tuple[str, ...] = ()  # drop members whose path contains one of these fragments
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    key: str
+    title: str
+    role: str  # "train" | "test"
+    taxonomy: str  # the semseg taxonomy its labels are remapped to
+    raw_taxonomy: str | None  # the taxonomy of the raw labels (None: distributed in the semseg taxonomy)
+    relabeled: tuple[str, ...]  # relabeled taxonomies produced by `relabel`
+    registration: str  # "none" | "login" | "personal link" | "browser"
+    archives: tuple[Archive, ...]
+    extract: tuple[ExtractStep, ...]
+    splits: dict[str, int]  # split -> expected number of images
+    disk_gb: float  # archives + extracted + remapped, approximate
+    notes: str = ""
+    extra_files: tuple[str, ...] = field(default=())  # non-archive downloads (split lists)
+
+    @property
+    def top_dir(self) -> str:
+        return DATASET_DIRS[self.taxonomy].split("/")[0]
+
+    @property
+    def dataset_dir(self) -> str:
+        return DATASET_DIRS[self.taxonomy]
+
+    def archive(self, filename: str) -> Archive | None:
+        for archive in self.archives:
+            if filename in archive.names:
+                return archive
+        return None
+
+
+STATE_DIR = ".mseg_prepare"  # under the data root: checksums, extraction and step markers, reports
+CITYSCAPES_BASE = "https://www.cityscapes-dataset.com"
+WILDDASH_BASE = "https://wilddash.cc"
+
+SPECS: dict[str, DatasetSpec] = {}
+
+
+def _add(spec: DatasetSpec) -> None:
+    SPECS[spec.key] = spec
+
+
+_add(DatasetSpec(
+    key="ade20k", title="ADE20K (SceneParsing 2016 + full 2016_07_26 release for instances)", role="train",
+    taxonomy="ade20k-150", raw_taxonomy="ade20k-151", relabeled=("ade20k-150-relabeled",), registration="none",
+    archives=(
+        Archive("ADEChallengeData2016.zip", url="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip", size="923 MB"),
+        Archive("ADE20K_2016_07_26.zip", url="https://groups.csail.mit.edu/vision/datasets/ADE20K/ADE20K_2016_07_26.zip",
+                needed_for="relabel", size="3.8 GB",
+                manual=("The full ADE20K release moved: the 2016_07_26 archive (instance masks, needed only to relabel) is "
+                        "no longer served at its old link for everyone. Register at https://groups.csail.mit.edu/vision/datasets/ADE20K/ "
+                        "and download the 2016 full release ADE20K_2016_07_26.zip (3.8 GB, folder ADE20K_2016_07_26/images/...).")),
+    ),
+    extract=(ExtractStep("ADEChallengeData2016.zip"),
+             ExtractStep("ADE20K_2016_07_26.zip", include_suffixes=("_seg.png",))),
+    splits={"train": 20210, "val": 2000}, disk_gb=7.0,
+    notes="Only the *_seg.png instance maps are kept from the full release.",
+))
+
+_add(DatasetSpec(
+    key="bdd", title="BDD100K semantic segmentation", role="train", taxonomy="bdd", raw_taxonomy=None,
+    relabeled=("bdd-relabeled",), registration="browser",
+    archives=(Archive("bdd100k_seg.zip", size="1.3 GB", manual=(
+        "Register and log in at https://bdd-data.berkeley.edu/ , open the Download page, accept the terms and click "
+        "'Segmentation' (the file is bdd100k_seg.zip, 1.3 GB).")),),
+    extract=(ExtractStep("bdd100k_seg.zip"),),
+    splits={"train": 7000, "val": 1000}, disk_gb=3.0,
+))
+
+_add(DatasetSpec(
+    key="cityscapes", title="Cityscapes (gtFine + leftImg8bit)", role="train", taxonomy="cityscapes-19",
+    raw_taxonomy="cityscapes-34", relabeled=("cityscapes-19-relabeled", "cityscapes-34-relabeled"), registration="login",
+    archives=(
+        Archive("gtFine_trainvaltest.zip", url=f"{CITYSCAPES_BASE}/file-handling/?packageID=1", login="cityscapes", size="241 MB",
+                manual="Log in at https://www.cityscapes-dataset.com/login/ and download package 1, gtFine_trainvaltest.zip."),
+        Archive("leftImg8bit_trainvaltest.zip", url=f"{CITYSCAPES_BASE}/file-handling/?packageID=3", login="cityscapes", size="11 GB",
+                manual="Log in at https://www.cityscapes-dataset.com/login/ and download package 3, leftImg8bit_trainvaltest.zip."),
+    ),
+    extract=(ExtractStep("gtFine_trainvaltest.zip"), ExtractStep("leftImg8bit_trainvaltest.zip")),
+    splits={"train": 2975, "val": 500}, disk_gb=24.0,
+))
+
+_add(DatasetSpec(
+    key="coco", title="COCO Panoptic 2017", role="train", taxonomy="coco-panoptic-133", raw_taxonomy="coco-panoptic-201",
+    relabeled=("coco-panoptic-133-relabeled",), registration="none",
+    archives=(
+        Archive("panoptic_annotations_trainval2017.zip", url="http://images.cocodataset.org/annotations/panoptic_annotations_trainval2017.zip", size="821 MB"),
+        Archive("train2017.zip", url="http://images.cocodataset.org/zips/train2017.zip", size="18 GB"),
+        Archive("val2017.zip", url="http://images.cocodataset.org/zips/val2017.zip", size="778 MB"),
+    ),
+    extract=(ExtractStep("train2017.zip", dest="images"), ExtractStep("val2017.zip", dest="images"),
+             ExtractStep("panoptic_annotations_trainval2017.zip"),
+             ExtractStep("annotations/panoptic_train2017.zip", dest="annotations"),
+             ExtractStep("annotations/panoptic_val2017.zip", dest="annotations")),
+    splits={"train": 118287, "val": 5000}, disk_gb=45.0,
+))
+
+_add(DatasetSpec(
+    key="idd", title="India Driving Dataset, segmentation part I", role="train", taxonomy="idd-39", raw_taxonomy="idd-40",
+    relabeled=("idd-39-relabeled",), registration="personal link",
+    archives=(Archive("idd-segmentation.tar.gz", personal_url=True, size="18.5 GB", manual=(
+        "Register and log in at https://idd.insaan.iiit.ac.in/ , open Dataset > Download and start "
+        "'IDD - Segmentation (IDD 20k Part I)' (idd-segmentation.tar.gz, 18.5 GB) in a browser. Either let the browser "
+        "finish, or copy the download link into MSEG_IDD_URL (or 'idd: {url: ...}' in the credentials file) and rerun.")),),
+    extract=(ExtractStep("idd-segmentation.tar.gz"),),
+    splits={"train": 6993, "val": 981}, disk_gb=40.0,
+    notes="Labels are rasterised from the polygon JSONs (idd-40, drawn in file order) and mapped to idd-39.",
+))
+
+_add(DatasetSpec(
+    key="mapillary", title="Mapillary Vistas v1.1 (research edition)", role="train", taxonomy="mapillary-public65",
+    raw_taxonomy="mapillary-public66", relabeled=("mapillary-public65-relabeled",), registration="personal link",
+    archives=(Archive("mapillary-vistas-dataset_public_v1.1.zip", personal_url=True, size="25 GB", manual=(
+        "Request the research edition at https://www.mapillary.com/dataset/vistas ; you are e-mailed a link to "
+        "mapillary-vistas-dataset_public_v1.1.zip (v1.1, not v2.0). Put the link in MSEG_MAPILLARY_URL (or "
+        "'mapillary: {url: ...}' in the credentials file), or download the file yourself.")),),
+    extract=(ExtractStep("mapillary-vistas-dataset_public_v1.1.zip", exclude=("testing/",)),),
+    splits={"train": 18000, "val": 2000}, disk_gb=55.0,
+))
+
+_add(DatasetSpec(
+    key="sunrgbd", title="SUN RGB-D (37-class semantic release)", role="train", taxonomy="sunrgbd-37", raw_taxonomy="sunrgbd-38",
+    relabeled=("sunrgbd-37-relabeled",), registration="none",
+    archives=(Archive("sun_rgbd.tgz", url="http://cvgl.stanford.edu/data2/sun_rgbd.tgz", size="6.4 GB"),),
+    extract=(ExtractStep("sun_rgbd.tgz", exclude=("depth/",)),),
+    splits={"train": 5285, "val": 5050}, disk_gb=10.0,
+    notes="val = the official 5050-image test split (MSeg's own val list keeps a 475-image subset of it).",
+))
+
+_add(DatasetSpec(
+    key="camvid", title="CamVid (SegNet split)", role="test", taxonomy="camvid-11", raw_taxonomy="camvid-32",
+    relabeled=(), registration="none",
+    archives=(
+        Archive("701_StillsRaw_full.zip", url="http://web4.cs.ucl.ac.uk/staff/g.brostow/MotionSegRecData/files/701_StillsRaw_full.zip", size="557 MB"),
+        Archive("LabeledApproved_full.zip", url="http://web4.cs.ucl.ac.uk/staff/g.brostow/MotionSegRecData/data/LabeledApproved_full.zip", size="16 MB"),
+    ),
+    extract=(ExtractStep("701_StillsRaw_full.zip"), ExtractStep("LabeledApproved_full.zip", dest="Labels32-RGB")),
+    splits={"train": 367, "val": 101, "test": 233}, disk_gb=1.5,
+))
+
+_add(DatasetSpec(
+    key="kitti", title="KITTI semantic segmentation 2015", role="test", taxonomy="kitti-19", raw_taxonomy="kitti-34",
+    relabeled=(), registration="personal link",
+    archives=(Archive("data_semantics.zip", personal_url=True, size="314 MB", manual=(
+        "Register at http://www.cvlibs.net/datasets/kitti/eval_semseg.php?benchmark=semantics2015 and request "
+        "data_semantics.zip; cvlibs.net e-mails a download link. Put it in MSEG_KITTI_URL (or 'kitti: {url: ...}' in "
+        "the credentials file), or download the file yourself.")),),
+    extract=(ExtractStep("data_semantics.zip"),),
+    splits={"train": 150, "val": 50}, disk_gb=1.0,
+    notes="The 200 labelled training images split 150/50 as in MSeg's lists.",
+))
+
+_add(DatasetSpec(
+    key="pascal-context", title="PASCAL Context (VOC 2010 images)", role="test", taxonomy="pascal-context-60",
+    raw_taxonomy="pascal-context-460", relabeled=(), registration="none",
+    archives=(
+        Archive("VOCtrainval_03-May-2010.tar", url="http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar", size="1.3 GB"),
+        Archive("trainval.tar.gz", url="https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz", size="31 MB"),
+    ),
+    extract=(ExtractStep("VOCtrainval_03-May-2010.tar", strip_prefix="VOCdevkit/VOC2010/",
+                         include=("JPEGImages/", "ImageSets/Main/train.txt", "ImageSets/Main/val.txt")),
+             ExtractStep("trainval.tar.gz")),
+    splits={"train": 4998, "val": 5105}, disk_gb=3.5,
+))
+
+_add(DatasetSpec(
+    key="voc2012", title="PASCAL VOC 2012 + SBD (SegmentationClassAug)", role="test", taxonomy="voc2012", raw_taxonomy=None,
+    relabeled=(), registration="none",
+    archives=(
+        Archive("VOCtrainval_11-May-2012.tar", url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar", size="1.9 GB"),
+        Archive("SegmentationClassAug.zip", url="https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip?dl=1", size="63 MB"),
+    ),
+    extract=(ExtractStep("VOCtrainval_11-May-2012.tar", strip_prefix="VOCdevkit/VOC2012/",
+                         include=("JPEGImages/", "ImageSets/Segmentation/")),
+             ExtractStep("SegmentationClassAug.zip", exclude=("__MACOSX",))),
+    splits={"train": 10582, "val": 1449}, disk_gb=4.5,
+))
+
+_add(DatasetSpec(
+    key="scannet", title="ScanNet v2, official 25k-frame subset", role="test", taxonomy="scannet-20", raw_taxonomy="scannet-41",
+    relabeled=(), registration="personal link",
+    archives=(
+        Archive("scannet_frames_25k.zip", personal_url=True, personal_url_suffix="v2/tasks/scannet_frames_25k.zip", size="5.6 GB", manual=(
+            "Fill in the ScanNet Terms of Use (http://kaldir.vc.in.tum.de/scannet/ScanNet_TOS.pdf) and mail it to "
+            "scannet@googlegroups.com; the reply links a download-scannet.py script. Put its BASE_URL value in "
+            "MSEG_SCANNET_URL (or 'scannet: {url: ...}' in the credentials file), or download "
+            "BASE_URL/v2/tasks/scannet_frames_25k.zip yourself.")),
+        Archive("scannetv2_train.txt", url="https://raw.githubusercontent.com/ScanNet/ScanNet/master/Tasks/Benchmark/scannetv2_train.txt", extract=False),
+        Archive("scannetv2_val.txt", url="https://raw.githubusercontent.com/ScanNet/ScanNet/master/Tasks/Benchmark/scannetv2_val.txt", extract=False),
+    ),
+    extract=(ExtractStep("scannet_frames_25k.zip", exclude=("/depth/", "/instance/", "/pose/", "/intrinsics")),),
+    splits={"train": 19466, "val": 5436}, disk_gb=12.0,
+    notes="Scenes are split by ScanNet's benchmark lists scannetv2_train.txt / scannetv2_val.txt.",
+))
+
+_add(DatasetSpec(
+    key="wilddash", title="WildDash v1 (validation set)", role="test", taxonomy="wilddash-19", raw_taxonomy="wilddash-34",
+    relabeled=(), registration="login",
+    archives=(
+        Archive("wd_val_01.zip", url=f"{WILDDASH_BASE}/download/wd_val_01.zip", login="wilddash", size="122 MB",
+                manual="Log in at https://wilddash.cc/accounts/login?next=/download and download wd_val_01.zip."),
+        # MSeg's script asks for wd_bench_01.zip, which unpacks as wd_both_01/; either name is accepted.
+        Archive("wd_both_01.zip", url=f"{WILDDASH_BASE}/download/wd_bench_01.zip", login="wilddash", aliases=("wd_bench_01.zip",),
+                needed_for="optional", size="255 MB",
+                manual="Optional benchmark images (no labels): download wd_bench_01.zip from https://wilddash.cc/download ."),
+    ),
+    extract=(ExtractStep("wd_val_01.zip"), ExtractStep("wd_both_01.zip", exclude=("anonymized/",))),
+    splits={"val": 70}, disk_gb=0.6,
+    notes="Only wd_val_01 (70 labelled images) is used; the benchmark archive is optional.",
+))
+
+DATASET_KEYS: tuple[str, ...] = tuple(SPECS)
+
+
+def get_spec(key: str) -> DatasetSpec:
+    if key not in SPECS:
+        from difflib import get_close_matches
+
+        close = get_close_matches(key, SPECS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown dataset {key!r}{hint}; known: {', '.join(SPECS)}")
+    return SPECS[key]
+
+
+def parse_dataset_list(text: str | list[str]) -> list[str]:
+    """'a,b' or ['a', 'b,c'] or 'all' -> validated keys in catalog order."""
+    items = [text] if isinstance(text, str) else list(text)
+    keys: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part == "all":
+                keys.extend(SPECS)
+            elif part == "train":
+                keys.extend(k for k, s in SPECS.items() if s.role == "train")
+            elif part == "test":
+                keys.extend(k for k, s in SPECS.items() if s.role == "test")
+            else:
+                keys.append(get_spec(part).key)
+    if not keys:
+        raise ValueError("no dataset given; use names from `mseg-prepare list`, 'train', 'test' or 'all'")
+    seen = set()
+    return [k for k in SPECS if k in keys and not (k in seen or seen.add(k))]
