@@ -1,0 +1,46 @@
+"""Inference (sliding window, flip, multi-scale, batched), metrics, the zero-shot benchmark, demo and export.
+
+Heavier pieces (the dataset loop, demo, export) import the model/data/taxonomy packages; import them from their
+modules: ``mseg_semantic.evaluation.evaluate``, ``.demo``, ``.export``, ``.model_space``.
+"""
+
+from mseg_semantic.evaluation.inference import (
+    InferenceSettings,
+    predict_probabilities,
+    resized_hw,
+    segment_image,
+    segment_images,
+    window_starts,
+)
+from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status, harmonic_mean
+from mseg_semantic.evaluation.visualize import colorize, compose_demo_frame, legend_panel, overlay, present_classes
+from mseg_semantic.evaluation.zero_shot import (
+    COLUMN_LABELS,
+    ZERO_SHOT_DATASETS,
+    ZeroShotEntry,
+    format_zero_shot_table,
+    zero_shot_summary,
+)
+
+__all__ = [
+    "COLUMN_LABELS",
+    "ConfusionMatrix",
+    "InferenceSettings",
+    "SegmentationMetrics",
+    "ZERO_SHOT_DATASETS",
+    "ZeroShotEntry",
+    "class_status",
+    "colorize",
+    "compose_demo_frame",
+    "format_zero_shot_table",
+    "harmonic_mean",
+    "legend_panel",
+    "overlay",
+    "predict_probabilities",
+    "present_classes",
+    "resized_hw",
+    "segment_image",
+    "segment_images",
+    "window_starts",
+    "zero_shot_summary",
+]

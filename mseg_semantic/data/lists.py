@@ -1,0 +1,77 @@
+"""Split lists (``rgb_relpath label_relpath`` per line) and decoding of the files they name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mseg_semantic.data.catalog import DatasetLocation
+
+
+class BadSampleError(RuntimeError):
+    """A listed file is missing, cannot be decoded, or disagrees with its pair; the message names the file."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def read_list_file(location: DatasetLocation) -> list[tuple[Path, Path]]:
+    """(image path, label path) pairs, each joined to the dataset root. Blank lines are skipped."""
+    list_file = Path(location.list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(
+            f"split list {list_file} for dataset {location.name!r} does not exist; prepare the dataset (mseg-prepare), "
+            f"generate the demo world (mseg-data demo --out DIR), or point DATA.dataset_lists at the right file"
+        )
+    pairs = []
+    with open(list_file, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(f"{list_file}:{number}: expected 'rgb_relpath label_relpath' (2 fields), got {len(fields)}: {line.strip()!r}")
+            pairs.append((location.root / fields[0], location.root / fields[1]))
+    return pairs
+
+
+def _read(path: Path, flags: int) -> np.ndarray:
+    if not path.is_file():
+        raise BadSampleError(path, "file does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, flags) if data.size else None
+    if image is None:
+        raise BadSampleError(path, "cannot be decoded as an image (corrupt or not an image file)")
+    return image
+
+
+def read_image_bgr(path: str | Path) -> np.ndarray:
+    """H x W x 3 uint8 in OpenCV's BGR order (the training path swaps channels on the small crop)."""
+    return _read(Path(path), cv2.IMREAD_COLOR)
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    return cv2.cvtColor(read_image_bgr(path), cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """H x W uint8 label map; a colour or 16-bit PNG is an error, never silently converted."""
+    label = _read(Path(path), cv2.IMREAD_UNCHANGED)
+    if label.ndim != 2:
+        raise BadSampleError(path, f"label must be a single-channel 8-bit PNG, got {label.shape[2]} channels")
+    if label.dtype != np.uint8:
+        raise BadSampleError(path, f"label must be 8-bit, got {label.dtype}")
+    return label
+
+
+def read_pair(image_path: Path, label_path: Path, bgr: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Image and label of one sample, checked to have the same size."""
+    image = read_image_bgr(image_path) if bgr else read_image_rgb(image_path)
+    label = read_label(label_path)
+    if image.shape[:2] != label.shape:
+        raise BadSampleError(label_path, f"label size {label.shape[1]}x{label.shape[0]} differs from image {image_path} size {image.shape[1]}x{image.shape[0]}")
+    return image, label

@@ -1,0 +1,125 @@
+"""Check one split of a dataset: every listed file exists and decodes, sizes agree, label ids are valid."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from mseg_semantic.data.datasets import locate_and_read
+from mseg_semantic.data.lists import BadSampleError, read_image_bgr, read_label
+
+IGNORE = 255
+
+
+@dataclass
+class VerifyReport:
+    dataset: str
+    split: str
+    list_file: Path
+    root: Path
+    class_names: list[str]
+    num_samples: int = 0
+    num_ok: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file, what is wrong)
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    image_sizes: Counter = field(default_factory=Counter)  # (w, h) -> images
+    duplicates: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        lines = [
+            f"dataset {self.dataset}, split {self.split}: {self.num_samples} samples listed in {self.list_file}",
+            f"root: {self.root}",
+            f"samples without problems: {self.num_ok} / {self.num_samples}",
+        ]
+        if self.duplicates:
+            lines.append(f"note: {self.duplicates} list line(s) repeat an earlier image")
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.image_sizes.most_common(8))
+        more = len(self.image_sizes) - 8
+        lines.append(f"image sizes (w x h): {sizes or '-'}{f', and {more} more' if more > 0 else ''}")
+        total = int(self.class_pixels.sum())
+        lines.append(f"class pixel histogram ({len(self.class_names)} classes + unlabeled {IGNORE}), {total} pixels read:")
+        width = max([len(n) for n in self.class_names] + [9])
+        for class_id in np.flatnonzero(self.class_pixels).tolist():
+            if class_id < len(self.class_names):
+                name = self.class_names[class_id]
+            else:
+                name = "unlabeled" if class_id == IGNORE else "INVALID"
+            count = int(self.class_pixels[class_id])
+            lines.append(f"  {class_id:>3}  {name:<{width}}  {count:>12}  {100.0 * count / total:6.2f}%")
+        absent = [n for i, n in enumerate(self.class_names) if not self.class_pixels[i]]
+        if absent:
+            lines.append(f"  classes with no pixels ({len(absent)}): {', '.join(absent)}")
+        lines.append(f"problems: {len(self.problems)}")
+        lines.extend(f"  {path}: {message}" for path, message in self.problems)
+        return "\n".join(lines)
+
+
+def _check_sample(task: tuple[str, str, int]) -> tuple[list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None]:
+    image_path, label_path, num_classes = task
+    problems: list[tuple[str, str]] = []
+    image = label = None
+    try:
+        image = read_image_bgr(image_path)
+    except BadSampleError as exc:
+        problems.append((exc.path, exc.reason))
+    try:
+        label = read_label(label_path)
+    except BadSampleError as exc:
+        problems.append((exc.path, exc.reason))
+    histogram = None
+    if label is not None:
+        histogram = np.bincount(label.ravel(), minlength=256).astype(np.int64)
+        bad = [int(i) for i in np.flatnonzero(histogram) if num_classes <= i < IGNORE]
+        if bad:
+            pixels = int(histogram[bad].sum())
+            problems.append((label_path, f"label ids {bad} are outside this taxonomy (valid: 0..{num_classes - 1} and {IGNORE}); {pixels} pixels"))
+    if image is not None and label is not None and image.shape[:2] != label.shape:
+        problems.append((label_path, f"label size {label.shape[1]}x{label.shape[0]} differs from image size {image.shape[1]}x{image.shape[0]} ({image_path})"))
+    size = (image.shape[1], image.shape[0]) if image is not None else None
+    return problems, histogram, size
+
+
+def verify_dataset(
+    name: str,
+    split: str,
+    data_root: str | os.PathLike | None,
+    dataset_roots: Mapping[str, str] | None = None,
+    dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
+    workers: int = 0,
+    class_names: list[str] | None = None,
+) -> VerifyReport:
+    """Read every listed file (``workers`` processes; 0 = this one) and collect every problem.
+
+    ``class_names`` defaults to the taxonomy's names of ``name``; a missing or malformed list file is raised.
+    """
+    if class_names is None:
+        from mseg_semantic.taxonomy import load_class_names
+
+        class_names = load_class_names(name)
+    location, pairs = locate_and_read(name, split, data_root, dataset_roots, dataset_lists)
+    report = VerifyReport(name, split, location.list_file, location.root, list(class_names), num_samples=len(pairs))
+    report.duplicates = len(pairs) - len({image for image, _ in pairs})
+    tasks = [(str(image), str(label), len(class_names)) for image, label in pairs]
+    if workers > 0 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_check_sample, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
+    else:
+        results = [_check_sample(task) for task in tasks]
+    for problems, histogram, size in results:
+        report.problems.extend(problems)
+        report.num_ok += not problems
+        if histogram is not None:
+            report.class_pixels += histogram
+        if size is not None:
+            report.image_sizes[size] += 1
+    return report

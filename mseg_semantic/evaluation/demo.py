@@ -1,0 +1,136 @@
+"""Run a model on an image, a folder of images or a video and write what it sees.
+
+Per image: ``<stem>_demo.png`` = ``[input | colour mask | overlay | legend of the classes present]`` and
+``<stem>_label.png`` (the predicted ids, uint8, or uint16 when the taxonomy has more than 255 classes).
+A video gives ``<stem>_demo.mp4`` (mp4v, same frame rate and frame count) of the same side-by-side frames.
+Images (or frames) go through inference ``batch_size`` at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mseg_semantic.data.lists import read_image_rgb
+from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
+from mseg_semantic.evaluation.model_space import OutputSpace, label_dtype
+from mseg_semantic.evaluation.outputs import write_png
+from mseg_semantic.evaluation.visualize import compose_demo_frame
+
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "run_demo", "list_images"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _predict(model, images, settings, space) -> list[np.ndarray]:
+    projection = space.projection
+    preds = segment_images(model, images, settings, projection)
+    dtype = label_dtype(space.num_classes)
+    return [p.to("cpu").numpy().astype(dtype) for p in preds]
+
+
+def run_demo(
+    model: torch.nn.Module,
+    space: OutputSpace,
+    settings: InferenceSettings,
+    input_path: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> list[Path]:
+    """Segment ``input_path`` (image, folder of images, or video) into ``out_dir``; returns the files written."""
+    input_path = Path(input_path)
+    out_dir = Path(out_dir)
+    batch_size = max(1, int(batch_size))
+    if input_path.is_dir():
+        images = list_images(input_path)
+        if not images:
+            raise FileNotFoundError(f"{input_path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return _run_images(model, space, settings, images, out_dir, batch_size, progress)
+    if not input_path.exists():
+        raise FileNotFoundError(f"demo input {input_path} does not exist (give an image, a folder of images, or a video)")
+    suffix = input_path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return _run_images(model, space, settings, [input_path], out_dir, batch_size, progress)
+    if suffix in VIDEO_SUFFIXES:
+        return [_run_video(model, space, settings, input_path, out_dir, batch_size, progress)]
+    raise ValueError(f"demo input {input_path}: unknown file type {suffix!r}; images: {', '.join(IMAGE_SUFFIXES)}; videos: {', '.join(VIDEO_SUFFIXES)}")
+
+
+def _run_images(model, space, settings, paths: list[Path], out_dir: Path, batch_size: int, progress: bool) -> list[Path]:
+    written = []
+    bar = tqdm(total=len(paths), desc="demo", unit="img", disable=not progress, dynamic_ncols=True)
+    for chunk in _batches(paths, batch_size):
+        images = [read_image_rgb(p) for p in chunk]
+        for path, image, label in zip(chunk, images, _predict(model, images, settings, space)):
+            frame = compose_demo_frame(image, label, space.class_names, space.colors)
+            written.append(write_png(out_dir / f"{path.stem}_demo.png", frame, rgb=True))
+            written.append(write_png(out_dir / f"{path.stem}_label.png", label))
+        bar.update(len(chunk))
+    bar.close()
+    return written
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad to even height and width (video encoders drop an odd last row/column)."""
+    h, w = frame.shape[:2]
+    return cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+
+
+def _run_video(model, space, settings, path: Path, out_dir: Path, batch_size: int, progress: bool) -> Path:
+    reader = cv2.VideoCapture(str(path))
+    if not reader.isOpened():
+        raise ValueError(f"{path}: cannot be opened as a video")
+    fps = reader.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{path.stem}_demo.mp4"
+    tmp = out_dir / f".{path.stem}_demo.tmp.mp4"
+    writer = None
+    bar = tqdm(total=total, desc="demo", unit="frame", disable=not progress, dynamic_ncols=True)
+    try:
+        while True:
+            frames = []
+            for _ in range(batch_size):
+                ok, bgr = reader.read()
+                if not ok:
+                    break
+                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if not frames:
+                break
+            for image, label in zip(frames, _predict(model, frames, settings, space)):
+                frame = _even(compose_demo_frame(image, label, space.class_names, space.colors))
+                if writer is None:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+                    if not writer.isOpened():
+                        raise RuntimeError(f"cannot write the video {tmp} (OpenCV without an mp4v encoder?)")
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            bar.update(len(frames))
+        if writer is None:
+            raise ValueError(f"{path}: no frame could be read")
+        writer.release()
+        writer = None
+        tmp.replace(final)
+    finally:
+        bar.close()
+        reader.release()
+        if writer is not None:
+            writer.release()
+        if tmp.exists():
+            tmp.unlink()
+    return final

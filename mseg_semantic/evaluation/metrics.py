@@ -1,0 +1,186 @@
+"""Confusion matrix and the segmentation metrics derived from it.
+
+Conventions (see notes/readme_evaluation.md for how they relate to MSeg and Cityscapes):
+
+- ``IoU_c = TP_c / (TP_c + FP_c + FN_c)`` over pixels whose ground truth is not ``ignore_index``.
+- A class absent from both prediction and ground truth has no IoU (NaN, reported as "absent") and does not
+  enter the mean: this is the Cityscapes scripts' rule. MSeg's own formula, ``I / (U + 1e-10)`` averaged over
+  every class, counts such a class as 0; it is computed too (``miou_mseg``) so published numbers can be
+  compared exactly.
+- On a training dataset's val split evaluated in the universal taxonomy, only the universal classes that the
+  dataset can express enter the means (``valid_classes``); the others are reported as "excluded", as MSeg does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["ConfusionMatrix", "SegmentationMetrics", "harmonic_mean", "class_status"]
+
+
+@dataclass
+class SegmentationMetrics:
+    miou: float  # mean IoU over valid classes that are present in prediction or ground truth
+    miou_mseg: float  # MSeg's formula: mean over all valid classes, an absent class counting as 0
+    pixel_acc: float  # correct / labelled pixels
+    mean_acc: float  # mean over valid classes with ground truth of TP / (TP + FN)
+    fw_iou: float  # IoU weighted by each class's share of the labelled pixels
+    iou: np.ndarray  # (K,) float64, NaN where the class is absent from prediction and ground truth
+    acc: np.ndarray  # (K,) float64, NaN where the class has no ground-truth pixel
+    gt_pixels: np.ndarray  # (K,) int64
+    pred_pixels: np.ndarray  # (K,) int64, over labelled pixels only
+    valid: np.ndarray  # (K,) bool: False for excluded classes
+    num_pixels: int  # labelled pixels seen
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self, class_names: Sequence[str] | None = None) -> dict:
+        """JSON-ready: NaN becomes null, each class carries its status (ok / absent / excluded)."""
+        status = class_status(self)
+        per_class = []
+        for c in range(len(self.iou)):
+            per_class.append(
+                {
+                    "id": c,
+                    "name": class_names[c] if class_names is not None else str(c),
+                    "status": status[c],
+                    "iou": _finite_or_none(self.iou[c]),
+                    "acc": _finite_or_none(self.acc[c]),
+                    "gt_pixels": int(self.gt_pixels[c]),
+                    "pred_pixels": int(self.pred_pixels[c]),
+                }
+            )
+        return {
+            "miou": _finite_or_none(self.miou),
+            "miou_mseg": _finite_or_none(self.miou_mseg),
+            "pixel_acc": _finite_or_none(self.pixel_acc),
+            "mean_acc": _finite_or_none(self.mean_acc),
+            "fw_iou": _finite_or_none(self.fw_iou),
+            "num_pixels": int(self.num_pixels),
+            "num_valid_classes": int(self.valid.sum()),
+            "num_present_classes": int(sum(1 for s in status if s == "ok")),
+            "per_class": per_class,
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def class_status(metrics: SegmentationMetrics) -> list[str]:
+    """Per class: 'excluded' (not a class of this evaluation), 'absent' (no pixel predicted nor labelled), or 'ok'."""
+    out = []
+    for c in range(len(metrics.iou)):
+        if not metrics.valid[c]:
+            out.append("excluded")
+        elif math.isnan(metrics.iou[c]):
+            out.append("absent")
+        else:
+            out.append("ok")
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+class ConfusionMatrix:
+    """``counts[t, p]`` = pixels with ground truth ``t`` predicted as ``p``, accumulated on ``device`` with bincount.
+
+    ``update`` takes integer tensors (or numpy arrays) of equal shape. Ground-truth pixels equal to
+    ``ignore_index`` are skipped; any other ground-truth or predicted id outside ``[0, num_classes)`` is an
+    error, never silently dropped.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = 255):
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.device = torch.device(device)
+        self.counts = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64, device=self.device)
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+        pred = _as_long_tensor(pred, self.device)
+        target = _as_long_tensor(target, self.device)
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} != ground-truth shape {tuple(target.shape)}")
+        labelled = target != self.ignore_index
+        target = target[labelled]
+        pred = pred[labelled]
+        k = self.num_classes
+        for name, ids in (("ground-truth", target), ("predicted", pred)):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
+                bad = torch.unique(ids[(ids < 0) | (ids >= k)])[:10].tolist()
+                raise ValueError(f"{name} ids {bad} are outside 0..{k - 1} (and not the ignore id {self.ignore_index})")
+        self.counts += torch.bincount(target * k + pred, minlength=k * k).reshape(k, k)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all ranks (a no-op unless torch.distributed is initialised)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.counts)
+
+    def compute(self, valid_classes: Sequence[int] | None = None) -> SegmentationMetrics:
+        """Metrics from the counts; ``valid_classes`` limits the means to those ids (others: 'excluded')."""
+        counts = self.counts.double().cpu().numpy()
+        k = self.num_classes
+        valid = np.ones(k, dtype=bool)
+        if valid_classes is not None:
+            ids = np.asarray(list(valid_classes), dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= k):
+                raise ValueError(f"valid_classes contains ids outside 0..{k - 1}: {sorted(set(ids[(ids < 0) | (ids >= k)].tolist()))}")
+            valid[:] = False
+            valid[ids] = True
+        tp = np.diag(counts)
+        gt = counts.sum(axis=1)
+        predicted = counts.sum(axis=0)
+        union = gt + predicted - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+            acc = np.where(gt > 0, tp / gt, np.nan)
+        total = gt.sum()
+        weights = gt / total if total > 0 else np.zeros(k)
+        mseg_iou = tp / (union + 1e-10)
+        return SegmentationMetrics(
+            miou=_nanmean(iou[valid]),
+            miou_mseg=float(mseg_iou[valid].mean()) if valid.any() else float("nan"),
+            pixel_acc=float(tp.sum() / total) if total > 0 else float("nan"),
+            mean_acc=_nanmean(acc[valid]),
+            fw_iou=float(np.nansum(weights[valid] * iou[valid])) if total > 0 else float("nan"),
+            iou=iou,
+            acc=acc,
+            gt_pixels=gt.astype(np.int64),
+            pred_pixels=predicted.astype(np.int64),
+            valid=valid,
+            num_pixels=int(total),
+        )
+
+
+def _as_long_tensor(x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"label maps must be integer tensors, got {x.dtype}")
+    return x.to(device=device, dtype=torch.int64, non_blocking=True).reshape(-1)
+
+
+def harmonic_mean(values: Sequence[float]) -> float:
+    """Harmonic mean as in MSeg's tables; 0 if any value is 0; NaN for an empty list or a NaN value."""
+    values = [float(v) for v in values]
+    if not values or any(math.isnan(v) for v in values):
+        return float("nan")
+    if any(v < 0 for v in values):
+        raise ValueError(f"harmonic mean of negative values: {values}")
+    if any(v == 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
