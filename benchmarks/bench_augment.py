@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         params = sample_augment_params(np.random.default_rng(i), lab.shape[0], lab.shape[1], cfg)
         chw, crop_label = augment_crop_chw(img, lab, params, cfg)
         tensor = torch.from_numpy(chw)
-        target = torch.from_numpy(cv2.LUT(crop_label, lut)).long()
+        torch.from_numpy(cv2.LUT(crop_label, lut)).long()  # the label conversion and int64 target the loader produces
         if normalize:
             normalize_images(tensor[None])
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mseg_semantic.config import ConfigError, load_config  # noqa: E402
 from mseg_semantic.data import normalize_images  # noqa: E402
-from mseg_semantic.tool.train import build_stage, configure_kernels, prepare_data_root  # noqa: E402
+from mseg_semantic.training.run import build_stage, configure_kernels, prepare_data_root  # noqa: E402
 from mseg_semantic.training.distributed import all_gather_objects, init_distributed, shutdown_distributed  # noqa: E402
 from mseg_semantic.training.logging import TrainingReporter, setup_logging  # noqa: E402
 from mseg_semantic.training.loop import LoopSettings, LoopStats, train_loop  # noqa: E402

@@ -275,8 +275,8 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     combined_norm = math.sqrt(max(float(weights @ gram @ weights), 0.0)) / scale if finite else math.inf
     scalars = {"mgda/num_tasks": float(len(tasks)), "mgda/combined_grad_norm": combined_norm}
     for t, weight, norm in zip(tasks, weights, grad_norms):
-        scalars[f"mgda/weight/{t}"] = float(weight)
-        scalars[f"mgda/grad_norm/{t}"] = float(norm)
+        scalars[f"mgda/weight/{ctx.dataset_name(t)}"] = float(weight)
+        scalars[f"mgda/grad_norm/{ctx.dataset_name(t)}"] = float(norm)
     return StepOutput(
         loss=torch.tensor(objective, dtype=torch.float32, device=combined.device),
         per_dataset_loss=per_dataset_loss,

@@ -23,6 +23,10 @@ class StepContext:
     scaler: torch.amp.GradScaler | None = None
     distributed: bool = False  # True under DistributedDataParallel (the model is wrapped)
     options: dict = field(default_factory=dict)  # method-specific settings from the config
+    dataset_names: list[str] = field(default_factory=list)  # by dataset index, for readable logged names
+
+    def dataset_name(self, index: int) -> str:
+        return self.dataset_names[index] if index < len(self.dataset_names) else str(index)
 
 
 @dataclass

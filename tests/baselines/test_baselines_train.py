@@ -43,7 +43,7 @@ def test_mgda_trains_from_the_demo_config(demo_root, tmp_path):
     final = torch.load(output_dir / "model_final.pth", map_location="cpu")
     assert all(torch.isfinite(v).all() for v in final["state_dict"].values() if v.is_floating_point())
     scalars = tensorboard_scalars(output_dir)
-    weights = [scalars[f"mgda/weight/{t}"] for t in range(len(DATASETS))]
+    weights = [scalars[f"mgda/weight/{name}"] for name in DATASETS]  # tagged by dataset name
     assert all(len(w) == 2 for w in weights)  # logged every iteration
     for iteration in range(2):
         per_task = [w[iteration] for w in weights]
@@ -73,7 +73,7 @@ def test_ccsa_trains_from_the_demo_config(demo_root, tmp_path):
 )
 def test_baseline_configs_select_their_method(config, method, mapping):
     from mseg_semantic.config import load_config
-    from mseg_semantic.tool.train import method_options, plan_run
+    from mseg_semantic.training.run import method_options, plan_run
 
     cfg = load_config(REPO / "config" / "train" / config)
     world_size = 7 if mapping else 1
@@ -89,3 +89,15 @@ def test_baseline_configs_select_their_method(config, method, mapping):
         from mseg_semantic.baselines.mgda import MGDAOptions
 
         assert MGDAOptions.from_mapping(options).normalization == "none"
+
+
+def test_ccsa_with_one_dataset_per_gpu_is_refused():
+    """With MSeg's one-dataset-per-GPU mapping no process holds two domains: the contrastive term would be 0."""
+    from mseg_semantic.config import ConfigError, load_config
+    from mseg_semantic.training.run import plan_run
+
+    mapping = "{" + ", ".join(f"{name}: [{rank}]" for rank, name in enumerate(DATASETS)) + "}"
+    cfg = load_config(REPO / "config" / "train" / "demo_ccsa.yaml", [f"dataset_gpu_mapping={mapping}"])
+    with pytest.raises(ConfigError, match="dataset_gpu_mapping=null"):
+        plan_run(cfg, world_size=len(DATASETS))
+    assert plan_run(cfg.updated({"dataset_gpu_mapping": None}), world_size=len(DATASETS)).method == "ccsa"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mseg_semantic.model import build_model
-from mseg_semantic.tool.train import seed_everything
+from mseg_semantic.training.run import seed_everything
 from mseg_semantic.training.distributed import per_rank_batch_size
 from train_helpers import REPO, final_state, make_world, run_train, subprocess_env, write_config
 

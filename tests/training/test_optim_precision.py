@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mseg_semantic.config import load_config
-from mseg_semantic.tool.train import plan_run
+from mseg_semantic.training.run import plan_run
 from mseg_semantic.training.loop import ce_backward_step
 from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, poly_learning_rate
 from mseg_semantic.training.precision import autocast_factory, make_grad_scaler, resolve_precision
