@@ -1,0 +1,186 @@
+"""The config system: MSeg's files load, typed overrides, errors that name the key, stages, saving."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mseg_semantic.config import SCHEMA, ConfigError, apply_stage, load_config, schema_markdown, stage_names
+
+REPO = Path(__file__).resolve().parents[1]
+
+# MSeg's own release file, verbatim in form: flow-style mapping over several lines, empty values,
+# the string None, MSeg's key names (weight, manual_seed, save_path) and its section placement.
+MSEG_STYLE = """\
+DATA:
+  dataset: [
+        ade20k-150-relabeled,
+        bdd-relabeled]
+  universal: True
+  use_mgda: False # to be determined at argument
+TRAIN:
+  use_naive_taxonomy: False
+  arch: hrnet
+  network_name:
+  layers:
+  train_h: 713
+  num_examples: 1000000
+  dataset_gpu_mapping: {
+        'ade20k-150-relabeled': [0],
+        'bdd-relabeled': [1],
+  }
+  batch_size: 14
+  manual_seed:
+  save_path: default
+  weight: /ckpt/imagenet.pth
+  resume:
+  auto_resume: None
+Distributed:
+  dist_url: tcp://127.0.0.1:6795
+  opt_level: 'O0'
+  keep_batchnorm_fp32:
+  loss_scale:
+"""
+
+
+@pytest.fixture
+def mseg_file(tmp_path):
+    path = tmp_path / "mseg.yaml"
+    path.write_text(MSEG_STYLE)
+    return path
+
+
+def test_an_mseg_style_file_loads_with_its_meaning(mseg_file):
+    cfg = load_config(mseg_file)
+    assert cfg.DATA.dataset == ["ade20k-150-relabeled", "bdd-relabeled"]
+    assert cfg.TRAIN.dataset_gpu_mapping == {"ade20k-150-relabeled": [0], "bdd-relabeled": [1]}
+    assert cfg.TRAIN.weights == "/ckpt/imagenet.pth"  # MSeg's `weight`
+    assert cfg.TRAIN.seed == SCHEMA["TRAIN"]["seed"].default  # empty manual_seed: the default
+    assert cfg.TRAIN.output_dir is None  # save_path: default
+    assert cfg.TRAIN.auto_resume is True  # "None" for a bool: the default
+    assert cfg.TRAIN.resume is None and cfg.TRAIN.layers is None
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_overrides_are_typed_and_win(mseg_file):
+    cfg = load_config(mseg_file, ["max_iters=1e3", "TRAIN.batch_size=8", "dataset=[a, b, c]", "base_lr=1", "exp_id=42", "resume=null"])
+    assert cfg.TRAIN.max_iters == 1000 and isinstance(cfg.TRAIN.max_iters, int)
+    assert cfg.TRAIN.batch_size == 8
+    assert cfg.DATA.dataset == ["a", "b", "c"]
+    assert cfg.TRAIN.base_lr == 1.0 and isinstance(cfg.TRAIN.base_lr, float)
+    assert cfg.TRAIN.exp_id == "42"
+    assert cfg.overrides[0] == "max_iters=1e3"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("batch_sze=3", r"unknown key 'batch_sze'\. Did you mean 'batch_size'"),
+        ("TRAIN.bach_size=2", r"unknown key 'TRAIN\.bach_size'\. Did you mean 'TRAIN\.batch_size'"),
+        ("TRIAN.batch_size=2", r"unknown section 'TRIAN'.*Did you mean 'TRAIN'"),
+        ("TRAIN.dataset=[a]", r"unknown key 'TRAIN\.dataset'.*'DATA\.dataset'"),
+        ("batch_size=abc", r"TRAIN\.batch_size: expected int, got str 'abc'"),
+        ("universal=3", r"DATA\.universal: expected bool, got int 3"),
+        ("batch_size=2.5", r"TRAIN\.batch_size: expected int"),
+        ("batch_size_val=2", r"exists in several sections; write one of TRAIN\.batch_size_val, TEST\.batch_size_val"),
+        ("max_iters", r"expected key=value"),
+        ("dataset=[a", r"not valid YAML"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_suggest(mseg_file, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(mseg_file, [override])
+
+
+def test_bad_files_name_the_file_and_key(tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("TRAIN:\n  base_lr: 0.01\n  momentun: 0.9\n")
+    with pytest.raises(ConfigError, match=r"unknown\.yaml: unknown key 'TRAIN\.momentun'\. Did you mean 'TRAIN\.momentum'"):
+        load_config(unknown)
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("TRAIN:\n  train_h: big\n")
+    with pytest.raises(ConfigError, match=r"wrong\.yaml: TRAIN\.train_h: expected int, got str 'big'"):
+        load_config(wrong_type)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_environment_variables_expand_with_fallbacks(tmp_path, monkeypatch):
+    path = tmp_path / "env.yaml"
+    path.write_text("DATA:\n  data_root: ${MY_DATA:-/fallback}/mseg\n")
+    monkeypatch.delenv("MY_DATA", raising=False)
+    assert load_config(path).DATA.data_root == "/fallback/mseg"
+    monkeypatch.setenv("MY_DATA", "/data")
+    assert load_config(path).DATA.data_root == "/data/mseg"
+    monkeypatch.setenv("MSEG_DATA_ROOT", "/from/env")
+    assert load_config(None).DATA.data_root == "/from/env"  # the default reads MSEG_DATA_ROOT
+    path.write_text("DATA:\n  data_root: ${UNSET_VARIABLE_FOR_TEST}\n")
+    with pytest.raises(ConfigError, match="UNSET_VARIABLE_FOR_TEST is not set"):
+        load_config(path)
+
+
+def test_configs_are_read_only_and_updated_copies_are_validated(mseg_file):
+    cfg = load_config(mseg_file)
+    with pytest.raises(AttributeError, match="read-only"):
+        cfg.TRAIN.batch_size = 3
+    changed = cfg.updated({"batch_size": 7})
+    assert (cfg.TRAIN.batch_size, changed.TRAIN.batch_size) == (14, 7)
+    with pytest.raises(ConfigError):
+        cfg.updated({"batch_size": "seven"})
+    with pytest.raises(AttributeError, match="Did you mean 'batch_size'"):
+        cfg.TRAIN.batch_sise
+
+
+def test_saved_config_reloads_to_the_same_values(mseg_file, tmp_path):
+    cfg = load_config(mseg_file, ["max_iters=5", "DATA.data_root=/data"])
+    saved = cfg.save(tmp_path / "run" / "config.yaml")
+    assert "overrides: max_iters=5 DATA.data_root=/data" in saved.read_text()
+    assert load_config(saved).to_dict() == cfg.to_dict()
+    assert not list((tmp_path / "run").glob("*.tmp"))  # written through a temporary file, renamed
+
+
+def test_stages_apply_their_overrides_under_the_command_line(tmp_path):
+    path = tmp_path / "staged.yaml"
+    path.write_text(yaml.safe_dump({
+        "TRAIN": {"max_iters": 100, "base_lr": 0.01},
+        "STAGES": [
+            {"name": "pre", "overrides": {"DATA.dataset": ["coco-panoptic-133"], "max_iters": 10}},
+            {"name": "main", "overrides": {"base_lr": 0.02}},
+        ],
+    }))
+    cfg = load_config(path, ["base_lr=0.5"])
+    assert stage_names(cfg) == ["pre", "main"]
+    pre, main = apply_stage(cfg, "pre"), apply_stage(cfg, "main")
+    assert (pre.TRAIN.max_iters, pre.DATA.dataset, pre.TRAIN.stage) == (10, ["coco-panoptic-133"], "pre")
+    assert (main.TRAIN.max_iters, main.TRAIN.base_lr) == (100, 0.5)  # the command line wins over the stage
+    with pytest.raises(ConfigError, match="unknown stage 'mian'.*Did you mean 'main'"):
+        apply_stage(cfg, "mian")
+
+
+@pytest.mark.parametrize(
+    "stages,message",
+    [
+        ([{"overrides": {}}], r"STAGES\[0\] needs a 'name'"),
+        ([{"name": "a"}, {"name": "a"}], "stage name 'a' appears twice"),
+        ([{"name": "a", "overrides": {"max_iter": 3}}], r"stage a: unknown key 'max_iter'.*'max_iters'"),
+        ([{"name": "a", "overrides": {"max_iters": "many"}}], r"stage a: TRAIN\.max_iters: expected int"),
+        ([{"name": "a", "iters": 3}], r"unknown fields \['iters'\]"),
+    ],
+)
+def test_bad_stages_are_reported(tmp_path, stages, message):
+    path = tmp_path / "bad_stages.yaml"
+    path.write_text(yaml.safe_dump({"STAGES": stages}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_readme_key_reference_is_the_schema():
+    """The README's key tables are generated from SCHEMA (python -m mseg_semantic.config): keep them in sync."""
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- config-keys:start -->\n", "<!-- config-keys:end -->"
+    assert start in readme and end in readme, "README.md lost its config-keys markers"
+    assert readme.split(start, 1)[1].split(end, 1)[0] == schema_markdown()
