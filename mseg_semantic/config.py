@@ -16,12 +16,13 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
+
+from mseg_semantic.io import atomic_write_text
 
 __all__ = [
     "SCHEMA",
@@ -375,20 +376,9 @@ class Config(Mapping[str, Section]):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the resolved config as YAML, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = f"# resolved config; source: {self.source}; overrides: {' '.join(self.overrides) or '(none)'}\n"
         text += yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write_text(path, text)
 
     def __repr__(self) -> str:
         return f"Config(source={self.source!r}, overrides={self.overrides!r})"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
+from mseg_semantic.io import atomic_write_bytes
 
 GENERATOR_VERSION = 2  # bump whenever the generated images or labels change
 MARKER = "DEMO_WORLD.json"
@@ -281,26 +281,6 @@ def render_sample(dataset: str, seed: int, split: str, index: int) -> tuple[np.n
     return image, dataset_label_table(dataset)[world]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a data directory is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
 
 
 def _encode(ext: str, array: np.ndarray, params=()) -> bytes:
@@ -362,12 +342,12 @@ def generate(
                 image, label = render_sample(name, seed, split, index)
                 rgb_rel = f"synthetic/images/{split}/{index:06d}.jpg"
                 label_rel = f"synthetic/labels/{split}/{index:06d}.png"
-                _write_atomic(dataset_dir / rgb_rel, _encode(".jpg", image[:, :, ::-1], (cv2.IMWRITE_JPEG_QUALITY, 92)))
-                _write_atomic(dataset_dir / label_rel, _encode(".png", label))
+                atomic_write_bytes(dataset_dir / rgb_rel, _encode(".jpg", image[:, :, ::-1], (cv2.IMWRITE_JPEG_QUALITY, 92)))
+                atomic_write_bytes(dataset_dir / label_rel, _encode(".png", label))
                 lines.append(f"{rgb_rel} {label_rel}\n")
             list_file = default_list_file(root, name, split)
             list_file.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(list_file, "".join(lines).encode())
-    _write_atomic(root / "README.txt", _README.format(seed=seed).encode())
-    _write_atomic(marker_path, (json.dumps(marker, indent=1) + "\n").encode())
+            atomic_write_bytes(list_file, "".join(lines).encode())
+    atomic_write_bytes(root / "README.txt", _README.format(seed=seed).encode())
+    atomic_write_bytes(marker_path, (json.dumps(marker, indent=1) + "\n").encode())
     return world

@@ -18,12 +18,13 @@ import http.client
 import json
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mseg_semantic.io import atomic_write_json
 
 __all__ = [
     "ChecksumMismatchError",
@@ -190,11 +191,7 @@ def _read_manifest(directory: Path) -> dict:
 
 
 def _write_manifest(directory: Path, manifest: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checksums.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, _manifest_path(directory))
+    atomic_write_json(_manifest_path(directory), manifest, sort_keys=True)
 
 
 def _record(directory: Path, filename: str, sha256: str, size: int, source: str) -> None:

@@ -26,6 +26,7 @@ from urllib.request import HTTPCookieProcessor, OpenerDirector, Request, build_o
 
 from tqdm import tqdm
 
+from mseg_semantic.io import atomic_write_json
 from mseg_semantic.prepare.credentials import Credentials, CredentialsError, Secret, load_credentials, redact
 from mseg_semantic.prepare.specs import CITYSCAPES_BASE, STATE_DIR, WILDDASH_BASE, Archive, DatasetSpec
 
@@ -84,10 +85,7 @@ class ChecksumStore:
         return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.entries, indent=1, sort_keys=True)
 
     def check(self, path: Path, pinned: str | None = None, force: bool = False, progress: bool = False) -> str:
         """Record the digest of ``path`` the first time, compare it afterwards; return the digest.

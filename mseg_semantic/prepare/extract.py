@@ -22,6 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mseg_semantic.io import atomic_write_json
+
 log = logging.getLogger("mseg_semantic.prepare")
 
 
@@ -213,13 +215,10 @@ def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: Memb
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
-    marker.parent.mkdir(parents=True, exist_ok=True)
     st = archive.stat()
     payload = {"archive": str(archive), "dest": str(dest), "members": count, "size": st.st_size,
                "mtime_ns": st.st_mtime_ns, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp_marker = marker.with_name(marker.name + ".tmp")
-    tmp_marker.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp_marker, marker)
+    atomic_write_json(marker, payload, indent=1)
     log.info("extracted %s (%d entries) into %s", archive.name, count, dest)
     return True
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mseg_semantic.io import temporary_sibling
 from mseg_semantic.prepare.tables import IGNORE, UNKNOWN
 
 
@@ -48,15 +48,12 @@ def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
     """uint8 single-channel PNG, written to a temporary file and renamed into place."""
     if label.dtype != np.uint8 or label.ndim != 2:
         raise ValueError(f"label for {path} must be a 2-D uint8 array, got {label.dtype} {label.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_sibling(path)
     try:
         Image.fromarray(label).save(tmp, format="PNG")  # 2-D uint8 -> mode L
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def apply_lut(ids: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:

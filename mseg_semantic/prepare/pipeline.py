@@ -3,13 +3,12 @@ resumable: each finished step leaves ``<root>/.mseg_prepare/done/<dataset>.<step
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mseg_semantic.io import atomic_write_json
 from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
 
 log = logging.getLogger("mseg_semantic.prepare")
@@ -42,11 +41,7 @@ def is_done(root: Path, key: str, step: str) -> bool:
 
 
 def mark_done(root: Path, key: str, step: str, summary: dict | None = None) -> None:
-    path = marker_path(root, key, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})}, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(marker_path(root, key, step), {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(summary or {})}, indent=1)
 
 
 def clear_markers(root: Path, key: str, from_step: str) -> None:

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mseg_semantic.io import atomic_write_bytes
+
 RECORDS_DIR = Path(__file__).resolve().parent / "data" / "relabeling"
 
 # record "dataset" column -> our dataset key
@@ -75,14 +77,11 @@ def write_compiled(records: dict[str, list[SegmentRecord]], out_dir: str | os.Pa
     written = []
     for key, items in sorted(records.items()):
         path = out_dir / f"{key}.tsv.gz"
-        tmp = path.with_name(path.name + ".tmp")
         lines = ["# MSeg relabeling records (Lambert et al., CVPR 2020; mseg-api, CC BY 4.0), compiled by mseg_semantic.",
                  "\t".join(HEADER)]
         lines += ["\t".join((r.split, r.original, r.new, r.segment_list, r.entry)) for r in items]
         # mtime=0: identical input gives identical bytes
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-            gz.write(("\n".join(lines) + "\n").encode("utf-8"))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0))
         written.append(path)
     return written
 

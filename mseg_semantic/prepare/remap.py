@@ -10,7 +10,6 @@ with 255 there instead). The list files go to the catalog's paths only when ever
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
+from mseg_semantic.io import atomic_write_json, atomic_write_text
 from mseg_semantic.prepare import formats
 from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
 from mseg_semantic.prepare.tables import IGNORE, RemapTable, load_table
@@ -386,19 +386,12 @@ def run_jobs(jobs: list[Job], context: dict, workers: int, progress: bool, desc:
 # Driver
 # ----------------------------------------------------------------------------------------------------------
 def write_list_file(path: Path, pairs: list[tuple[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(f"{image} {label}\n" for image, label in pairs))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{image} {label}\n" for image, label in pairs))
 
 
 def write_report(root: Path, name: str, report: dict) -> Path:
     path = Path(root) / STATE_DIR / "reports" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, report, indent=1, sort_keys=True)
 
 
 def default_workers() -> int:

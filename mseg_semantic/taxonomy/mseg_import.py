@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mseg_semantic.io import atomic_write_text
 from mseg_semantic.taxonomy.files import (
     UNLABELED,
     Taxonomy,
@@ -21,7 +22,6 @@ from mseg_semantic.taxonomy.files import (
     format_taxonomy,
     palette,
     suggest,
-    write_text_atomic,
 )
 
 # Test taxonomies of MSeg's zero-shot benchmark; any other master-TSV column with a names file is a training one.
@@ -185,7 +185,7 @@ def write_taxonomy_files(taxonomies: list[Taxonomy], out_dir: str | Path, header
     written = []
     for tax in taxonomies:
         path = out_dir / f"{tax.name}.tsv"
-        write_text_atomic(path, header + format_taxonomy(tax))
+        atomic_write_text(path, header + format_taxonomy(tax))
         written.append(path)
     return written
 

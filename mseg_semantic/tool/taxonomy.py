@@ -31,7 +31,8 @@ from mseg_semantic.taxonomy import (
     validate_file,
 )
 from mseg_semantic.taxonomy.catalog import all_taxonomies
-from mseg_semantic.taxonomy.files import ROLES, ValidationReport, write_text_atomic
+from mseg_semantic.io import atomic_write_text
+from mseg_semantic.taxonomy.files import ROLES, ValidationReport
 from mseg_semantic.taxonomy.validation import validate_taxonomies
 
 
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         elif args.command == "export":
             text = export_mapping(args.kind, args.format)
             if args.output:
-                write_text_atomic(args.output, text)
+                atomic_write_text(args.output, text)
                 print(f"wrote {args.output}", file=out)
             else:
                 out.write(text)
