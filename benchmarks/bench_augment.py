@@ -7,7 +7,7 @@ One thread (cv2.setNumThreads(1), torch.set_num_threads(1)), a 1080 x 1920 input
 
 Both pipelines map the label through a 256-entry lookup table (the taxonomy conversion) and end with a torch
 tensor: the sequential one normalised float32 (as MSeg's ToTensor + Normalize), the fused one uint8 (it is
-normalised on the training device; ``fused_normalized_crops_per_s`` adds that step on the CPU for reference).
+normalised on the training device; ``fused_normalized_on_cpu`` adds that step on the CPU for reference).
 Both pipelines run on the same parameter seeds (0..N-1; the fused one repeats them), so the ratio does not
 depend on which scales were drawn. ``crops_per_s`` is crops / total time (what a loader sees); the median
 time per crop is reported too, as it is less sensitive to a loaded machine.

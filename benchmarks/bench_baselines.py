@@ -12,7 +12,6 @@ MGDA costs one backward pass per task plus the Gram matrix; CCSA one backward pl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -35,10 +34,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from mseg_semantic.baselines.ccsa import ccsa_backward_step
-    from mseg_semantic.baselines.mgda import mgda_backward_step
     from mseg_semantic.model import build_model
-    from mseg_semantic.training.loop import ce_backward_step
+    from mseg_semantic.training.precision import autocast_factory
+    from mseg_semantic.training.run import backward_step_for
     from mseg_semantic.training.step import StepContext
 
     if args.threads:
@@ -49,11 +47,7 @@ def main(argv=None) -> int:
     images = torch.randn(args.batch, 3, args.crop, args.crop, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch, args.crop, args.crop), device=device)
     dataset_index = (torch.arange(args.batch, device=device) % args.datasets).long()
-    if args.precision == "bf16":
-        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
-    steps = {"ce": (ce_backward_step, {}), "mgda": (mgda_backward_step, {}), "ccsa": (ccsa_backward_step, {})}
+    autocast = autocast_factory(args.precision, device.type)
 
     def sync():
         if device.type == "cuda":
@@ -61,8 +55,8 @@ def main(argv=None) -> int:
 
     baseline_ms = None
     for method in args.methods:
-        step, options = steps[method]
-        ctx = StepContext(num_datasets=args.datasets, autocast=autocast, options=options)
+        step = backward_step_for(method)
+        ctx = StepContext(num_datasets=args.datasets, autocast=autocast)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []

@@ -32,10 +32,12 @@ def count_items(h: int, w: int, settings: InferenceSettings) -> int:
     return total * (2 if settings.flip else 1)
 
 
-def time_per_image(model, image, settings, repeats: int, device) -> float:
+def time_per_image(model, image, settings, repeats: int, device) -> tuple[float, float | None]:
+    """Median seconds per image, and the peak GPU memory in GiB (None on a CPU)."""
     predict_probabilities(model, [image], settings)  # warm-up (cudnn autotune, allocator)
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -44,7 +46,8 @@ def time_per_image(model, image, settings, repeats: int, device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
+    return float(np.median(times)), peak
 
 
 def main() -> None:
@@ -73,8 +76,8 @@ def main() -> None:
     batched = InferenceSettings(window_batch=args.window_batch, **common)
     loop = InferenceSettings(window_batch=2, **common)
     items = count_items(args.height, args.width, batched)
-    t_batched = time_per_image(model, image, batched, args.repeats, device)
-    t_loop = time_per_image(model, image, loop, args.repeats, device)
+    t_batched, peak_batched = time_per_image(model, image, batched, args.repeats, device)
+    t_loop, peak_loop = time_per_image(model, image, loop, args.repeats, device)
     result = {
         "benchmark": "sliding_window_inference",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -89,8 +92,8 @@ def main() -> None:
         "precision": args.precision,
         "forward_items_per_image": items,
         "repeats": args.repeats,
-        "per_window_loop": {"window_batch": 2, "forward_passes": -(-items // 2), "seconds_per_image": round(t_loop, 4)},
-        "batched": {"window_batch": args.window_batch, "forward_passes": -(-items // args.window_batch), "seconds_per_image": round(t_batched, 4)},
+        "per_window_loop": {"window_batch": 2, "forward_passes": -(-items // 2), "seconds_per_image": round(t_loop, 4), "peak_gpu_gib": peak_loop},
+        "batched": {"window_batch": args.window_batch, "forward_passes": -(-items // args.window_batch), "seconds_per_image": round(t_batched, 4), "peak_gpu_gib": peak_batched},
         "speedup": round(t_loop / t_batched, 3),
     }
     print(json.dumps(result, indent=2))

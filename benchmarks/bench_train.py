@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             settings = LoopSettings(max_iters=total, checkpoint_dir=Path(tmp), checkpoint_every=total + 1, keep_checkpoints=1,
-                                    grad_clip=cfg.TRAIN.grad_clip, dataset_names=run.plan.datasets,
-                                    channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn)
-            reporter = TrainingReporter(tmp, False, 0, total, run.plan.batch_size, run.plan.datasets, info.device, tensorboard=False)
+                                    grad_clip=cfg.TRAIN.grad_clip, channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn)
+            reporter = TrainingReporter(tmp, False, 0, total, run.plan.batch_size, info.device, tensorboard=False)
             if args.warmup == 0:
                 on_iteration(0)
             train_loop(run.model, run.optimizer, run.scheduler, run.scaler, run.loader, run.step, run.step_context,

@@ -230,17 +230,50 @@ def _resolve_key(name: str, schema: Mapping[str, Mapping[str, Option]], where: s
         if key not in schema[section]:
             raise ConfigError(f"{where}: unknown key {name!r}.{_nearest(name, _all_keys(schema))}")
         return section, key
-    owners = [s for s, keys in schema.items() if name in keys]
-    owners += [ALIASES[(s, k)][0] for s, k in ALIASES if k == name]
+    owners = [(s, name) for s, keys in schema.items() if name in keys]
+    owners += [canonical for (_, alias), canonical in ALIASES.items() if alias == name]
     if not owners:
         bare = {k for keys in schema.values() for k in keys} | {k for _, k in ALIASES}
         raise ConfigError(f"{where}: unknown key {name!r}.{_nearest(name, bare)}")
     if len(set(owners)) > 1:
-        raise ConfigError(f"{where}: key {name!r} exists in several sections; write one of {', '.join(f'{s}.{name}' for s in owners)}")
-    section = owners[0]
-    if (section, name) in ALIASES:
-        return ALIASES[(section, name)]
-    return section, name
+        raise ConfigError(f"{where}: key {name!r} exists in several sections; write one of {', '.join(f'{s}.{name}' for s, _ in owners)}")
+    return owners[0]
+
+
+def _assign(values: dict[str, dict[str, Any]], pairs: Iterable[tuple[str, Any]], where: str) -> None:
+    """Set each ``(name, value)`` in ``values``, validated. Two names for one key in one place (an MSeg alias and
+    its canonical name, ``key`` and ``SECTION.key``, or a repeated override) are an error, not "the last wins"."""
+    given: dict[tuple[str, str], str] = {}
+    for name, value in pairs:
+        section, key = _resolve_key(name, SCHEMA, where)
+        if (section, key) in given:
+            raise ConfigError(f"{where}: {given[(section, key)]!r} and {name!r} both set {section}.{key}; keep one")
+        given[(section, key)] = name
+        label = f"{where}: {section}.{key}"
+        values[section][key] = _coerce(_expand_env(value, label), SCHEMA[section][key], label)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word (a second ``TRAIN:`` would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then an explicit key is an override
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    problem = f"key {key!r} is given twice (lines {lines[key]} and {line})"
+                    raise yaml.constructor.ConstructorError(problem=problem)
+                lines[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def _expand_env(value: Any, where: str) -> Any:
@@ -360,12 +393,10 @@ class Config(Mapping[str, Section]):
         section, key = _resolve_key(dotted, SCHEMA, "config")
         return self._values[section].get(key, default)
 
-    def updated(self, assignments: Mapping[str, Any], where: str = "update") -> "Config":
-        """Copy with ``{'SECTION.key' or 'key': value}`` applied and validated."""
+    def updated(self, assignments: Mapping[str, Any] | Iterable[tuple[str, Any]], where: str = "update") -> "Config":
+        """Copy with ``{'SECTION.key' or 'key': value}`` (or ``(name, value)`` pairs) applied and validated."""
         values = {s: dict(v) for s, v in self._values.items()}
-        for name, value in assignments.items():
-            section, key = _resolve_key(name, SCHEMA, where)
-            values[section][key] = _coerce(_expand_env(value, f"{where}: {section}.{key}"), SCHEMA[section][key], f"{where}: {section}.{key}")
+        _assign(values, assignments.items() if isinstance(assignments, Mapping) else assignments, where)
         return Config(values, self.stages, self.overrides, self.source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -393,7 +424,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not name:
         raise ConfigError(f"override {text!r}: the key is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
     return name, value
@@ -418,24 +449,26 @@ def _validate_stages(raw: Any, where: str) -> list[dict[str, Any]]:
         overrides = stage.get("overrides") or {}
         if not isinstance(overrides, dict):
             raise ConfigError(f"{where}: STAGES[{i}] ({name}) overrides must be a mapping of key: value")
-        for key, value in overrides.items():
-            section, canonical = _resolve_key(str(key), SCHEMA, f"{where}: stage {name}")
-            _coerce(value, SCHEMA[section][canonical], f"{where}: stage {name}: {section}.{canonical}")
-        stages.append({"name": name, "overrides": dict(overrides)})
+        stages.append({"name": name, "overrides": {str(k): v for k, v in overrides.items()}})
     return stages
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- YAML file <- ``key=value`` overrides, validated against :data:`SCHEMA`."""
     values: dict[str, dict[str, Any]] = {s: {k: o.default for k, o in keys.items()} for s, keys in SCHEMA.items()}
+    for section, keys in values.items():  # defaults may read the environment (data_root: $MSEG_DATA_ROOT)
+        for key, value in keys.items():
+            label = f"defaults: {section}.{key}"
+            keys[key] = _coerce(_expand_env(value, label), SCHEMA[section][key], label)
     stages: list[dict[str, Any]] = []
+    from_file: list[tuple[str, Any]] = []
     where = str(path) if path is not None else "defaults"
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
@@ -450,17 +483,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
                 continue
             if not isinstance(keys, dict):
                 raise ConfigError(f"{path}: section {section} must be a mapping of key: value")
-            for key, value in keys.items():
-                sec, canonical = _resolve_key(f"{section}.{key}", SCHEMA, where)
-                values[sec][canonical] = value
-    for section, keys in values.items():
-        for key, value in keys.items():
-            label = f"{where}: {section}.{key}"
-            keys[key] = _coerce(_expand_env(value, label), SCHEMA[section][key], label)
-    cfg = Config(values, stages, [], where)
-    cfg = cfg.updated(dict(parse_override(o) for o in overrides), where="command line")
-    cfg.overrides = list(overrides)
-    return cfg
+            from_file += [(f"{section}.{key}", value) for key, value in keys.items()]
+    _assign(values, from_file, where)
+    cfg = Config(values, stages, list(overrides), where)
+    for stage in stages:  # fail now, not when the stage starts
+        cfg.updated(stage["overrides"], where=f"{where}: stage {stage['name']}")
+    return cfg.updated([parse_override(o) for o in overrides], where="command line")
 
 
 def stage_names(cfg: Config) -> list[str]:
@@ -472,7 +500,7 @@ def apply_stage(cfg: Config, name: str) -> Config:
     for stage in cfg.stages:
         if stage["name"] == name:
             staged = cfg.updated(stage["overrides"], where=f"stage {name}")
-            staged = staged.updated(dict(parse_override(o) for o in cfg.overrides), where="command line")
+            staged = staged.updated([parse_override(o) for o in cfg.overrides], where="command line")
             return staged.updated({"TRAIN.stage": name})
     raise ConfigError(f"unknown stage {name!r}; this config defines: {', '.join(stage_names(cfg)) or '(no stages)'}.{_nearest(name, stage_names(cfg))}")
 

@@ -96,6 +96,26 @@ def test_bad_overrides_name_the_key_and_suggest(mseg_file, override, message):
         load_config(mseg_file, [override])
 
 
+def test_one_key_set_twice_in_one_place_is_an_error(mseg_file, tmp_path):
+    both = tmp_path / "both.yaml"
+    both.write_text("TRAIN:\n  weight: /a.pth\n  weights: /b.pth\n")  # MSeg's alias and the canonical name
+    with pytest.raises(ConfigError, match=r"both\.yaml: 'TRAIN\.weight' and 'TRAIN\.weights' both set TRAIN\.weights"):
+        load_config(both)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("TRAIN:\n  base_lr: 0.1\nDATA:\n  universal: true\nTRAIN:\n  max_iters: 3\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: not valid YAML: key 'TRAIN' is given twice \(lines 1 and 5\)"):
+        load_config(twice)  # plain YAML would drop the first TRAIN section without a word
+    for overrides in (["max_iters=1", "TRAIN.max_iters=2"], ["seed=1", "manual_seed=2"], ["max_iters=1", "max_iters=2"]):
+        with pytest.raises(ConfigError, match=r"command line: .* both set TRAIN\.(max_iters|seed)"):
+            load_config(mseg_file, overrides)
+    staged = tmp_path / "staged.yaml"
+    staged.write_text("STAGES:\n  - name: a\n    overrides: {weight: /a, TRAIN.weights: /b}\n")
+    with pytest.raises(ConfigError, match=r"stage a: 'weight' and 'TRAIN\.weights' both set TRAIN\.weights"):
+        load_config(staged)
+    # in different places, the later place wins: the command line over the file's alias
+    assert load_config(mseg_file, ["weights=/c.pth"]).TRAIN.weights == "/c.pth"
+
+
 def test_bad_files_name_the_file_and_key(tmp_path):
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("TRAIN:\n  base_lr: 0.01\n  momentun: 0.9\n")

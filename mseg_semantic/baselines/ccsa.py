@@ -12,15 +12,13 @@ pair's condition. Labels are downsampled to the embedding resolution; ignore pix
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from mseg_semantic.training.step import StepContext, StepOutput
+from mseg_semantic.training.step import StepContext, StepOutput, check_dataset_index, global_pixel_mean, per_dataset_mean
 
 __all__ = [
     "CCSAOptions",
@@ -279,22 +277,12 @@ def ccsa_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     Embeddings are L2-normalised before the distance unless ``normalize_embeddings`` is false.
     """
     options = CCSAOptions.from_mapping(ctx.options)
-    num_datasets = ctx.num_datasets
-    if dataset_index.numel() and (int(dataset_index.min()) < 0 or int(dataset_index.max()) >= num_datasets):
-        raise ValueError(f"dataset_index values must lie in [0, {num_datasets}), got {sorted(set(dataset_index.tolist()))}")
+    check_dataset_index(dataset_index, ctx.num_datasets)
     with ctx.autocast():
         logits, emb = model(images, return_features=True)
     pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=ctx.ignore_index, reduction="none")
     valid_per_image = (labels != ctx.ignore_index).flatten(1).sum(1)
-    # As in the plain CE step: each rank divides by the global valid-pixel count times the number of
-    # ranks, so DDP's gradient average is the gradient of the mean over the global batch's pixels.
-    valid_count = valid_per_image.sum().float()
-    world_size = 1
-    if ctx.distributed:
-        world_size = dist.get_world_size()
-        valid_count = valid_count.detach().clone()
-        dist.all_reduce(valid_count)
-    ce = pixel_loss.sum() * (world_size / valid_count.clamp_min(1.0))
+    ce = global_pixel_mean(pixel_loss.sum(), valid_per_image.sum(), ctx)  # as in the plain CE step
 
     labels_ds = downsample_labels(labels, emb.shape[-2:], options.label_downsample, ctx.ignore_index)
     pairs = sample_pairs(labels_ds, dataset_index, options.num_pairs, options.positive_ratio, ignore_index=ctx.ignore_index)
@@ -310,10 +298,7 @@ def ccsa_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     else:
         loss.backward()
 
-    with torch.no_grad():
-        sums = torch.zeros(num_datasets, device=pixel_loss.device).index_add(0, dataset_index, pixel_loss.flatten(1).sum(1))
-        counts = torch.zeros(num_datasets, device=pixel_loss.device).index_add(0, dataset_index, valid_per_image.float())
-        per_dataset_loss = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan))
+    per_dataset_loss = per_dataset_mean(pixel_loss.detach().flatten(1).sum(1), valid_per_image, dataset_index, ctx.num_datasets)
     return StepOutput(
         loss=loss.detach(),
         per_dataset_loss=per_dataset_loss,

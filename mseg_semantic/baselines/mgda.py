@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mseg_semantic.training.step import StepContext, StepOutput
+from mseg_semantic.training.step import StepContext, StepOutput, check_dataset_index
 
 __all__ = [
     "NORMALIZATIONS",
@@ -205,7 +205,9 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     of task t in the *global* batch, so the reduced gradient is exactly the gradient of task t's mean
     loss over the global batch (a rank without task t contributes zero), the same as one process with
     the whole batch. Every rank then solves the same problem; the weights are broadcast from rank 0 so
-    they are bit-identical. DDP's own gradient reduction is not used.
+    they are bit-identical. DDP's own gradient reduction is not used. With SyncBatchNorm every rank runs
+    every task's backward pass (see the comment in the body): with one dataset per GPU that is T backward
+    passes per rank instead of one.
 
     With ``ctx.scaler`` the task losses are scaled before differentiation, so ``param.grad`` holds scaled
     gradients for the loop to unscale; the weights are unaffected by the common scale. A non-finite Gram
@@ -214,10 +216,13 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     """
     options = MGDAOptions.from_mapping(ctx.options)
     num_datasets = ctx.num_datasets
-    if dataset_index.numel() and (int(dataset_index.min()) < 0 or int(dataset_index.max()) >= num_datasets):
-        raise ValueError(f"dataset_index values must lie in [0, {num_datasets}), got {sorted(set(dataset_index.tolist()))}")
+    check_dataset_index(dataset_index, num_datasets)
     module = model.module if ctx.distributed else model
     params = [p for p in module.parameters() if p.requires_grad]
+    # SyncBatchNorm normalises with the global batch's statistics, so a rank's weights also act on the other ranks'
+    # losses, and its backward pass exchanges statistics with every rank: then each rank differentiates every task,
+    # even one it holds no pixel of (its local loss is zero, SyncBN brings in the rest), in the same order.
+    every_task_on_every_rank = ctx.distributed and any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
 
     forward_context = model.no_sync() if ctx.distributed else contextlib.nullcontext()
     with forward_context:
@@ -240,7 +245,7 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
         scaler = ctx.scaler if ctx.scaler is not None and ctx.scaler.is_enabled() else None
         task_grads = []
         for t in tasks:
-            if local_counts[t] > 0:
+            if local_counts[t] > 0 or every_task_on_every_rank:
                 task_loss = loss_sums[t] / global_counts[t].float()
                 grad = _flat_gradient(scaler.scale(task_loss) if scaler else task_loss, params)
             else:

@@ -10,8 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from mseg_semantic.data.catalog import DatasetLocation, locate
-from mseg_semantic.data.lists import BadSampleError, read_label, read_list_file, read_pair
+from mseg_semantic.data.lists import BadSampleError, locate_and_read, read_pair
 from mseg_semantic.data.sampler import STREAM_AUGMENT, STREAM_REPLACEMENT, SampleRef, stream_rng
 from mseg_semantic.data.transforms import AugmentConfig, augment_crop_chw, sample_augment_params
 
@@ -102,17 +101,6 @@ def collate_train_batch(items: list[dict]) -> dict:
     }
 
 
-def locate_and_read(
-    name: str,
-    split: str,
-    data_root: str | os.PathLike | None,
-    dataset_roots: Mapping[str, str] | None = None,
-    dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
-) -> tuple[DatasetLocation, list[tuple[Path, Path]]]:
-    location = locate(name, split, data_root, dataset_roots, dataset_lists)
-    return location, read_list_file(location)
-
-
 class ValDataset(torch.utils.data.Dataset):
     """Full validation/test images of one dataset, labels in the dataset's own taxonomy.
 
@@ -141,9 +129,6 @@ class ValDataset(torch.utils.data.Dataset):
         image_path, label_path = self.samples[index]
         image, label = read_pair(image_path, label_path)
         return {"image": image, "label": label, "image_path": str(image_path), "label_path": str(label_path), "index": index}
-
-    def read_label(self, index: int) -> np.ndarray:
-        return read_label(self.samples[index][1])
 
 
 def configure_worker_threads(_worker_id: int = 0) -> None:

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
-from mseg_semantic.io import atomic_write_bytes
+from mseg_semantic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 GENERATOR_VERSION = 2  # bump whenever the generated images or labels change
 MARKER = "DEMO_WORLD.json"
@@ -281,8 +281,6 @@ def render_sample(dataset: str, seed: int, split: str, index: int) -> tuple[np.n
     return image, dataset_label_table(dataset)[world]
 
 
-
-
 def _encode(ext: str, array: np.ndarray, params=()) -> bytes:
     ok, buffer = cv2.imencode(ext, array, list(params))
     if not ok:
@@ -321,7 +319,6 @@ def generate(
                 raise ValueError(f"demo world: {name} split {split!r} with {n!r} images; splits are train/val/test with >= 1 image")
     marker = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "counts": plan}
     marker_path = root / MARKER
-    world = DemoWorld(root, DEMO_TRAIN_DATASETS, DEMO_TEST_DATASETS, plan, generated=True)
     if not force and marker_path.is_file():
         try:
             if json.loads(marker_path.read_text()) == marker:
@@ -336,8 +333,6 @@ def generate(
         shutil.rmtree(dataset_dir / "synthetic", ignore_errors=True)  # only what this generator wrote
         for split, n in splits.items():
             lines = []
-            for kind in ("images", "labels"):
-                (dataset_dir / "synthetic" / kind / split).mkdir(parents=True, exist_ok=True)
             for index in range(n):
                 image, label = render_sample(name, seed, split, index)
                 rgb_rel = f"synthetic/images/{split}/{index:06d}.jpg"
@@ -345,9 +340,7 @@ def generate(
                 atomic_write_bytes(dataset_dir / rgb_rel, _encode(".jpg", image[:, :, ::-1], (cv2.IMWRITE_JPEG_QUALITY, 92)))
                 atomic_write_bytes(dataset_dir / label_rel, _encode(".png", label))
                 lines.append(f"{rgb_rel} {label_rel}\n")
-            list_file = default_list_file(root, name, split)
-            list_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(list_file, "".join(lines).encode())
-    atomic_write_bytes(root / "README.txt", _README.format(seed=seed).encode())
-    atomic_write_bytes(marker_path, (json.dumps(marker, indent=1) + "\n").encode())
-    return world
+            atomic_write_text(default_list_file(root, name, split), "".join(lines))
+    atomic_write_text(root / "README.txt", _README.format(seed=seed))
+    atomic_write_json(marker_path, marker, indent=1)
+    return DemoWorld(root, DEMO_TRAIN_DATASETS, DEMO_TEST_DATASETS, plan, generated=True)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Mapping
 
 import cv2
 import numpy as np
 
-from mseg_semantic.data.catalog import DatasetLocation
+from mseg_semantic.data.catalog import DatasetLocation, locate
 
 
 class BadSampleError(RuntimeError):
     """A listed file is missing, cannot be decoded, or disagrees with its pair; the message names the file."""
 
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
+    def __init__(self, path: str | Path, reason: str | None = None):
+        # One argument is a whole message: how a DataLoader worker re-raises the error in the main process,
+        # which keeps the exception type (a two-argument-only constructor would turn it into RuntimeError).
+        super().__init__(str(path) if reason is None else f"{path}: {reason}")
+        self.path = str(path) if reason is not None else None
         self.reason = reason
 
 
@@ -37,6 +41,18 @@ def read_list_file(location: DatasetLocation) -> list[tuple[Path, Path]]:
                 raise ValueError(f"{list_file}:{number}: expected 'rgb_relpath label_relpath' (2 fields), got {len(fields)}: {line.strip()!r}")
             pairs.append((location.root / fields[0], location.root / fields[1]))
     return pairs
+
+
+def locate_and_read(
+    name: str,
+    split: str,
+    data_root: str | os.PathLike | None,
+    dataset_roots: Mapping[str, str] | None = None,
+    dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[DatasetLocation, list[tuple[Path, Path]]]:
+    """:func:`~mseg_semantic.data.catalog.locate` the split, then :func:`read_list_file` it."""
+    location = locate(name, split, data_root, dataset_roots, dataset_lists)
+    return location, read_list_file(location)
 
 
 def _read(path: Path, flags: int) -> np.ndarray:
@@ -68,10 +84,14 @@ def read_label(path: str | Path) -> np.ndarray:
     return label
 
 
+def check_same_size(image: np.ndarray, label: np.ndarray, image_path: str | Path, label_path: str | Path) -> None:
+    if image.shape[:2] != label.shape:
+        raise BadSampleError(label_path, f"label size {label.shape[1]}x{label.shape[0]} differs from image {image_path} size {image.shape[1]}x{image.shape[0]}")
+
+
 def read_pair(image_path: Path, label_path: Path, bgr: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Image and label of one sample, checked to have the same size."""
     image = read_image_bgr(image_path) if bgr else read_image_rgb(image_path)
     label = read_label(label_path)
-    if image.shape[:2] != label.shape:
-        raise BadSampleError(label_path, f"label size {label.shape[1]}x{label.shape[0]} differs from image {image_path} size {image.shape[1]}x{image.shape[0]}")
+    check_same_size(image, label, image_path, label_path)
     return image, label

@@ -16,7 +16,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from mseg_semantic.data.datasets import TrainSampleReader, collate_train_batch, configure_worker_threads, locate_and_read
+from mseg_semantic.data.datasets import TrainSampleReader, collate_train_batch, configure_worker_threads
+from mseg_semantic.data.lists import locate_and_read
 from mseg_semantic.data.sampler import MixingSampler, SamplerCursor
 from mseg_semantic.data.transforms import AugmentConfig
 
@@ -52,7 +53,6 @@ class TrainLoader:
         rank: int = 0,
         workers: int = 0,
         pin_memory: bool = False,
-        prefetch_factor: int = 2,
     ):
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
@@ -62,7 +62,6 @@ class TrainLoader:
         self.rank = rank
         self.workers = workers
         self.pin_memory = pin_memory
-        self.prefetch_factor = prefetch_factor
         self.dataset_names = list(sampler.dataset_names)
         self.batch_size_per_rank = sampler.batch_size // sampler.world_size
         self._cursor = sampler.start()
@@ -109,7 +108,6 @@ class TrainLoader:
             collate_fn=collate_train_batch,
             pin_memory=self.pin_memory,
             worker_init_fn=configure_worker_threads,
-            prefetch_factor=self.prefetch_factor,
         )
         yield from loader
 
@@ -163,7 +161,9 @@ def build_train_loader(
     """The training stream of one rank (``batch_size`` is global, over all ranks).
 
     ``converter``: the taxonomy converter of the run (universal / naive / oracle), or None for the datasets'
-    own ids. Every split list is read up front, so a missing list fails here, naming the file.
+    own ids. ``workers``: loader processes of this rank (``TRAIN.workers`` counts per node; the trainer
+    divides it among the node's ranks). Every split list is read up front, so a missing list fails here,
+    naming the file.
     """
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     augment = AugmentConfig(
@@ -186,10 +186,16 @@ def build_train_loader(
 
 
 def train_loader_arguments(cfg: Any) -> dict:
-    """build_train_loader's keyword arguments from a Config's DATA and TRAIN sections (no rank / world size)."""
+    """build_train_loader's keyword arguments that a Config's DATA and TRAIN sections give as they are.
+
+    What depends on the process is left to the caller: ``rank``, ``world_size``, ``pin_memory``, ``workers``
+    (per process, while ``TRAIN.workers`` is per node) and ``dataset_gpu_mapping`` (MSeg's mapping needs the
+    run's dataset list and process count to mean anything). :func:`mseg_semantic.training.run.build_loader`
+    adds them from its run plan; left out, they default to one process loading in place with mixed batches.
+    """
     data, train = cfg.DATA, cfg.TRAIN
     keys = ("batch_size", "train_h", "train_w", "short_size", "scale_min", "scale_max", "rotate_min", "rotate_max",
-            "rotate_prob", "blur_prob", "flip_prob", "ignore_label", "seed", "workers", "dataset_gpu_mapping")
+            "rotate_prob", "blur_prob", "flip_prob", "ignore_label", "seed")
     arguments = {key: train[key] for key in keys}
     arguments.update(
         data_root=data.data_root or None,

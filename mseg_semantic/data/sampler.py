@@ -19,8 +19,6 @@ Within a dataset, samples are taken in a seeded permutation, a new one each pass
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -73,7 +71,9 @@ def stratified_counts(rows: int, weights: np.ndarray, rng: np.random.Generator) 
         edges = np.cumsum(fraction[order])
         edges *= remaining / edges[-1]  # guards against float drift; the sum is `remaining` up to rounding
         picks = rng.random() + np.arange(remaining)
-        chosen = order[np.minimum(np.searchsorted(edges, picks, side="right"), len(order) - 1)]
+        # a pick rounding past the last edge goes to the last dataset with a share, never to a weight-0 one
+        last = int(np.flatnonzero(fraction[order] > 0)[-1])
+        chosen = order[np.minimum(np.searchsorted(edges, picks, side="right"), last)]
         np.add.at(counts, chosen, 1)
     return counts
 
@@ -158,9 +158,6 @@ class MixingSampler:
             "weights": [round(float(w / self._weights.sum()), 12) for w in self._weights],
             "dataset_gpu_mapping": {n: sorted(r) for n, r in self.mapping.items()} if self.mapping else None,
         }
-
-    def fingerprint_digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
 
     def start(self) -> SamplerCursor:
         return SamplerCursor(0, [0] * len(self.dataset_names))

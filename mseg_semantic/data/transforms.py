@@ -22,6 +22,7 @@ Where this differs from the sequential float32 recipe (by design, measured in te
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -230,12 +231,20 @@ def augment_crop_chw(image_bgr: np.ndarray, label: np.ndarray, params: AugmentPa
     return np.stack([red, green, blue]), crop_label
 
 
+@functools.lru_cache(maxsize=8)
+def _mean_std_255(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Made once per device: building them per batch would copy from the host and wait for the CUDA stream."""
+    with torch.inference_mode(False):  # usable outside inference mode even when first made inside it
+        mean = torch.tensor(MEAN_RGB_255, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std = torch.tensor([255.0 * s for s in IMAGENET_STD], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (or 0..255 float) N x 3 x H x W RGB on any device -> float32 normalised with ImageNet mean/std."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"normalize_images: expected N x 3 x H x W, got shape {tuple(images.shape)}")
-    mean = torch.tensor(MEAN_RGB_255, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor([255.0 * s for s in IMAGENET_STD], dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std_255(images.device)
     return (images.to(torch.float32) - mean) / std
 
 

@@ -1,7 +1,7 @@
 """MSeg's sequential float32 training recipe, step by step over the whole image.
 
 This is the baseline the fused pipeline in :mod:`mseg_semantic.data.transforms` is measured and tested
-against (benchmarks/bench_augment.py, tests/data/test_transforms_distribution.py); training never uses it.
+against (benchmarks/bench_augment.py, tests/data/test_data_transforms.py); training never uses it.
 Each step follows MSeg's transform classes: ResizeShort, RandScale, RandRotate, RandomGaussianBlur,
 RandomHorizontalFlip, Crop('rand'), ToTensor, Normalize. Random numbers come from a numpy Generator in the
 same order as :func:`~mseg_semantic.data.transforms.sample_augment_params`, so one seed gives both pipelines

@@ -11,10 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
-from mseg_semantic.data.datasets import locate_and_read
-from mseg_semantic.data.lists import BadSampleError, read_image_bgr, read_label
-
-IGNORE = 255
+from mseg_semantic.data.lists import BadSampleError, check_same_size, locate_and_read, read_image_bgr, read_label
+from mseg_semantic.taxonomy import IGNORE_INDEX, load_class_names
 
 
 @dataclass
@@ -47,13 +45,13 @@ class VerifyReport:
         more = len(self.image_sizes) - 8
         lines.append(f"image sizes (w x h): {sizes or '-'}{f', and {more} more' if more > 0 else ''}")
         total = int(self.class_pixels.sum())
-        lines.append(f"class pixel histogram ({len(self.class_names)} classes + unlabeled {IGNORE}), {total} pixels read:")
+        lines.append(f"class pixel histogram ({len(self.class_names)} classes + unlabeled {IGNORE_INDEX}), {total} pixels read:")
         width = max([len(n) for n in self.class_names] + [9])
         for class_id in np.flatnonzero(self.class_pixels).tolist():
             if class_id < len(self.class_names):
                 name = self.class_names[class_id]
             else:
-                name = "unlabeled" if class_id == IGNORE else "INVALID"
+                name = "unlabeled" if class_id == IGNORE_INDEX else "INVALID"
             count = int(self.class_pixels[class_id])
             lines.append(f"  {class_id:>3}  {name:<{width}}  {count:>12}  {100.0 * count / total:6.2f}%")
         absent = [n for i, n in enumerate(self.class_names) if not self.class_pixels[i]]
@@ -79,12 +77,15 @@ def _check_sample(task: tuple[str, str, int]) -> tuple[list[tuple[str, str]], np
     histogram = None
     if label is not None:
         histogram = np.bincount(label.ravel(), minlength=256).astype(np.int64)
-        bad = [int(i) for i in np.flatnonzero(histogram) if num_classes <= i < IGNORE]
+        bad = [int(i) for i in np.flatnonzero(histogram) if num_classes <= i < IGNORE_INDEX]
         if bad:
             pixels = int(histogram[bad].sum())
-            problems.append((label_path, f"label ids {bad} are outside this taxonomy (valid: 0..{num_classes - 1} and {IGNORE}); {pixels} pixels"))
-    if image is not None and label is not None and image.shape[:2] != label.shape:
-        problems.append((label_path, f"label size {label.shape[1]}x{label.shape[0]} differs from image size {image.shape[1]}x{image.shape[0]} ({image_path})"))
+            problems.append((label_path, f"label ids {bad} are outside this taxonomy (valid: 0..{num_classes - 1} and {IGNORE_INDEX}); {pixels} pixels"))
+    if image is not None and label is not None:
+        try:
+            check_same_size(image, label, image_path, label_path)
+        except BadSampleError as exc:
+            problems.append((exc.path, exc.reason))
     size = (image.shape[1], image.shape[0]) if image is not None else None
     return problems, histogram, size
 
@@ -103,8 +104,6 @@ def verify_dataset(
     ``class_names`` defaults to the taxonomy's names of ``name``; a missing or malformed list file is raised.
     """
     if class_names is None:
-        from mseg_semantic.taxonomy import load_class_names
-
         class_names = load_class_names(name)
     location, pairs = locate_and_read(name, split, data_root, dataset_roots, dataset_lists)
     report = VerifyReport(name, split, location.list_file, location.root, list(class_names), num_samples=len(pairs))

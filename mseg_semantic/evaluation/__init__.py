@@ -1,7 +1,8 @@
 """Inference (sliding window, flip, multi-scale, batched), metrics, the zero-shot benchmark, demo and export.
 
 Heavier pieces (the dataset loop, demo, export) import the model/data/taxonomy packages; import them from their
-modules: ``mseg_semantic.evaluation.evaluate``, ``.demo``, ``.export``, ``.model_space``.
+modules: ``mseg_semantic.evaluation.evaluate``, ``.demo``, ``.export``, ``.model_space``, and ``.builders`` (the
+config -> objects step the tools share).
 """
 
 from mseg_semantic.evaluation.inference import (

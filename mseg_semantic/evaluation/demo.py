@@ -19,7 +19,7 @@ from tqdm import tqdm
 from mseg_semantic.data.lists import read_image_rgb
 from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
 from mseg_semantic.evaluation.model_space import OutputSpace, label_dtype
-from mseg_semantic.evaluation.outputs import write_png
+from mseg_semantic.evaluation.outputs import renamed_into_place, write_png
 from mseg_semantic.evaluation.visualize import compose_demo_frame
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "run_demo", "list_images"]
@@ -98,39 +98,34 @@ def _run_video(model, space, settings, path: Path, out_dir: Path, batch_size: in
         raise ValueError(f"{path}: cannot be opened as a video")
     fps = reader.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{path.stem}_demo.mp4"
-    tmp = out_dir / f".{path.stem}_demo.tmp.mp4"
     writer = None
     bar = tqdm(total=total, desc="demo", unit="frame", disable=not progress, dynamic_ncols=True)
     try:
-        while True:
-            frames = []
-            for _ in range(batch_size):
-                ok, bgr = reader.read()
-                if not ok:
+        with renamed_into_place(final) as tmp:
+            while True:
+                frames = []
+                for _ in range(batch_size):
+                    ok, bgr = reader.read()
+                    if not ok:
+                        break
+                    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                if not frames:
                     break
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            if not frames:
-                break
-            for image, label in zip(frames, _predict(model, frames, settings, space)):
-                frame = _even(compose_demo_frame(image, label, space.class_names, space.colors))
-                if writer is None:
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
-                    if not writer.isOpened():
-                        raise RuntimeError(f"cannot write the video {tmp} (OpenCV without an mp4v encoder?)")
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            bar.update(len(frames))
-        if writer is None:
-            raise ValueError(f"{path}: no frame could be read")
-        writer.release()
-        writer = None
-        tmp.replace(final)
+                for image, label in zip(frames, _predict(model, frames, settings, space)):
+                    frame = _even(compose_demo_frame(image, label, space.class_names, space.colors))
+                    if writer is None:
+                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+                        if not writer.isOpened():
+                            raise RuntimeError(f"cannot write the video {tmp} (OpenCV without an mp4v encoder?)")
+                    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                bar.update(len(frames))
+            if writer is None:
+                raise ValueError(f"{path}: no frame could be read")
+            writer.release()  # the file is complete before it is renamed
     finally:
         bar.close()
         reader.release()
         if writer is not None:
-            writer.release()
-        if tmp.exists():
-            tmp.unlink()
+            writer.release()  # after an error; a second release does nothing
     return final

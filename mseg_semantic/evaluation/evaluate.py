@@ -84,12 +84,13 @@ def evaluate_dataset(
     model_label: str | None = None,
 ) -> EvaluationResult:
     """Run ``loaded.model`` over ``dataset``/``split`` and score it in :func:`evaluation_space`."""
+    if save_predictions and save_folder is None:
+        raise ValueError("save_predictions=True needs a save_folder to write the predictions to")
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     space = evaluation_space(loaded, dataset)
     data = ValDataset(dataset, split, data_root, dataset_roots, dataset_lists)
     indices = select_indices(len(data), index_start, index_step, rank, world_size)
     device = next(loaded.model.parameters()).device
-    projection = space.projection.to(device) if space.projection is not None else None
     matrix = ConfusionMatrix(space.num_classes, device=device)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(data, indices),
@@ -105,16 +106,16 @@ def evaluate_dataset(
     bar = tqdm(total=len(indices), desc=f"{dataset} {split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
     for batch in loader:
         labels = [space.convert_label(item["label"]) for item in batch]
-        preds = segment_images(loaded.model, [item["image"] for item in batch], settings, projection)
+        preds = segment_images(loaded.model, [item["image"] for item in batch], settings, space.projection)
         for item, pred, label in zip(batch, preds, labels):
             matrix.update(pred, torch.from_numpy(label.astype(np.int64)))
-            if save_predictions and save_folder is not None:
+            if save_predictions:
                 pred_np = pred.to("cpu").numpy().astype(out_dtype)
                 rel = _prediction_relpath(item["image_path"], data.location.root)
                 write_png(save_folder / "predictions" / "gray" / rel, pred_np)
                 write_png(save_folder / "predictions" / "color" / rel, colorize(pred_np, space.colors), rgb=True)
         bar.update(len(batch))
-        if rank == 0 and bar.n:
+        if not bar.disable:
             bar.set_postfix(pixel_acc=f"{_running_accuracy(matrix):.3f}")
     bar.close()
     matrix.all_reduce()
@@ -180,7 +181,6 @@ def write_reports(result: EvaluationResult, loaded: LoadedModel, settings: Infer
         "seconds_per_image": round(result.seconds / max(result.num_images, 1), 4),
         **result.metrics.to_dict(result.space.class_names),
     }
-    summary["inference"]["scales"] = list(settings.scales)
     atomic_write_json(folder / "summary.json", summary)
     atomic_write_text(folder / "per_class.md", format_per_class_table(result, model_label))
 

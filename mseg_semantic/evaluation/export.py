@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mseg_semantic.io import temporary_sibling
+from mseg_semantic.evaluation.outputs import renamed_into_place
 
 __all__ = ["ExportReport", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript"]
 
@@ -64,10 +64,8 @@ def export_onnx(
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = _LogitsOnly(model).eval().cpu()
     example = _example(height, width)
-    tmp = temporary_sibling(path)
     kwargs: dict = {"input_names": ["image"], "output_names": ["logits"], "dynamo": dynamo}
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -78,17 +76,12 @@ def export_onnx(
             kwargs["dynamic_shapes"] = {"image": dims}
     elif dynamic:
         kwargs["dynamic_axes"] = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                torch.onnx.export(wrapped, (example,), str(tmp), **kwargs)
+    with warnings.catch_warnings(), renamed_into_place(path) as tmp:
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(wrapped, (example,), str(tmp), **kwargs)
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     shape = (-1, 3, -1, -1) if dynamic else (1, 3, height, width)
     return ExportReport(path, "onnx", shape, opset_used, "torch.export (dynamo)" if dynamo else "TorchScript-based")
@@ -98,19 +91,12 @@ def export_torchscript(model: torch.nn.Module, path: str | os.PathLike, height: 
     """``torch.jit.trace`` of the forward pass; the traced HRNet computes its resize sizes from the input,
     so the file also runs at other sizes (checked by :func:`check_torchscript`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = _LogitsOnly(model).eval().cpu()
-    tmp = temporary_sibling(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                traced = torch.jit.trace(wrapped, (_example(height, width),), check_trace=False)
-            torch.jit.save(traced, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with warnings.catch_warnings(), renamed_into_place(path) as tmp:
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in recent PyTorch; it still works
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapped, (_example(height, width),), check_trace=False)
+        torch.jit.save(traced, str(tmp))
     return ExportReport(path, "torchscript", (1, 3, height, width), exporter="torch.jit.trace")
 
 

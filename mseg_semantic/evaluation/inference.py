@@ -20,7 +20,6 @@ Whole-image mode replaces step 3 by one forward of the whole padded image (padde
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -29,20 +28,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mseg_semantic.data.transforms import normalize_images
+from mseg_semantic.training.precision import autocast_factory
+
 __all__ = [
     "InferenceSettings",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "window_starts",
     "resized_hw",
     "predict_probabilities",
     "segment_images",
     "segment_image",
 ]
-
-# ImageNet statistics on the 0..255 scale (MSeg normalises with these).
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 PRECISIONS = ("fp32", "bf16")
 MODES = ("sliding", "whole")
@@ -101,12 +97,6 @@ def resized_hw(h: int, w: int, base_size: int | None, scale: float) -> tuple[int
     return short, round(short / h * w)
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _to_chw_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
@@ -117,12 +107,12 @@ def _to_chw_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> to
     return image.to(device, non_blocking=True)
 
 
-def _prepare(image: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def _prepare(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8/float 3 x H x W -> normalised float 3 x h x w at ``size``."""
     x = image.float().unsqueeze(0)
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return ((x - mean) / std)[0]
+    return normalize_images(x)[0]
 
 
 @dataclass
@@ -196,8 +186,6 @@ def predict_probabilities(
     device = parameter.device if parameter is not None else torch.device("cpu")
     if projection is not None:
         projection = projection.to(device=device, dtype=torch.float32)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     tensors = [_to_chw_tensor(im, device) for im in images]
     totals: list[torch.Tensor | None] = [None] * len(tensors)
     was_training = model.training
@@ -208,7 +196,7 @@ def predict_probabilities(
             for index, image in enumerate(tensors):
                 h, w = image.shape[1:]
                 inner = resized_hw(h, w, settings.base_size, scale)
-                x = _prepare(image, inner, mean, std)
+                x = _prepare(image, inner)
                 if settings.mode == "whole":
                     d = settings.size_divisor
                     target = (math.ceil(inner[0] / d) * d, math.ceil(inner[1] / d) * d)
@@ -249,7 +237,7 @@ def _run_chunk(
         crop = canvases[ci].padded[:, y : y + h, x : x + w]
         crops.append(crop.flip(-1) if flipped else crop)
     batch = torch.stack(crops)
-    with _autocast(device, settings.precision):
+    with autocast_factory(settings.precision, device.type)():  # the forward only: softmax and sums stay fp32
         logits = model(batch)
     if isinstance(logits, (tuple, list)):
         logits = logits[0]

@@ -1,6 +1,6 @@
 """Confusion matrix and the segmentation metrics derived from it.
 
-Conventions (see notes/readme_evaluation.md for how they relate to MSeg and Cityscapes):
+Conventions (see docs/evaluation.md for how they relate to MSeg and Cityscapes):
 
 - ``IoU_c = TP_c / (TP_c + FP_c + FN_c)`` over pixels whose ground truth is not ``ignore_index``.
 - A class absent from both prediction and ground truth has no IoU (NaN, reported as "absent") and does not
@@ -14,7 +14,7 @@ Conventions (see notes/readme_evaluation.md for how they relate to MSeg and City
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -37,7 +37,6 @@ class SegmentationMetrics:
     pred_pixels: np.ndarray  # (K,) int64, over labelled pixels only
     valid: np.ndarray  # (K,) bool: False for excluded classes
     num_pixels: int  # labelled pixels seen
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict:
         """JSON-ready: NaN becomes null, each class carries its status (ok / absent / excluded)."""
@@ -120,8 +119,9 @@ class ConfusionMatrix:
         pred = pred[labelled]
         k = self.num_classes
         for name, ids in (("ground-truth", target), ("predicted", pred)):
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
-                bad = torch.unique(ids[(ids < 0) | (ids >= k)])[:10].tolist()
+            outside = (ids < 0) | (ids >= k)
+            if outside.any():
+                bad = torch.unique(ids[outside])[:10].tolist()
                 raise ValueError(f"{name} ids {bad} are outside 0..{k - 1} (and not the ignore id {self.ignore_index})")
         self.counts += torch.bincount(target * k + pred, minlength=k * k).reshape(k, k)
 

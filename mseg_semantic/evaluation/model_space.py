@@ -49,7 +49,6 @@ class LoadedModel:
     num_classes: int
     train_datasets: list[str] | None
     meta: dict = field(default_factory=dict)
-    checkpoint_kind: str = ""
 
 
 @dataclass
@@ -103,11 +102,14 @@ def load_model_for_inference(
     oracle_dataset: str | None = None,
 ) -> LoadedModel:
     """Build the checkpoint's model and load it. ``model_name`` / ``taxonomy`` apply only when the file has no
-    meta (MSeg's releases); ``oracle_dataset`` names the dataset of an oracle checkpoint without meta."""
+    meta (MSeg's releases; a ``taxonomy`` that contradicts the meta is an error); ``oracle_dataset`` names the
+    dataset of an oracle checkpoint without meta."""
     path = Path(path)
     state, kind, meta = read_state_dict(path)
     if CLASSIFIER_KEY not in state:
         raise ValueError(f"{path}: no classifier ({CLASSIFIER_KEY}) in the file ({kind}); it is not a segmentation model checkpoint")
+    if taxonomy and meta.get("taxonomy") and taxonomy != meta["taxonomy"]:
+        raise ValueError(f"TEST.model_taxonomy={taxonomy!r} but {path} was trained in the {meta['taxonomy']!r} taxonomy (its meta); drop the override")
     name = meta.get("model") or guess_variant(state) or model_name or "hrnet_w48"
     num_classes = int(meta.get("num_classes") or state[CLASSIFIER_KEY].shape[0])
     taxonomy_kind = meta.get("taxonomy") or taxonomy or "universal"
@@ -128,7 +130,7 @@ def load_model_for_inference(
     model = build_model(name, num_classes)
     load_weights(model, path, log=False)
     model.to(device).eval()
-    return LoadedModel(model, str(path), name, taxonomy_kind, num_classes, train_datasets, meta, kind)
+    return LoadedModel(model, str(path), name, taxonomy_kind, num_classes, train_datasets, meta)
 
 
 def _model_space_names(loaded: LoadedModel) -> tuple[str, list[str], np.ndarray]:

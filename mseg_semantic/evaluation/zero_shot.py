@@ -21,7 +21,6 @@ from mseg_semantic.evaluation.metrics import harmonic_mean
 
 __all__ = [
     "ZERO_SHOT_DATASETS",
-    "ZERO_SHOT_SPLIT",
     "COLUMN_LABELS",
     "ZeroShotEntry",
     "find_missing",
@@ -32,7 +31,6 @@ __all__ = [
 
 # MSeg's README column order
 ZERO_SHOT_DATASETS = ("voc2012", "pascal-context-60", "camvid-11", "wilddash-19", "kitti-19", "scannet-20")
-ZERO_SHOT_SPLIT = "val"  # MSeg's test scripts always evaluate the val list (tool/test_universal_tax.py)
 COLUMN_LABELS = {
     "voc2012": "VOC",
     "pascal-context-60": "PC",

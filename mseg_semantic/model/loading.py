@@ -138,9 +138,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dic
         )
     if kind in ("state_dict", "mseg_release") and any(k.startswith(IMAGENET_ONLY_PREFIXES) for k in state):
         kind = "imagenet_classification"
-    meta = dict(obj["meta"]) if kind == "project_final" else {}
-    if kind == "project_training" and isinstance(obj.get("meta"), Mapping):
-        meta = dict(obj["meta"])
+    meta = dict(obj["meta"]) if kind.startswith("project_") and isinstance(obj.get("meta"), Mapping) else {}
     return state, kind, meta
 
 
@@ -247,20 +245,19 @@ def load_weights(
             )
         report.skipped.extend(unexpected)
 
-    # a head module re-initialised because one of its tensors mismatched takes none of the file's tensors
-    to_load = {k: v for k, v in to_load.items() if k.rsplit(".", 1)[0] not in reinit_modules}
     absent = [k for k in own if k not in to_load and k.rsplit(".", 1)[0] not in reinit_modules]
     blocking = []
     for key in absent:
-        module_name = key.rsplit(".", 1)[0]
         if key.startswith(HEAD_PREFIX) and reinit_head:
-            reinit_modules.add(module_name)
+            reinit_modules.add(key.rsplit(".", 1)[0])
         elif key.endswith("num_batches_tracked"):
             report.missing.append(key)
         elif key.startswith(HEAD_PREFIX) and kind == "imagenet_classification":
             report.missing.append(key)
         else:
             blocking.append(key)
+    # a re-initialised head module (a tensor mismatched or is absent) takes none of the file's tensors
+    to_load = {k: v for k, v in to_load.items() if k.rsplit(".", 1)[0] not in reinit_modules}
     if blocking:
         if strict:
             raise CheckpointMismatchError(

@@ -3,9 +3,11 @@
 Cache: ``$MSEG_CACHE`` (default ``~/.cache/mseg_semantic``), files under ``<cache>/weights/``.
 - A download goes to a partial file beside its target and is renamed into place (``os.replace``) only when
   complete, so a file at the target path is always whole. An interrupted download resumes: HTTP with a
-  ``Range`` request on ``NAME.pth.part``, Google Drive through gdown's own resume (``NAME.pth.gdown``).
+  ``Range`` request on ``NAME.pth.part`` (``mseg_semantic.prepare.download.fetch``, shared with
+  ``mseg-prepare``), Google Drive through gdown's own resume (``NAME.pth.gdown``).
 - The SHA-256 of every file is recorded in ``<cache>/weights/checksums.json`` the first time it is seen and
-  checked on every later use; a mismatch is an error that keeps the file and says how to download it again.
+  checked on every later use; a mismatch is an error that keeps the file and says how to download it again
+  (a fresh download that differs from a published checksum is moved to ``NAME.pth.sha256-mismatch``).
 - Offline, the error names the URL and the path to place a hand-downloaded file at.
 
 MSeg's models are HRNetV2-W48; their Google Drive ids and published zero-shot mIoU come from the MSeg release.
@@ -13,18 +15,14 @@ MSeg's models are HRNetV2-W48; their Google Drive ids and published zero-shot mI
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import os
-import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mseg_semantic.io import atomic_write_json
+from mseg_semantic.prepare.download import DownloadError, fetch, sha256_file
 
 __all__ = [
     "ChecksumMismatchError",
@@ -165,14 +163,6 @@ def weights_path(name: str | WeightsEntry, cache: str | Path | None = None) -> P
     return cache_dir(cache) / _entry(name).filename
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _manifest_path(directory: Path) -> Path:
     return directory / "checksums.json"
 
@@ -224,7 +214,7 @@ def verify_weights(name: str | WeightsEntry, cache: str | Path | None = None) ->
     path = directory / entry.filename
     if not path.is_file():
         raise WeightsError(f"{entry.name}: not in the cache ({path}); `mseg-weights download {entry.name}`")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     expected = _expected_sha(entry, directory)
     if expected is None:
         _record(directory, entry.filename, actual, path.stat().st_size, "placed by hand")
@@ -256,60 +246,6 @@ def _offline_message(entry: WeightsEntry, url: str, dest: Path, error: BaseExcep
         f"offline, download the file elsewhere from {url}, place it at {dest}, then run "
         f"`mseg-weights verify {entry.name}` to record its checksum. A partial download is kept and resumes."
     )
-
-
-def _progress(done: int, total: int | None, quiet: bool) -> None:
-    if quiet:
-        return
-    if total:
-        print(f"\r  {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr, flush=True)
-    else:
-        print(f"\r  {done / 2**20:8.1f} MiB", end="", file=sys.stderr, flush=True)
-
-
-def _http_download(entry: WeightsEntry, url: str, part: Path, dest: Path, quiet: bool, timeout: float) -> None:
-    """Download ``url`` into ``part``, resuming from its current size with an HTTP Range request."""
-    start = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "mseg-semantic"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and start:
-            # Range not satisfiable: the partial file is complete if the server's total equals its size
-            total = (error.headers.get("Content-Range") or "").rpartition("/")[2]
-            if total.isdigit() and int(total) == start:
-                return
-            part.unlink()
-            return _http_download(entry, url, part, dest, quiet, timeout)
-        raise WeightsError(f"could not download {entry.name} from {url}: HTTP {error.code} {error.reason}") from error
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        raise OfflineError(_offline_message(entry, url, dest, error)) from error
-
-    with response:
-        resumed = start and response.status == 206
-        if not resumed:
-            start = 0  # the server ignored the Range request: start over
-        length = response.headers.get("Content-Length")
-        total = start + int(length) if length and length.isdigit() else None
-        done = start
-        try:
-            with open(part, "ab" if resumed else "wb") as f:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    f.write(chunk)
-                    done += len(chunk)
-                    _progress(done, total, quiet)
-        except (OSError, http.client.HTTPException) as error:  # connection dropped mid-transfer
-            raise OfflineError(_offline_message(entry, url, dest, error)) from error
-        finally:
-            if not quiet:
-                print(file=sys.stderr)
-    if total is not None and done != total:
-        raise OfflineError(
-            f"download of {entry.name} from {url} stopped at {done} of {total} bytes; run it again to resume "
-            f"(partial file {part})"
-        )
 
 
 def _gdrive_download(entry: WeightsEntry, staging: Path, dest: Path, quiet: bool) -> None:
@@ -366,12 +302,15 @@ def download_weights(
     direct = url or entry.url
     if direct:
         source = direct
-        _http_download(entry, direct, part, dest, quiet, timeout)
-        complete = part
+        try:
+            # one attempt per call: a dropped transfer keeps NAME.pth.part, and the next call resumes it
+            fetch(direct, dest, progress=not quiet, timeout=timeout, retries=1)
+        except DownloadError as error:
+            raise OfflineError(_offline_message(entry, direct, dest, error)) from error
     elif entry.gdrive_id:
         source = entry.source
         _gdrive_download(entry, staging, dest, quiet)
-        complete = staging
+        os.replace(staging, dest)
     else:
         raise WeightsError(
             f"{entry.name} has no direct download link. Download {entry.filename} by hand from "
@@ -379,14 +318,15 @@ def download_weights(
             f"direct link: `mseg-weights download {entry.name} --url URL`."
         )
 
-    actual = _sha256(complete)
+    actual = sha256_file(dest)
     if entry.sha256 and actual != entry.sha256:
+        aside = dest.with_name(dest.name + ".sha256-mismatch")
+        os.replace(dest, aside)
         raise ChecksumMismatchError(
-            f"{entry.name}: downloaded file {complete} has SHA-256 {actual}, the published one is "
-            f"{entry.sha256} (file kept for inspection). {_redownload_hint(entry)}."
+            f"{entry.name}: the downloaded file has SHA-256 {actual}, the published one is {entry.sha256} "
+            f"(moved to {aside} for inspection). {_redownload_hint(entry)}."
         )
-    _record(directory, entry.filename, actual, complete.stat().st_size, source)
-    os.replace(complete, dest)
+    _record(directory, entry.filename, actual, dest.stat().st_size, source)
     return dest
 
 

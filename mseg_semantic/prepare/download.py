@@ -49,9 +49,10 @@ class ManualStepRequired(RuntimeError):
 
 
 def display_url(url: str) -> str:
-    """scheme://host/path without query or credentials: safe to print for any URL."""
+    """scheme://host[:port]/path without query or credentials: safe to print for any URL."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    host = parts.netloc.rpartition("@")[2]  # drop user:password@
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def sha256_file(path: Path, progress: bool = False) -> str:
@@ -139,12 +140,13 @@ def fetch(url: str, dest: Path, *, opener: OpenerDirector | None = None, progres
             return dest
         except (URLError, OSError, http.client.HTTPException) as exc:  # dropped connection, timeout, short read
             last_error = exc
-            reason = redact(str(getattr(exc, "reason", exc)), url, *secrets)
-            log.warning("%s: attempt %d/%d failed (%s); resuming", shown, attempt, retries, reason)
             if attempt < retries:
+                reason = redact(str(getattr(exc, "reason", exc)), url, *secrets)
+                log.warning("%s: attempt %d/%d failed (%s); resuming", shown, attempt, retries, reason)
                 time.sleep(min(retry_wait * attempt, 30.0))
     reason = redact(str(getattr(last_error, "reason", last_error)), url, *secrets)
-    raise DownloadError(f"{shown}: download failed after {retries} attempts ({reason}); rerun to resume from {part.name}")
+    attempts = f"{retries} attempts" if retries > 1 else "1 attempt"
+    raise DownloadError(f"{shown}: download failed after {attempts} ({reason}); rerun to resume from {part.name}")
 
 
 def _fetch_once(url, dest, part, opener, progress, expect_binary, timeout, shown) -> None:

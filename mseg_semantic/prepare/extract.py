@@ -1,9 +1,10 @@
 """Safe, idempotent extraction of zip and tar(.gz) archives.
 
 Every member is checked before it is written: absolute paths, ``..`` components, links whose target leaves
-the destination, and device/fifo entries are refused. The archive is unpacked into a temporary directory
-beside the destination and moved in only when complete, so a refused or interrupted extraction leaves the
-destination untouched. A marker file records a finished extraction; a second call is a no-op.
+the destination (also by way of other links in the archive), and device/fifo entries are refused. The archive
+is unpacked into a temporary directory beside the destination and moved in only when complete, so a refused or
+interrupted extraction leaves the destination untouched. A marker file records a finished extraction; a second
+call is a no-op.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class MemberFilter:
 def _check_member_path(archive: Path, name: str) -> str:
     """Normalised relative path of a member; raises on absolute paths and '..'."""
     raw = name.replace("\\", "/")
-    if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":") or raw.startswith("//"):
+    if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
         raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
@@ -79,6 +80,22 @@ def _check_link_target(archive: Path, member: str, target: str, hard: bool) -> s
     if resolved == ".." or resolved.startswith("../"):
         raise UnsafeArchiveError(f"{archive}: {kind} {member!r} -> {target!r} points outside the destination; refusing to extract")
     return resolved
+
+
+def _inside(archive: Path, root: str, path: Path, member: str) -> Path:
+    """``path`` if it resolves inside ``root`` (a real path); links extracted earlier can chain out of it, e.g.
+    ``a/b/l1 -> ../..`` then ``l2 -> a/b/l1/../..`` (each fine on its own) then a file ``l2/x``."""
+    real = os.path.realpath(path)
+    if real != root and not real.startswith(root + os.sep):
+        raise UnsafeArchiveError(f"{archive}: member {member!r} resolves outside the destination through a link; "
+                                 "refusing to extract")
+    return path
+
+
+def _check_links(archive: Path, root: str, links: list[tuple[Path, str]]) -> None:
+    """Every extracted symlink, now that all members exist, still resolves inside ``root``."""
+    for link, member in links:
+        _inside(archive, root, link, member)
 
 
 def archive_kind(path: Path) -> str:
@@ -100,6 +117,7 @@ def _write_stream(src, dest: Path) -> None:
 
 def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
     count = 0
+    root, links = os.path.realpath(tmp), []
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
@@ -114,29 +132,32 @@ def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress
             out_name = member_filter.apply(name) if name else None
             if out_name is None:
                 continue
-            dest = tmp / out_name
+            dest = _inside(archive, root, tmp / out_name, info.filename)
             if info.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)
             elif is_link:
                 _check_link_target(archive, out_name, target, hard=False)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(target, dest)
+                links.append((dest, info.filename))
             else:
                 with zf.open(info) as src:
                     _write_stream(src, dest)
             count += 1
+    _check_links(archive, root, links)
     return count
 
 
 def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
     count = 0
+    root, links = os.path.realpath(tmp), []
     # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
     with tarfile.open(archive, mode="r|*") as tf, tqdm(desc=f"extract {archive.name}", unit="file",
                                                        disable=not progress, leave=False) as bar:
         for member in tf:
             bar.update(1)
             name = _check_member_path(archive, member.name)
-            if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+            if member.isdev():  # character/block device or fifo
                 raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device/fifo; refusing to extract")
             if member.issym():
                 _check_link_target(archive, name, member.linkname, hard=False)
@@ -146,16 +167,17 @@ def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress
             out_name = member_filter.apply(name) if name else None
             if out_name is None:
                 continue
-            dest = tmp / out_name
+            dest = _inside(archive, root, tmp / out_name, member.name)
             if member.isdir():
                 dest.mkdir(parents=True, exist_ok=True)
             elif member.issym():
                 _check_link_target(archive, out_name, member.linkname, hard=False)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(member.linkname, dest)
+                links.append((dest, member.name))
             elif member.islnk():
                 source_name = member_filter.apply(_check_member_path(archive, member.linkname))
-                source = tmp / source_name if source_name else None
+                source = _inside(archive, root, tmp / source_name, member.name) if source_name else None
                 if source is None or not source.is_file():
                     raise UnsafeArchiveError(f"{archive}: hard link {member.name!r} -> {member.linkname!r} does not point to an extracted file")
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +188,7 @@ def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress
             else:
                 continue
             count += 1
+    _check_links(archive, root, links)
     return count
 
 

@@ -5,7 +5,10 @@ relative to the dataset directory ``<root>/catalog.DATASET_DIRS[taxonomy]``. A p
 files (one uint8 PNG per image, ids 0..K-1, 255 = unlabeled), each written atomically; outputs that already
 exist are kept unless ``force``, so an interrupted run resumes. A raw id (or colour, or polygon label) that
 the source taxonomy does not have is reported and the file is not written (``unknown="ignore"`` writes it
-with 255 there instead). The list files go to the catalog's paths only when every file succeeded.
+with 255 there instead). Datasets distributed in their semseg taxonomy (bdd, voc2012: kind "check") are only
+checked, never rewritten: an id out of range fails the file, or with "ignore" is reported and left as it is
+(the training converter then refuses it unless told to ignore it too). The list files go to the catalog's
+paths only when every file succeeded.
 """
 
 from __future__ import annotations

@@ -286,5 +286,4 @@ def parse_dataset_list(text: str | list[str]) -> list[str]:
                 keys.append(get_spec(part).key)
     if not keys:
         raise ValueError("no dataset given; use names from `mseg-prepare list`, 'train', 'test' or 'all'")
-    seen = set()
-    return [k for k in SPECS if k in keys and not (k in seen or seen.add(k))]
+    return [k for k in SPECS if k in keys]  # catalog order, each once

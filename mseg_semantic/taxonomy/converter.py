@@ -131,7 +131,7 @@ class LabelTable:
         idx = label.long()
         if idx.numel() == 0:
             return torch.zeros(label.shape, dtype=out_dtype, device=label.device)
-        strict, known = self._tables_on(label.device)
+        table, known = self._tables_on(label.device)
         lo, hi = torch.aminmax(idx)
         in_range = None
         if int(lo) < 0 or int(hi) > 255:
@@ -142,7 +142,7 @@ class LabelTable:
                 bad |= set(torch.unique(ok_ids[~known[ok_ids]]).tolist())
                 raise UnknownLabelError(self.dataset, sorted(int(b) for b in bad), self.num_source_classes)
             idx = torch.where(in_range, idx, torch.full_like(idx, IGNORE_INDEX))
-        out = strict[idx]
+        out = table[idx]
         is_unknown = ~known[idx]
         if bool(is_unknown.any()):
             if unknown == "error":
@@ -152,6 +152,7 @@ class LabelTable:
         return out.to(out_dtype)
 
     def _tables_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lenient table as int64, known) on ``device``; unknown ids are found with ``known``."""
         if self._torch_tables is None:
             self._torch_tables = {}
         key = str(device)
@@ -162,8 +163,6 @@ class LabelTable:
 
 
 def _dtype_holds(dtype: torch.dtype, value: int) -> bool:
-    if dtype == torch.uint8:
-        return value <= 255
     return value <= torch.iinfo(dtype).max
 
 

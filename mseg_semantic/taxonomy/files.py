@@ -178,6 +178,10 @@ def parse_taxonomy_text(text: str, source: str = "<memory>") -> tuple[list[Taxon
                 report.error(source, lineno, state["meta"].get("taxonomy"),
                              f"unknown key {key!r}{suggest(key, META_KEYS)}; valid keys: {', '.join(META_KEYS)}")
                 continue
+            if key in state["meta"]:
+                report.error(source, lineno, state["meta"].get("taxonomy"),
+                             f"key {key!r} is given twice in this block (first {state['meta'][key]!r}); keep one")
+                continue
             state["meta"][key] = fields[1].strip()
             continue
         state["rows"].append((lineno, fields))

@@ -114,12 +114,12 @@ def import_mseg(reference_dir: str | Path) -> tuple[list[Taxonomy], ValidationRe
         classes = names[col_name]
         if col_name in MSEG_TEST_COLUMNS:
             receives: list[list[str]] = [[] for _ in classes]
-            for row, uname in zip(body, unames):
+            for lineno, row, uname in zip(body_lines, body, unames):
                 cell = row[ci].strip()
                 if cell in classes:
                     receives[classes.index(cell)].append(uname)
                 elif cell:
-                    report.error(master, None, col_name, f"test class {cell!r} is not in {col_name}_names.txt"
+                    report.error(master, lineno, col_name, f"test class {cell!r} is not in {col_name}_names.txt"
                                  f"{suggest(cell, classes)}")
             out.append(Taxonomy(name=col_name, role="test", class_names=classes, colors=colors[col_name],
                                 universal=[tuple(r) for r in receives], source=str(master)))

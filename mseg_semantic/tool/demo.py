@@ -20,9 +20,9 @@ __all__ = ["main", "run"]
 
 
 def run(cfg: Config) -> list[Path]:
+    from mseg_semantic.evaluation.builders import build_inference_settings, load_model_from_config
     from mseg_semantic.evaluation.demo import run_demo
     from mseg_semantic.evaluation.model_space import display_space, pick_device
-    from mseg_semantic.tool.test import inference_settings, load_checkpoint
 
     t = cfg.TEST
     if t.input and t.input_file and t.input != t.input_file:
@@ -32,14 +32,15 @@ def run(cfg: Config) -> list[Path]:
         raise ConfigError("no demo input: pass input=IMAGE | FOLDER | VIDEO")
     device = pick_device(t.test_device)
     dataset = cfg.DATA.dataset if isinstance(cfg.DATA.dataset, str) else None
-    loaded = load_checkpoint(cfg, device, oracle_dataset=dataset)
+    settings = build_inference_settings(cfg)
+    loaded = load_model_from_config(cfg, device, oracle_dataset=dataset)
     space = display_space(loaded, t.output_taxonomy)
     if t.save_folder:
         out_dir = Path(t.save_folder)
     else:
         model = Path(t.model_path)
         out_dir = model.parent / f"{model.stem}_demo"
-    written = run_demo(loaded.model, space, inference_settings(cfg), source, out_dir, batch_size=t.batch_size_val)
+    written = run_demo(loaded.model, space, settings, source, out_dir, batch_size=t.batch_size_val)
     print(f"{len(written)} files in {out_dir} (taxonomy {space.name})")
     return written
 

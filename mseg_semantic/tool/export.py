@@ -24,14 +24,14 @@ FORMATS = ("onnx", "torchscript", "both")
 def run(cfg: Config) -> list:
     import torch
 
+    from mseg_semantic.evaluation.builders import load_model_from_config
     from mseg_semantic.evaluation.export import check_onnx, check_torchscript, export_onnx, export_torchscript
-    from mseg_semantic.tool.test import load_checkpoint
 
     t = cfg.TEST
     if t.export_format not in FORMATS:
         raise ConfigError(f"TEST.export_format={t.export_format!r}: valid values are {', '.join(FORMATS)}")
     dataset = cfg.DATA.dataset if isinstance(cfg.DATA.dataset, str) else None
-    loaded = load_checkpoint(cfg, torch.device("cpu"), oracle_dataset=dataset)
+    loaded = load_model_from_config(cfg, torch.device("cpu"), oracle_dataset=dataset)
     stem = Path(t.model_path).stem
     out_dir = Path(t.save_folder) if t.save_folder else Path(t.model_path).parent
     # a different size than the example shows that dynamic axes really are dynamic

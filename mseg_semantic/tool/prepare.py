@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from mseg_semantic.data.catalog import resolve_data_root
+from mseg_semantic.data.catalog import DATA_ROOT_ENV, resolve_data_root
 from mseg_semantic.prepare import pipeline
-from mseg_semantic.prepare.specs import SPECS, parse_dataset_list
+from mseg_semantic.prepare.specs import SPECS, get_spec, parse_dataset_list
 
 log = logging.getLogger("mseg_semantic.prepare")
 
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     workers(p)
     p.add_argument("--unknown", choices=("error", "ignore"), default="error",
-                   help="raw ids the taxonomy lacks: error (report, file not written) or ignore (report, write 255)")
+                   help="raw ids the taxonomy lacks: error (report, file not written) or ignore (report, write 255; "
+                        "bdd/voc2012 labels are only checked, never rewritten)")
     p.add_argument("--force", action="store_true", help="rewrite labels that already exist")
     p = sub.add_parser("relabel", help="apply MSeg's relabeling records -> -relabeled label sets (training datasets)")
     common(p)
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         if args.command == "list":
-            return _list(resolve_data_root(args.root) if (args.root or _env_root()) else None)
+            return _list(resolve_data_root(args.root) if (args.root or os.environ.get(DATA_ROOT_ENV)) else None)
         root = resolve_data_root(args.root)
         options = pipeline.Options(
             workers=getattr(args, "workers", None), credentials_file=getattr(args, "credentials", None),
@@ -135,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             if args.command == "extract":
                 from mseg_semantic.prepare.extract import extract_dataset
-                from mseg_semantic.prepare.specs import get_spec
 
                 extract_dataset(get_spec(key), root, progress=progress, force=args.force, delete_archives=args.delete_archives)
             elif args.command == "remap":
@@ -157,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
                 failed = failed or not result.ok
             elif args.command == "download":
                 from mseg_semantic.prepare.download import download_dataset
-                from mseg_semantic.prepare.specs import get_spec
 
                 try:
                     results = download_dataset(get_spec(key), root, credentials_file=args.credentials, progress=progress,
@@ -175,12 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, CredentialsError, DownloadError, OSError) as exc:
         print(f"mseg-prepare: error: {exc}", file=sys.stderr)
         return 2
-
-
-def _env_root() -> str:
-    import os
-
-    return os.environ.get("MSEG_DATA_ROOT", "")
 
 
 if __name__ == "__main__":

@@ -14,27 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from mseg_semantic.config import Config, ConfigError, load_config
 
-__all__ = ["main", "run", "inference_settings", "default_save_folder"]
-
-
-def inference_settings(cfg: Config, base_size: int | None = None):
-    from mseg_semantic.evaluation.inference import InferenceSettings
-
-    t = cfg.TEST
-    return InferenceSettings(
-        crop_h=t.test_h,
-        crop_w=t.test_w,
-        base_size=t.base_size if base_size is None else base_size,
-        scales=tuple(t.scales),
-        flip=t.flip,
-        mode=t.inference_mode,
-        window_batch=t.window_batch,
-        precision=t.test_precision,
-    )
+__all__ = ["main", "run", "default_save_folder"]
 
 
 def default_save_folder(model_path: str) -> Path:
@@ -58,37 +43,15 @@ def _single_dataset(cfg: Config) -> str:
     return dataset
 
 
-def load_checkpoint(cfg: Config, device, oracle_dataset: str | None = None):
-    from mseg_semantic.evaluation.model_space import load_model_for_inference
-
-    if not cfg.TEST.model_path:
-        raise ConfigError("TEST.model_path is not set: pass model_path=PATH/TO/model_final.pth")
-    loaded = load_model_for_inference(cfg.TEST.model_path, device, model_name=cfg.TRAIN.model, taxonomy=cfg.TEST.model_taxonomy, oracle_dataset=oracle_dataset)
-    asked = cfg.TEST.model_taxonomy
-    if asked and loaded.meta.get("taxonomy") and asked != loaded.meta["taxonomy"]:
-        raise ConfigError(f"TEST.model_taxonomy={asked!r} but {cfg.TEST.model_path} was trained in the {loaded.meta['taxonomy']!r} taxonomy (its meta); drop the override")
-    return loaded
-
-
-def _generate_demo_world(cfg: Config, info) -> None:
-    """The synthetic demo world, as the training tool writes it (idempotent; rank 0, the others wait)."""
-    from mseg_semantic.data.demo_world import generate
-    from mseg_semantic.training.distributed import barrier
-
-    if not cfg.DATA.data_root:
-        raise ConfigError("DATA.generate_demo_world=True needs DATA.data_root (where the demo world lives)")
-    if info.is_main:
-        generate(cfg.DATA.data_root)
-    barrier(info)
-
-
 def run(cfg: Config) -> dict:
     """Evaluate as the config says; returns the JSON summary (rank 0) or {}."""
+    from mseg_semantic.evaluation.builders import build_inference_settings, load_model_from_config
     from mseg_semantic.evaluation.evaluate import evaluate_dataset, format_per_class_table
     from mseg_semantic.evaluation.model_space import pick_device
-    from mseg_semantic.io import atomic_write_json, atomic_write_text
     from mseg_semantic.evaluation.zero_shot import find_missing, format_zero_shot_table, run_zero_shot, zero_shot_summary
+    from mseg_semantic.io import atomic_write_json, atomic_write_text
     from mseg_semantic.training.distributed import init_distributed, shutdown_distributed
+    from mseg_semantic.training.run import prepare_data_root
 
     if cfg.TRAIN.cpu_threads:
         import torch
@@ -96,14 +59,14 @@ def run(cfg: Config) -> dict:
         torch.set_num_threads(cfg.TRAIN.cpu_threads)
     info = init_distributed(cfg.Distributed.dist_backend)
     try:
-        if cfg.DATA.generate_demo_world:
-            _generate_demo_world(cfg, info)
+        prepare_data_root(cfg, info)
         device = info.device if info.distributed else pick_device(cfg.TEST.test_device)
         benchmark = cfg.TEST.benchmark
         if benchmark not in (None, "zero_shot"):
             raise ConfigError(f"TEST.benchmark={benchmark!r}: valid values are zero_shot or unset (one dataset)")
         oracle_dataset = None if benchmark else _single_dataset(cfg)
-        loaded = load_checkpoint(cfg, device, oracle_dataset)
+        settings = build_inference_settings(cfg)
+        loaded = load_model_from_config(cfg, device, oracle_dataset)
         label = cfg.TEST.model_name or Path(cfg.TEST.model_path).stem
         save_folder = Path(cfg.TEST.save_folder) if cfg.TEST.save_folder else default_save_folder(cfg.TEST.model_path)
         common = dict(
@@ -119,7 +82,6 @@ def run(cfg: Config) -> dict:
             model_label=label,
         )
         if benchmark is None:
-            settings = inference_settings(cfg)
             folder = run_folder(save_folder, oracle_dataset, settings.base_size, settings.scales)
             result = evaluate_dataset(loaded, oracle_dataset, settings=settings, save_folder=folder, **common)
             if not info.is_main:
@@ -130,9 +92,8 @@ def run(cfg: Config) -> dict:
             return result.metrics.to_dict(result.space.class_names)
 
         def evaluate(dataset: str, base_size: int) -> float:
-            settings = inference_settings(cfg, base_size=base_size)
             folder = run_folder(save_folder, dataset, base_size, settings.scales)
-            result = evaluate_dataset(loaded, dataset, settings=settings, save_folder=folder, **common)
+            result = evaluate_dataset(loaded, dataset, settings=replace(settings, base_size=base_size), save_folder=folder, **common)
             if info.is_main:
                 print(f"{dataset} @ base size {base_size}: mIoU {100 * result.miou:.2f} ({folder / 'summary.json'})", flush=True)
             return result.miou
@@ -144,7 +105,6 @@ def run(cfg: Config) -> dict:
         if not info.is_main:
             return {}
         table = format_zero_shot_table(label, entries)
-        settings = inference_settings(cfg)
         summary = zero_shot_summary(label, entries, cfg.TEST.split, extra={
             "model_path": cfg.TEST.model_path,
             "model_taxonomy": loaded.taxonomy,

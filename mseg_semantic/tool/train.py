@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")), None)  # fail on a bad config before any process group
+        plan_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail on a bad config before any process group
     except ConfigError as exc:
         print(f"mseg-train: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

@@ -84,7 +84,6 @@ class TrainingReporter:
         start_iteration: int,
         max_iters: int,
         crops_per_iteration: int,
-        dataset_names: list[str],
         device: torch.device,
         print_freq: int = 10,
         tensorboard: bool = True,
@@ -93,7 +92,6 @@ class TrainingReporter:
         self.enabled = enabled
         self.max_iters = max_iters
         self.crops_per_iteration = crops_per_iteration
-        self.dataset_names = dataset_names
         self.device = device
         self.print_freq = max(1, print_freq)
         self.log = logging.getLogger(f"{PACKAGE_LOGGER}.training")

@@ -10,18 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from mseg_semantic.training.checkpoint import capture_rng_state, save_checkpoint
 from mseg_semantic.training.distributed import DistInfo, all_gather_objects, all_reduce_sum, unwrap
 from mseg_semantic.training.logging import TrainingReporter
-from mseg_semantic.training.step import BackwardStep, StepContext, StepOutput
+from mseg_semantic.training.step import BackwardStep, StepContext, StepOutput, global_pixel_mean, per_dataset_mean
 
 log = logging.getLogger("mseg_semantic.training")
 
@@ -30,42 +29,18 @@ class NonFiniteLossError(RuntimeError):
     """The loss became nan or inf; the run stops before the optimizer applies the step."""
 
 
-def per_dataset_mean(values: torch.Tensor, counts: torch.Tensor, dataset_index: torch.Tensor, num_datasets: int) -> torch.Tensor:
-    """Sum per image -> mean per dataset (nan for a dataset without valid pixels)."""
-    sums = torch.zeros(num_datasets, dtype=torch.float64, device=values.device).index_add_(0, dataset_index, values.double())
-    totals = torch.zeros(num_datasets, dtype=torch.float64, device=values.device).index_add_(0, dataset_index, counts.double())
-    return torch.where(totals > 0, sums / totals.clamp(min=1), torch.full_like(sums, float("nan"))).float()
-
-
 def ce_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext) -> StepOutput:
-    """Cross-entropy over the valid (non-ignore) pixels of the *global* batch.
-
-    Each rank divides its pixel-loss sum by the global valid-pixel count times the number of ranks, so that
-    DDP's gradient average equals the gradient of the mean over all valid pixels: N ranks with B/N crops
-    take the same step as one rank with B crops (MSeg's per-GPU mean differs slightly when ranks hold
-    different numbers of ignored pixels).
-    """
+    """Cross-entropy over the valid (non-ignore) pixels of the *global* batch (see :func:`global_pixel_mean`)."""
     with ctx.autocast():
         logits = model(images)
     pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=ctx.ignore_index, reduction="none")
-    valid = labels != ctx.ignore_index
-    loss_sum = pixel_loss.sum()
-    valid_count = valid.sum().to(torch.float32)
-    world_size = 1
-    if ctx.distributed:
-        world_size = dist.get_world_size()
-        global_count = valid_count.detach().clone()
-        dist.all_reduce(global_count)
-    else:
-        global_count = valid_count
-    loss = loss_sum * (world_size / global_count.clamp(min=1.0))
+    valid_per_image = (labels != ctx.ignore_index).flatten(1).sum(1)
+    loss = global_pixel_mean(pixel_loss.sum(), valid_per_image.sum(), ctx)
     if ctx.scaler is not None:
         ctx.scaler.scale(loss).backward()
     else:
         loss.backward()
-    per_image_sum = pixel_loss.detach().flatten(1).sum(1)
-    per_image_count = valid.flatten(1).sum(1)
-    per_dataset = per_dataset_mean(per_image_sum, per_image_count, dataset_index, ctx.num_datasets)
+    per_dataset = per_dataset_mean(pixel_loss.detach().flatten(1).sum(1), valid_per_image, dataset_index, ctx.num_datasets)
     return StepOutput(loss=loss.detach(), per_dataset_loss=per_dataset)
 
 
@@ -76,7 +51,6 @@ class LoopSettings:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     grad_clip: float | None = None
-    dataset_names: list[str] = field(default_factory=list)
     channels_last: bool = False
     freeze_bn: bool = False
 
@@ -177,7 +151,7 @@ def train_loop(
         lr = optimizer.param_groups[0]["lr"]
         loss, per_dataset = _reduce_for_log(out, info)
         if not math.isfinite(loss):
-            named = ", ".join(f"{n}={v:.4g}" for n, v in zip(settings.dataset_names, per_dataset))
+            named = ", ".join(f"{step_context.dataset_name(i)}={v:.4g}" for i, v in enumerate(per_dataset))
             raise NonFiniteLossError(
                 f"non-finite loss {loss} at iteration {iteration + 1} (lr {lr:.6g}; per dataset: {named}). "
                 f"The step was not applied and no checkpoint was written; the newest checkpoint in {settings.checkpoint_dir} "
@@ -199,7 +173,7 @@ def train_loop(
         scalars = dict(out.scalars)
         if scaler is not None:
             scalars["amp/loss_scale"] = float(scaler.get_scale())
-        reporter.iteration(done, loss, lr, dict(zip(settings.dataset_names, per_dataset)), scalars)
+        reporter.iteration(done, loss, lr, {step_context.dataset_name(i): v for i, v in enumerate(per_dataset)}, scalars)
         if on_iteration is not None:
             on_iteration(done)
 

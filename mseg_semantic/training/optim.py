@@ -56,7 +56,7 @@ def derive_max_iters(
     the dataset with the fewest crops per iteration sets the count.
     """
     if num_examples <= 0 or batch_size <= 0:
-        raise ValueError(f"num_examples ({num_examples}) and batch_size ({batch_size}) must be positive")
+        raise ValueError(f"TRAIN.num_examples ({num_examples}) and TRAIN.batch_size ({batch_size}) must be positive")
     if dataset_gpu_mapping and len(datasets) > 1:
         per_rank = batch_size // world_size
         return max(1, max(math.floor(num_examples / (per_rank * len(dataset_gpu_mapping[d]))) for d in datasets))

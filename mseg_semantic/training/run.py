@@ -14,7 +14,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -99,7 +99,6 @@ def method_name(cfg: Config) -> str:
 def plan_run(cfg: Config, world_size: int = 1, local_world_size: int | None = None) -> RunPlan:
     datasets = training_datasets(cfg)
     train = cfg.TRAIN
-    batch_per_rank = per_rank_batch_size(train.batch_size, world_size)
     # One dataset: every rank reads it, whatever MSeg's {'single': [gpus]} mapping says (as MSeg does).
     mapping = dict(train.dataset_gpu_mapping) if train.dataset_gpu_mapping and len(datasets) > 1 else None
     if mapping is not None:
@@ -120,18 +119,16 @@ def plan_run(cfg: Config, world_size: int = 1, local_world_size: int | None = No
             "CCSA.use_ccsa=True with TRAIN.dataset_gpu_mapping: with one dataset per GPU no process sees two domains, so the "
             "contrastive term would always be zero; set dataset_gpu_mapping=null to mix datasets in every batch"
         )
-    if train.max_iters is not None:
-        if train.max_iters <= 0:
-            raise ConfigError(f"TRAIN.max_iters must be positive, got {train.max_iters}")
-        max_iters = train.max_iters
-    else:
-        max_iters = derive_max_iters(train.num_examples, train.batch_size, datasets, mapping, world_size)
-    local = local_world_size or world_size
-    workers = 0 if train.workers <= 0 else max(1, train.workers // local)
-    try:
+    if train.max_iters is not None and train.max_iters <= 0:
+        raise ConfigError(f"TRAIN.max_iters must be positive, got {train.max_iters}")
+    try:  # these take plain arguments and raise ValueError naming the key
+        batch_per_rank = per_rank_batch_size(train.batch_size, world_size)
         precision = resolve_precision(train.precision, cfg.Distributed.opt_level)
+        max_iters = train.max_iters or derive_max_iters(train.num_examples, train.batch_size, datasets, mapping, world_size)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    local = local_world_size or world_size
+    workers = 0 if train.workers <= 0 else max(1, train.workers // local)
     if train.precise_bn_iters < 0:
         raise ConfigError(f"TRAIN.precise_bn_iters must be >= 0, got {train.precise_bn_iters}")
     for key in ("checkpoint_every", "keep_checkpoints", "print_freq", "cpu_threads"):
@@ -140,9 +137,9 @@ def plan_run(cfg: Config, world_size: int = 1, local_world_size: int | None = No
     return RunPlan(datasets, taxonomy_kind(cfg, datasets), precision, train.batch_size, batch_per_rank, max_iters, workers, mapping, method)
 
 
-def default_output_dir(exp_id: str, today: datetime.date | None = None) -> Path:
+def default_output_dir(exp_id: str) -> Path:
     """``output/<YYYY-MM-DD>_<exp_id>``: re-running the same command on the same day resumes."""
-    return Path("output") / f"{(today or datetime.date.today()).isoformat()}_{exp_id}"
+    return Path("output") / f"{datetime.date.today().isoformat()}_{exp_id}"
 
 
 def backward_step_for(method: str) -> BackwardStep:
@@ -293,20 +290,25 @@ def build_stage(cfg: Config, info: DistInfo, checkpoint: dict[str, Any] | None, 
 def _find_checkpoint(cfg: Config, output_dir: Path, info: DistInfo) -> tuple[Path | None, dict[str, Any] | None]:
     """Explicit ``resume=PATH``, else the newest complete checkpoint in output_dir (rank 0 decides)."""
     path: Path | None = None
+    state: dict[str, Any] | None = None
     if cfg.TRAIN.resume:
         path = Path(cfg.TRAIN.resume)
         if not path.is_file():
             raise FileNotFoundError(f"TRAIN.resume={cfg.TRAIN.resume}: no such checkpoint")
     elif cfg.TRAIN.auto_resume and info.is_main:
         remove_temporaries(output_dir / CHECKPOINT_DIR)
-        found = load_newest_checkpoint(output_dir / CHECKPOINT_DIR)
-        path = found[0] if found else None
+        path, state = load_newest_checkpoint(output_dir / CHECKPOINT_DIR) or (None, None)
     path = broadcast_object(str(path) if path else None, info)
     if path is None:
         return None, None
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"rank {info.rank}: checkpoint {path} (chosen by rank 0) is not visible here; output_dir must be on a file system every node shares")
-    return Path(path), load_checkpoint(path)
+    if state is None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"rank {info.rank}: checkpoint {path} (chosen by rank 0) is not visible here; output_dir must be on a file system every node shares")
+        try:
+            state = load_checkpoint(path)
+        except ValueError as exc:  # e.g. resume= names a model_final.pth
+            raise ConfigError(f"TRAIN.resume: {exc}") from None
+    return Path(path), state
 
 
 def run_stage(cfg: Config, output_dir: Path, info: DistInfo) -> Path:
@@ -341,11 +343,10 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo) -> Path:
         checkpoint_every=cfg.TRAIN.checkpoint_every,
         keep_checkpoints=cfg.TRAIN.keep_checkpoints,
         grad_clip=cfg.TRAIN.grad_clip,
-        dataset_names=plan.datasets,
         channels_last=cfg.TRAIN.channels_last,
         freeze_bn=cfg.TRAIN.freeze_bn,
     )
-    reporter = TrainingReporter(output_dir, info.is_main, run.start_iteration, plan.max_iters, plan.batch_size, plan.datasets,
+    reporter = TrainingReporter(output_dir, info.is_main, run.start_iteration, plan.max_iters, plan.batch_size,
                                 info.device, cfg.TRAIN.print_freq, cfg.TRAIN.tensorboard, show_progress=sys.stderr.isatty())
     try:
         stats = train_loop(run.model, run.optimizer, run.scheduler, run.scaler, run.loader, run.step, run.step_context,
@@ -367,15 +368,11 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo) -> Path:
     return final_path
 
 
-def _overridden(cfg: Config, key: str) -> bool:
-    """Whether a command-line override sets TRAIN.<key> (or MSeg's alias of it)."""
-    aliases = {"weights": {"weights", "weight"}, "resume": {"resume"}}[key]
-    return any(parse_override(o)[0].split(".")[-1] in aliases for o in cfg.overrides)
+_WEIGHT_KEYS = {"weights", "weight"}  # TRAIN.weights and MSeg's alias of it
 
 
-def _stage_sets(stage: dict[str, Any], key: str) -> bool:
-    aliases = {"weights": {"weights", "weight"}}[key]
-    return any(str(k).split(".")[-1] in aliases for k in stage["overrides"])
+def _names_weights(keys: Iterable[str]) -> bool:
+    return any(str(key).split(".")[-1] in _WEIGHT_KEYS for key in keys)
 
 
 def run_training(cfg: Config, info: DistInfo) -> Path:
@@ -403,8 +400,9 @@ def run_training(cfg: Config, info: DistInfo) -> Path:
         first = position == 0
         if not first:
             assignments["TRAIN.resume"] = None  # an explicit resume= names a checkpoint of the first stage run
-        explicit_weights = _stage_sets(cfg.stages[index], "weights") or (first and _overridden(cfg, "weights"))
-        if index > 0 and not explicit_weights:
+        stage_sets_weights = _names_weights(cfg.stages[index]["overrides"])
+        command_sets_weights = first and _names_weights(parse_override(o)[0] for o in cfg.overrides)
+        if index > 0 and not (stage_sets_weights or command_sets_weights):
             previous = output_dir / names[index - 1] / FINAL_NAME
             has_checkpoint = bool(list_checkpoints(stage_dir / CHECKPOINT_DIR))
             if not previous.is_file() and not has_checkpoint and not stage_cfg.TRAIN.resume and not (stage_dir / FINAL_NAME).is_file():

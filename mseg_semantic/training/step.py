@@ -3,7 +3,8 @@
 A *backward step* takes one batch, runs the forward pass under ``ctx.autocast()``, and leaves the
 gradients in ``param.grad`` (through ``ctx.scaler`` when one is given). The loop owns everything else:
 zeroing, unscaling, clipping, ``optimizer.step()``, the learning rate, logging and checkpoints. The plain
-cross-entropy step lives in :mod:`mseg_semantic.training.loop`; MGDA and CCSA provide their own.
+cross-entropy step lives in :mod:`mseg_semantic.training.loop`; MGDA and CCSA provide their own. The
+helpers below are what the steps share.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 import torch
+import torch.distributed as dist
 
 
 @dataclass
@@ -38,3 +40,30 @@ class StepOutput:
 
 BackwardStep = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, StepContext], StepOutput]
 """``step(model, images, labels, dataset_index, ctx) -> StepOutput``; images are normalised float N x 3 x H x W."""
+
+
+def check_dataset_index(dataset_index: torch.Tensor, num_datasets: int) -> None:
+    if dataset_index.numel() and (int(dataset_index.min()) < 0 or int(dataset_index.max()) >= num_datasets):
+        raise ValueError(f"dataset_index values must lie in [0, {num_datasets}), got {sorted(set(dataset_index.tolist()))}")
+
+
+def global_pixel_mean(loss_sum: torch.Tensor, valid_count: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """``loss_sum`` over the valid-pixel count of the *global* batch, times the number of ranks.
+
+    DDP averages the ranks' gradients, so the averaged gradient is that of the mean over all valid pixels: N ranks
+    with B/N crops take the same step as one rank with B crops (MSeg's per-GPU mean differs slightly when ranks
+    hold different numbers of ignored pixels).
+    """
+    world_size = 1
+    if ctx.distributed:
+        world_size = dist.get_world_size()
+        valid_count = valid_count.detach().clone()
+        dist.all_reduce(valid_count)
+    return loss_sum * (world_size / valid_count.float().clamp(min=1.0))
+
+
+def per_dataset_mean(values: torch.Tensor, counts: torch.Tensor, dataset_index: torch.Tensor, num_datasets: int) -> torch.Tensor:
+    """Sum per image -> mean per dataset (nan for a dataset without valid pixels)."""
+    sums = torch.zeros(num_datasets, dtype=torch.float64, device=values.device).index_add_(0, dataset_index, values.double())
+    totals = torch.zeros(num_datasets, dtype=torch.float64, device=values.device).index_add_(0, dataset_index, counts.double())
+    return torch.where(totals > 0, sums / totals.clamp(min=1), torch.full_like(sums, float("nan"))).float()

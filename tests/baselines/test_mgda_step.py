@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from baselines_helpers import TinySegNet, make_batch
+from mseg_semantic.baselines import mgda
 from mseg_semantic.baselines.mgda import gradient_normalizers, min_norm_weights, mgda_backward_step
 from mseg_semantic.training.step import StepContext
 
@@ -147,38 +148,57 @@ def test_bad_inputs_are_named():
 DDP_DATASETS = [0, 1, 1, 2]  # rank 0 holds tasks 0 and 1, rank 1 tasks 1 and 2; task 3 is absent
 
 
+def _ddp_model(sync_bn: bool, wrap: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(model, what the step receives). Without BatchNorm a rank's forward equals the full batch's rows. With
+    ``sync_bn`` the BatchNorm layers become SyncBatchNorm in eval mode (no batch statistics: SyncBN syncs on
+    CUDA only), converted after DDP's construction, which refuses SyncBN on CPU; the step must treat the ranks
+    as coupled all the same."""
+    torch.manual_seed(0)
+    model = TinySegNet(batch_norm=sync_bn)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if wrap else model
+    if sync_bn:
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()  # in place below the root, same parameters
+    return model, wrapped
+
+
 def _ddp_worker(rank, world_size, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    differentiated = []
+    flat_gradient = mgda._flat_gradient
+    mgda._flat_gradient = lambda loss, params: differentiated.append(1) or flat_gradient(loss, params)
     try:
-        torch.manual_seed(0)
-        model = TinySegNet(batch_norm=False)  # per-rank forward = the full batch's rows (no batch statistics)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        images, labels, dataset_index = make_batch(4, DDP_DATASETS, seed=7)
-        rows = slice(rank * 2, rank * 2 + 2)
-        ctx = StepContext(num_datasets=4, distributed=True)
-        out = mgda_backward_step(ddp, images[rows], labels[rows], dataset_index[rows], ctx)
-        grads = [p.grad.clone() for p in model.parameters()]
-        torch.save({"grads": grads, "scalars": out.scalars, "loss": out.loss, "per_dataset": out.per_dataset_loss}, f"{out_dir}/rank{rank}.pt")
+        for sync_bn in (False, True):
+            differentiated.clear()
+            model, ddp = _ddp_model(sync_bn, wrap=True)
+            images, labels, dataset_index = make_batch(4, DDP_DATASETS, seed=7)
+            rows = slice(rank * 2, rank * 2 + 2)
+            ctx = StepContext(num_datasets=4, distributed=True)
+            out = mgda_backward_step(ddp, images[rows], labels[rows], dataset_index[rows], ctx)
+            grads = [p.grad.clone() for p in model.parameters()]
+            torch.save({"grads": grads, "scalars": out.scalars, "loss": out.loss, "per_dataset": out.per_dataset_loss,
+                        "backward_passes": len(differentiated)}, f"{out_dir}/rank{rank}_{sync_bn}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_distributed_step_matches_one_process(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for sync_bn in (False, True):
+        ranks = [torch.load(tmp_path / f"rank{r}_{sync_bn}.pt") for r in range(2)]
+        # each rank differentiates the tasks it holds; with SyncBatchNorm every task present in the global batch
+        assert [r["backward_passes"] for r in ranks] == ([3, 3] if sync_bn else [2, 2])
 
-    torch.manual_seed(0)
-    model = TinySegNet(batch_norm=False)
-    images, labels, dataset_index = make_batch(4, DDP_DATASETS, seed=7)
-    single = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=4))
+        model, _ = _ddp_model(sync_bn, wrap=False)
+        images, labels, dataset_index = make_batch(4, DDP_DATASETS, seed=7)
+        single = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=4))
 
-    assert ranks[0]["scalars"] == ranks[1]["scalars"]  # bit-identical weights on every rank
-    for g0, g1 in zip(ranks[0]["grads"], ranks[1]["grads"]):
-        assert torch.equal(g0, g1)
-    for g, p in zip(ranks[0]["grads"], model.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7)
-    for key, value in single.scalars.items():
-        assert ranks[0]["scalars"][key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
-    assert sorted(k for k in single.scalars if k.startswith("mgda/weight/")) == ["mgda/weight/0", "mgda/weight/1", "mgda/weight/2"]
-    torch.testing.assert_close(ranks[0]["per_dataset"], single.per_dataset_loss, equal_nan=True)
-    assert float(ranks[1]["loss"]) == pytest.approx(float(single.loss), rel=1e-5)
+        assert ranks[0]["scalars"] == ranks[1]["scalars"]  # bit-identical weights on every rank
+        for g0, g1 in zip(ranks[0]["grads"], ranks[1]["grads"]):
+            assert torch.equal(g0, g1)
+        for g, p in zip(ranks[0]["grads"], model.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7)
+        for key, value in single.scalars.items():
+            assert ranks[0]["scalars"][key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+        assert sorted(k for k in single.scalars if k.startswith("mgda/weight/")) == ["mgda/weight/0", "mgda/weight/1", "mgda/weight/2"]
+        torch.testing.assert_close(ranks[0]["per_dataset"], single.per_dataset_loss, equal_nan=True)
+        assert float(ranks[1]["loss"]) == pytest.approx(float(single.loss), rel=1e-5)

@@ -103,10 +103,11 @@ def _break_files(world):
     return missing, corrupt
 
 
-def test_a_bad_file_is_an_error_naming_it(writable_world, universal_converter):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_file_is_an_error_naming_it(writable_world, universal_converter, workers):
     missing, corrupt = _break_files(writable_world)
-    loader = build_train_loader(["cityscapes-19"], universal_converter, data_root=writable_world, **SMALL)
-    with pytest.raises(BadSampleError) as info:
+    loader = build_train_loader(["cityscapes-19"], universal_converter, data_root=writable_world, workers=workers, **SMALL)
+    with pytest.raises(BadSampleError) as info:  # the type survives the trip from a loader worker
         take(loader, 4)  # 24 draws from 8 images: both bad files come up
     assert str(missing) in str(info.value) or str(corrupt) in str(info.value)
 
@@ -151,8 +152,12 @@ def test_loader_arguments_come_from_the_config(small_world, universal_converter)
     from mseg_semantic.config import load_config
 
     cfg = load_config(None, [f"data_root={small_world}", "batch_size=3", "train_h=32", "train_w=32", "short_size=40",
-                             "workers=0", "DATA.sampling_weights={cityscapes-19: 1, ade20k-150: 0, mapillary-public65: 0}"])
-    loader = build_train_loader(TRAIN, universal_converter, **train_loader_arguments(cfg))
+                             "workers=4", "DATA.sampling_weights={cityscapes-19: 1, ade20k-150: 0, mapillary-public65: 0}"])
+    arguments = train_loader_arguments(cfg)
+    # per-process values are the caller's (TRAIN.workers counts per node, not per process)
+    assert not {"workers", "dataset_gpu_mapping", "rank", "world_size", "pin_memory"} & arguments.keys()
+    loader = build_train_loader(TRAIN, universal_converter, **arguments)
+    assert loader.workers == 0
     batch = take(loader, 1)[0]
     assert batch["image"].shape == (3, 3, 32, 32)
     assert batch["dataset_index"].tolist() == [0, 0, 0]

@@ -32,6 +32,18 @@ def test_stratified_counts_have_exact_expectation():
     assert np.allclose(total / 4000, 5 * weights / weights.sum(), atol=0.03)
 
 
+def test_stratified_counts_never_give_a_row_to_a_weight_0_dataset():
+    class LastDraw:  # the largest value rng.random() can return, with the weight-0 dataset ordered last
+        def permutation(self, n):
+            return np.array([0, 2, 3, 1])
+
+        def random(self):
+            return 1.0 - 2.0**-53  # + 1 rounds to 2.0: the pick lands exactly on the last edge
+
+    counts = stratified_counts(6, np.array([32.0, 0.0, 31.0, 38.0]), LastDraw())
+    assert counts[1] == 0 and counts.sum() == 6
+
+
 def test_uniform_default_gives_every_dataset_an_equal_share_of_every_batch():
     sampler = MixingSampler(NAMES, [5, 50, 500], batch_size=6, seed=1)
     batches, _ = run(sampler, 20)

@@ -84,8 +84,14 @@ def test_unknown_label_id_in_ground_truth_is_an_error(tmp_path):
 
 def test_missing_list_names_the_path(tmp_path):
     model = ColourOracleNet(np.zeros((194, 3), np.float32))
-    with pytest.raises(FileNotFoundError, match="voc2012"):
+    with pytest.raises(FileNotFoundError, match="dataset_lists/voc2012/list/val.txt"):
         evaluate_dataset(loaded(model), "voc2012", "val", str(tmp_path), InferenceSettings(), workers=0, progress=False)
+
+
+def test_save_predictions_without_a_folder_is_an_error(tmp_path):
+    model = ColourOracleNet(np.zeros((194, 3), np.float32))
+    with pytest.raises(ValueError, match="save_folder"):
+        evaluate_dataset(loaded(model), "camvid-11", "val", str(tmp_path), InferenceSettings(), save_predictions=True, workers=0, progress=False)
 
 
 def test_select_indices_subset_and_rank_split():

@@ -68,6 +68,16 @@ def test_torchscript_trace_runs_at_other_sizes(tmp_path):
     assert check_torchscript(model, report.path, (2, 3, 40, 56)) < 1e-5
 
 
+def test_failed_export_leaves_no_file(tmp_path):
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("cannot trace this")
+
+    with pytest.raises(RuntimeError, match="cannot trace"):
+        export_torchscript(Broken(), tmp_path / "b.pt", 8, 8)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_mseg_export_tool_writes_both_formats(tmp_path, capsys):
     model = tiny_hrnet(194)
     ckpt = tmp_path / "model_final.pth"
@@ -78,5 +88,5 @@ def test_mseg_export_tool_writes_both_formats(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "onnx:" in printed and "torchscript:" in printed and "(2, 3, 40, 64)" in printed
     assert not list((tmp_path / "x").glob(".*"))
-    assert mseg_export.main(args[:-1] + ["export_format=tflite"]) == 2
+    assert mseg_export.main([a if a != "export_format=both" else "export_format=tflite" for a in args]) == 2
     assert "tflite" in capsys.readouterr().err

@@ -6,8 +6,6 @@ import torch.nn.functional as F
 
 from eval_helpers import TinySegNet, random_image
 from mseg_semantic.evaluation.inference import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     InferenceSettings,
     predict_probabilities,
     resized_hw,
@@ -19,8 +17,8 @@ from mseg_semantic.evaluation.inference import (
 def mseg_reference(model, image, base_size, crop, scales, flip=True, projection=None):
     """MSeg's per-window loop written independently: cv2 resize/pad on HWC float, one window at a time."""
     h, w = image.shape[:2]
-    mean = np.array(IMAGENET_MEAN, dtype=np.float32)
-    std = np.array(IMAGENET_STD, dtype=np.float32)
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255  # ImageNet statistics, MSeg's normalisation
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
     total = None
     for scale in scales:
         short = round(scale * base_size)
@@ -151,6 +149,7 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close():
     p32 = predict_probabilities(model, [image], base)[0]
     p16 = predict_probabilities(model, [image], bf16)[0]
     assert p16.dtype == torch.float32
+    assert not torch.equal(p32, p16)  # the forward really ran in bf16
     assert (p32 - p16).abs().max() < 0.05
 
 

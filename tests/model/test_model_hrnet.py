@@ -98,6 +98,11 @@ def test_official_widths():
     assert not specs["hrnet_tiny"].official
 
 
+def test_batchnorm_momentum_is_mseg_s():
+    model = build_model("hrnet_tiny", num_classes=3)
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}  # PyTorch's default: 0.1
+
+
 def test_unknown_model_name_suggests():
     with pytest.raises(ValueError, match="hrnet_w48"):
         build_model("hrnet_48", num_classes=3)
@@ -274,6 +279,7 @@ def test_sync_batchnorm_only_when_distributed_on_cuda(monkeypatch):
     converted = maybe_sync_batchnorm(model, "cuda")
     assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
     assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+    assert {m.momentum for m in converted.modules() if isinstance(m, nn.SyncBatchNorm)} == {0.01}
     assert list(converted.state_dict()) == list(build_model("hrnet_tiny", num_classes=3).state_dict())
 
 

@@ -192,6 +192,19 @@ def test_reinit_head_with_matching_shapes_still_replaces_the_classifier(tmp_path
     assert torch.equal(model.last_layer[0].weight, source.last_layer[0].weight)
 
 
+def test_reinit_head_module_with_an_absent_tensor_takes_none_of_the_files(tmp_path):
+    state = dict(_random_model().state_dict())
+    del state["last_layer.1.weight"]  # the head's BatchNorm is incomplete in the file
+    path = tmp_path / "partial_head.pth"
+    torch.save({"state_dict": state}, path)
+    model = build_model(NAME, num_classes=5)
+    report = load_weights(model, path, reinit_head=True)
+    assert not [k for k in report.loaded if k.startswith("last_layer.1.")]  # reported as re-initialised only
+    assert {"last_layer.1.weight", "last_layer.1.running_mean"} <= set(report.reinitialised)
+    assert torch.count_nonzero(model.last_layer[1].running_mean) == 0  # reset, not the file's values
+    _assert_same(model, state, [k for k in state if k.startswith("last_layer.0.")])
+
+
 def test_backbone_of_another_width_names_it(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save({"state_dict": _random_model().state_dict()}, path)

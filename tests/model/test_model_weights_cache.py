@@ -48,6 +48,8 @@ class _Server:
                     body, status = body[start:], 206
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
                 self.end_headers()
                 self.wfile.write(body if server.cut_after is None else body[: server.cut_after])
 
@@ -163,6 +165,7 @@ def test_published_checksum_mismatch(server, tmp_path):
     with pytest.raises(W.ChecksumMismatchError, match="published"):
         W.download_weights(_entry(url=server.url, sha256="0" * 64), tmp_path, quiet=True)
     assert not (tmp_path / "weights" / "tiny.pth").exists()
+    assert (tmp_path / "weights" / "tiny.pth.sha256-mismatch").read_bytes() == PAYLOAD  # kept for inspection
 
 
 def test_offline_message_names_url_and_destination(tmp_path):

@@ -55,6 +55,9 @@ MALICIOUS_TARS = {
     "absolute": [("/tmp/evil-abs.txt", "file", b"x")],
     "nested dotdot": [("a/b/../../../evil.txt", "file", b"x")],
     "symlink out": [("link", "sym", "../../outside"), ("link/evil.txt", "file", b"x")],
+    # each link stays inside on its own; l2 goes through l1, which points at the extraction root
+    "chained symlinks": [("a/b/l1", "sym", "../.."), ("l2", "sym", "a/b/l1/../.."), ("l2/evil.txt", "file", b"x")],
+    "symlink escaping through a later link": [("l2", "sym", "a/b/l1/../.."), ("a/b/l1", "sym", "../..")],
     "absolute symlink": [("link", "sym", "/etc/passwd")],
     "hardlink out": [("hl", "hard", "../outside.txt")],
     "device": [("dev", "chr", None)],

@@ -149,6 +149,12 @@ colour\tred
 maps_to\tmy-universe
 id\tname\tuniversal\tcolour
 0\troad\troad
+
+taxonomy\tmine3
+role\ttest
+role\ttrain
+id\tname\tuniversal
+0\troad\troad
 """
     _, report = validate_file(write(tmp_path, text))
     messages = "\n".join(str(p) for p in report.errors)
@@ -157,6 +163,7 @@ id\tname\tuniversal\tcolour
     assert "unknown key 'colour' (did you mean 'color'?)" not in messages  # keys suggest among keys
     assert "unknown key 'colour'" in messages
     assert "unknown column 'colour' (did you mean 'color'?)" in messages
+    assert any(p.line == 20 and "key 'role' is given twice in this block (first 'test')" in p.message for p in report.errors)
 
 
 def test_maps_to_and_universal_coverage(tmp_path):

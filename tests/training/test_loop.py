@@ -43,11 +43,11 @@ def _run(tmp_path, max_iters=3, grad_clip=None, precision="fp32", step=ce_backwa
     optimizer = build_sgd(model.parameters(), 0.01, 0.9, 1e-4)
     scheduler = PolyLR(optimizer, max_iters)
     scaler = make_grad_scaler(precision, "cpu")
-    ctx = StepContext(num_datasets=2, autocast=autocast_factory(precision, "cpu"), scaler=scaler)
+    ctx = StepContext(num_datasets=2, autocast=autocast_factory(precision, "cpu"), scaler=scaler, dataset_names=["a", "b"])
     settings = LoopSettings(max_iters=max_iters, checkpoint_dir=tmp_path / "checkpoints", checkpoint_every=checkpoint_every,
-                            keep_checkpoints=10, grad_clip=grad_clip, dataset_names=["a", "b"])
+                            keep_checkpoints=10, grad_clip=grad_clip)
     info = DistInfo()
-    reporter = TrainingReporter(tmp_path, True, 0, max_iters, 4, ["a", "b"], info.device, print_freq=1, tensorboard=True, show_progress=False)
+    reporter = TrainingReporter(tmp_path, True, 0, max_iters, 4, info.device, print_freq=1, tensorboard=True, show_progress=False)
     try:
         stats = train_loop(model, optimizer, scheduler, scaler, CountingLoader(), step, ctx, lambda x: x.float() / 255, settings, info, reporter)
     finally:

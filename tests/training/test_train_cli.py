@@ -126,7 +126,7 @@ def test_stages_chain_weights_skip_finished_stages_and_resume_inside_a_stage(wor
     assert "run stage=pre first" in fresh.stderr
 
 
-def test_config_errors_name_the_key_and_exit_2(world, tmp_path, capsys):
+def test_config_errors_name_the_key_and_exit_2(world, tmp_path, capsys, monkeypatch):
     config = write_config(tmp_path / "tiny.yaml", world, train={"output_dir": str(tmp_path / "never")})
     assert main(["--config", str(config), "chekpoint_every=5"]) == EXIT_CONFIG_ERROR
     assert "'checkpoint_every'" in capsys.readouterr().err  # the nearest valid key
@@ -143,4 +143,14 @@ def test_config_errors_name_the_key_and_exit_2(world, tmp_path, capsys):
     assert "oracle" in capsys.readouterr().err
     assert main(["--config", str(config), "stage=main"]) == EXIT_CONFIG_ERROR
     assert "defines no STAGES" in capsys.readouterr().err
+    assert main(["--config", str(config), "max_iters=null", "num_examples=0"]) == EXIT_CONFIG_ERROR
+    assert "TRAIN.num_examples (0)" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "4")  # checked before any process group is joined
+    assert main(["--config", str(config)]) == EXIT_CONFIG_ERROR
+    assert "TRAIN.batch_size=6 (global) is not divisible by the number of processes 4" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+    weights_only = tmp_path / "model_final.pth"
+    torch.save({"state_dict": {}, "meta": {}}, weights_only)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["--config", str(config), f"resume={weights_only}", f"output_dir={tmp_path / 'resumed'}"]) == EXIT_CONFIG_ERROR
+    assert f"weights={weights_only}" in capsys.readouterr().err  # resume= needs a training checkpoint
