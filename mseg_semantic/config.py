@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Option",
     "apply_stage",
+    "canonical_key",
     "load_config",
     "parse_override",
     "stage_names",
@@ -238,6 +239,11 @@ def _resolve_key(name: str, schema: Mapping[str, Mapping[str, Option]], where: s
     if len(set(owners)) > 1:
         raise ConfigError(f"{where}: key {name!r} exists in several sections; write one of {', '.join(f'{s}.{name}' for s, _ in owners)}")
     return owners[0]
+
+
+def canonical_key(name: str) -> tuple[str, str]:
+    """``'weight'``, ``'TRAIN.weight'`` or ``'weights'`` -> ``('TRAIN', 'weights')``: where a name lands, aliases resolved."""
+    return _resolve_key(name, SCHEMA, "config")
 
 
 def _assign(values: dict[str, dict[str, Any]], pairs: Iterable[tuple[str, Any]], where: str) -> None:

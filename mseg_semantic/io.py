@@ -7,13 +7,14 @@ atomic) and renamed into place, so a reader, or a run killed mid-write, never se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "temporary_sibling"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "renamed_into_place", "temporary_sibling"]
 
 
 def _default_mode() -> int:
@@ -53,3 +54,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2, sort_keys: bool = False) -> Path:
     """JSON with a final newline; nan/inf are refused rather than written as invalid JSON."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def renamed_into_place(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file name beside ``path`` (same suffix) for writers that want a file name (ONNX, TorchScript,
+    video, PIL); renamed to ``path`` when the block completes, removed when it raises."""
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -134,7 +134,7 @@ class MixingSampler:
         self.seed = int(seed)
         self.world_size = int(world_size)
         weights = _normalized_weights(names, sampling_weights)
-        self.mapping = _check_mapping(names, dataset_gpu_mapping, world_size) if dataset_gpu_mapping else None
+        self.mapping = check_dataset_gpu_mapping(names, dataset_gpu_mapping, world_size) if dataset_gpu_mapping else None
         if self.mapping is None:
             self._segments = [_Segment(self.batch_size, weights)]
         else:
@@ -206,7 +206,8 @@ class MixingSampler:
             raise ValueError("the saved data-loader state does not match this loader (" + "; ".join(diffs) + ")")
 
 
-def _check_mapping(names: Sequence[str], mapping: Mapping[str, Sequence[int] | int], world_size: int) -> dict[str, set[int]]:
+def check_dataset_gpu_mapping(names: Sequence[str], mapping: Mapping[str, Sequence[int] | int], world_size: int) -> dict[str, set[int]]:
+    """MSeg's ``{dataset: [ranks]}``: every training dataset mapped, ranks 0..world_size-1 all used. -> name: ranks."""
     unknown = sorted(set(mapping) - set(names))
     missing = [n for n in names if n not in mapping]
     if unknown or missing:
@@ -226,8 +227,9 @@ def _check_mapping(names: Sequence[str], mapping: Mapping[str, Sequence[int] | i
     mapped_gpus = max(used) + 1
     if mapped_gpus != world_size:
         raise ValueError(
-            f"dataset_gpu_mapping uses {mapped_gpus} GPUs (ranks 0..{mapped_gpus - 1}) but world_size is {world_size}; "
-            f"run with {mapped_gpus} processes or drop dataset_gpu_mapping to mix all datasets in every batch"
+            f"dataset_gpu_mapping uses {mapped_gpus} GPUs (ranks 0..{mapped_gpus - 1}) but world_size is {world_size}: "
+            f"launch torchrun --nproc_per_node {mapped_gpus}, or set dataset_gpu_mapping=null to mix every dataset into "
+            f"every batch (the same optimisation on any number of GPUs)"
         )
     idle = sorted(set(range(world_size)) - used)
     if idle:

@@ -128,7 +128,7 @@ def load_model_for_inference(
             f"set TEST.model_taxonomy to the kind the checkpoint was trained with"
         )
     model = build_model(name, num_classes)
-    load_weights(model, path, log=False)
+    load_weights(model, path, log=False, contents=(state, kind, meta))
     model.to(device).eval()
     return LoadedModel(model, str(path), name, taxonomy_kind, num_classes, train_datasets, meta)
 

@@ -194,17 +194,19 @@ def load_weights(
     reinit_head: bool = False,
     strict: bool = True,
     log: bool = True,
+    contents: tuple[dict[str, torch.Tensor], str, dict] | None = None,
 ) -> LoadReport:
     """Load a checkpoint into ``model`` in place and return what was loaded, skipped, missing, re-initialised.
 
     ``reinit_head=True``: the final classifier (``last_layer.3``) is re-initialised whatever the file holds, and
     any other head key whose shape differs or that the file lacks is re-initialised instead of an error (for
     fine-tuning to another taxonomy). ``strict=False``: keys the model lacks, or backbone keys the file lacks, are
-    reported instead of raised. Shape mismatches outside the head are always an error.
+    reported instead of raised. Shape mismatches outside the head are always an error. ``contents``: what
+    :func:`read_state_dict` returned for ``path``, when the caller has already read the file (no second read).
     """
     path = Path(path)
     target = _unwrap(model)
-    state, kind, meta = read_state_dict(path)
+    state, kind, meta = contents if contents is not None else read_state_dict(path)
     report = LoadReport(path=str(path), kind=kind, meta=meta)
 
     model_name = getattr(target, "name", "")

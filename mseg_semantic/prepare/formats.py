@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mseg_semantic.io import temporary_sibling
+from mseg_semantic.io import renamed_into_place
 from mseg_semantic.prepare.tables import IGNORE, UNKNOWN
 
 
@@ -48,12 +48,8 @@ def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
     """uint8 single-channel PNG, written to a temporary file and renamed into place."""
     if label.dtype != np.uint8 or label.ndim != 2:
         raise ValueError(f"label for {path} must be a 2-D uint8 array, got {label.dtype} {label.shape}")
-    tmp = temporary_sibling(path)
-    try:
+    with renamed_into_place(path) as tmp:
         Image.fromarray(label).save(tmp, format="PNG")  # 2-D uint8 -> mode L
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def apply_lut(ids: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:

@@ -21,8 +21,8 @@ import torch
 
 from mseg_semantic.baselines.ccsa import ccsa_backward_step
 from mseg_semantic.baselines.mgda import mgda_backward_step
-from mseg_semantic.config import Config, ConfigError, apply_stage, parse_override, stage_names
-from mseg_semantic.data import build_train_loader, normalize_images, train_loader_arguments
+from mseg_semantic.config import Config, ConfigError, apply_stage, canonical_key, parse_override, stage_names
+from mseg_semantic.data import build_train_loader, check_dataset_gpu_mapping, normalize_images, train_loader_arguments
 from mseg_semantic.data.demo_world import generate as generate_demo_world
 from mseg_semantic.model import build_model, load_weights
 from mseg_semantic.model.weights import resolve_weights
@@ -101,18 +101,6 @@ def plan_run(cfg: Config, world_size: int = 1, local_world_size: int | None = No
     train = cfg.TRAIN
     # One dataset: every rank reads it, whatever MSeg's {'single': [gpus]} mapping says (as MSeg does).
     mapping = dict(train.dataset_gpu_mapping) if train.dataset_gpu_mapping and len(datasets) > 1 else None
-    if mapping is not None:
-        unknown = sorted(set(mapping) - set(datasets))
-        missing = [d for d in datasets if d not in mapping]
-        if unknown or missing:
-            raise ConfigError(f"TRAIN.dataset_gpu_mapping must name exactly DATA.dataset; not training datasets: {unknown}, unmapped: {missing}")
-        ranks = {r for value in mapping.values() for r in ([value] if isinstance(value, int) else value)}
-        if ranks != set(range(world_size)):
-            raise ConfigError(
-                f"TRAIN.dataset_gpu_mapping places the datasets on {len(ranks)} GPUs (ranks {sorted(ranks)}) but this run has "
-                f"{world_size} process(es): launch torchrun --nproc_per_node {len(ranks)}, or set dataset_gpu_mapping=null to mix "
-                f"every dataset into every batch (the same optimisation on any number of GPUs)"
-            )
     method = method_name(cfg)
     if method == "ccsa" and mapping is not None:
         raise ConfigError(
@@ -122,6 +110,8 @@ def plan_run(cfg: Config, world_size: int = 1, local_world_size: int | None = No
     if train.max_iters is not None and train.max_iters <= 0:
         raise ConfigError(f"TRAIN.max_iters must be positive, got {train.max_iters}")
     try:  # these take plain arguments and raise ValueError naming the key
+        if mapping is not None:
+            check_dataset_gpu_mapping(datasets, mapping, world_size)
         batch_per_rank = per_rank_batch_size(train.batch_size, world_size)
         precision = resolve_precision(train.precision, cfg.Distributed.opt_level)
         max_iters = train.max_iters or derive_max_iters(train.num_examples, train.batch_size, datasets, mapping, world_size)
@@ -368,11 +358,9 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo) -> Path:
     return final_path
 
 
-_WEIGHT_KEYS = {"weights", "weight"}  # TRAIN.weights and MSeg's alias of it
-
-
 def _names_weights(keys: Iterable[str]) -> bool:
-    return any(str(key).split(".")[-1] in _WEIGHT_KEYS for key in keys)
+    """Whether any of these (already validated) names sets TRAIN.weights, MSeg's ``weight`` alias included."""
+    return any(canonical_key(str(key)) == ("TRAIN", "weights") for key in keys)
 
 
 def run_training(cfg: Config, info: DistInfo) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mseg_semantic.config import load_config
+from mseg_semantic.config import ConfigError, load_config
 from mseg_semantic.training.run import plan_run
 from mseg_semantic.training.loop import ce_backward_step
 from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, poly_learning_rate
@@ -146,3 +146,12 @@ def test_ce_step_ignores_255_and_reports_per_dataset_means():
     per_pixel = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
     assert out.per_dataset_loss[0].item() == pytest.approx(per_pixel[[0, 2]].sum().item() / 128, rel=1e-5)
     assert math.isnan(out.per_dataset_loss[1].item()) and math.isnan(out.per_dataset_loss[2].item())
+
+
+def test_msegs_one_dataset_per_gpu_mapping_needs_its_process_count():
+    cfg = load_config(CONFIG_DIR / "1080_release/mseg-relabeled-1m.yaml")
+    with pytest.raises(ConfigError, match=r"uses 7 GPUs .* world_size is 1: launch torchrun --nproc_per_node 7, or set dataset_gpu_mapping=null"):
+        plan_run(cfg, 1)
+    unmapped = cfg.updated({"dataset_gpu_mapping": {"ade20k-150-relabeled": [0]}})
+    with pytest.raises(ConfigError, match=r"unmapped: bdd-relabeled"):
+        plan_run(unmapped, 1)
