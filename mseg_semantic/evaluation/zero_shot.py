@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 from mseg_semantic.data.catalog import locate
 from mseg_semantic.evaluation.metrics import harmonic_mean
+from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS
 
 __all__ = [
     "ZERO_SHOT_DATASETS",
@@ -29,8 +30,6 @@ __all__ = [
     "zero_shot_summary",
 ]
 
-# MSeg's README column order
-ZERO_SHOT_DATASETS = ("voc2012", "pascal-context-60", "camvid-11", "wilddash-19", "kitti-19", "scannet-20")
 COLUMN_LABELS = {
     "voc2012": "VOC",
     "pascal-context-60": "PC",

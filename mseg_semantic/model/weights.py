@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mseg_semantic.io import atomic_write_json
 from mseg_semantic.prepare.download import DownloadError, fetch, sha256_file
+from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS, load_class_names
 
 __all__ = [
     "ChecksumMismatchError",
@@ -38,16 +39,11 @@ __all__ = [
     "weights_path",
 ]
 
-ZERO_SHOT_DATASETS = ("voc2012", "pascal-context-60", "camvid-11", "wilddash-19", "kitti-19", "scannet-20")
-NUM_CLASSES = {
-    "universal": 194,
-    "naive": 316,
-    "oracle:voc2012": 21,
-    "oracle:pascal-context-60": 60,
-    "oracle:camvid-11": 11,
-    "oracle:kitti-19": 19,
-    "oracle:scannet-20": 20,
-}
+
+
+def _num_classes(taxonomy: str) -> int:
+    """Logits of a released model: 194 (universal), 316 (naive), or the test dataset's classes ("oracle:NAME")."""
+    return len(load_class_names(taxonomy.removeprefix("oracle:")))
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ def _mseg_entry(name: str, drive_id: str, taxonomy: str, miou: tuple, harmonic: 
         name=name,
         filename=f"{name}.pth",
         model="hrnet_w48",
-        num_classes=NUM_CLASSES[taxonomy],
+        num_classes=_num_classes(taxonomy),
         taxonomy=taxonomy,
         gdrive_id=drive_id,
         zero_shot_miou={d: v for d, v in zip(ZERO_SHOT_DATASETS, miou) if v is not None},

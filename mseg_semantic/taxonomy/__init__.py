@@ -11,6 +11,7 @@ from mseg_semantic.taxonomy.catalog import (
     NUM_UNIVERSAL_CLASSES,
     RELABELED_TRAIN_DATASETS,
     UNRELABELED_TRAIN_DATASETS,
+    ZERO_SHOT_DATASETS,
     add_taxonomy_file,
     get_taxonomy,
     load_class_colors,
@@ -33,7 +34,7 @@ TEST_DATASETS = DEFAULT_TEST_DATASETS
 
 __all__ = [
     "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "IGNORE_INDEX", "NUM_UNIVERSAL_CLASSES",
-    "RELABELED_TRAIN_DATASETS", "TEST_DATASETS", "UNRELABELED_TRAIN_DATASETS", "NaiveTaxonomyConverter",
+    "RELABELED_TRAIN_DATASETS", "TEST_DATASETS", "UNRELABELED_TRAIN_DATASETS", "ZERO_SHOT_DATASETS", "NaiveTaxonomyConverter",
     "OracleTaxonomyConverter", "Problem", "Taxonomy", "TaxonomyConverter", "TaxonomyFileError",
     "UnknownLabelError", "ValidationReport", "add_taxonomy_file", "build_taxonomy_converter", "get_taxonomy",
     "load_class_colors", "load_class_names", "naive_class_names", "taxonomy_names", "validate_file",

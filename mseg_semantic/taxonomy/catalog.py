@@ -32,6 +32,8 @@ RELABELED_TRAIN_DATASETS = [
 ]
 DEFAULT_TRAIN_DATASETS = UNRELABELED_TRAIN_DATASETS + RELABELED_TRAIN_DATASETS
 DEFAULT_TEST_DATASETS = ["camvid-11", "kitti-19", "pascal-context-60", "scannet-20", "voc2012", "wilddash-19"]
+# The same six in the column order of MSeg's zero-shot table (VOC, PASCAL Context, CamVid, WildDash, KITTI, ScanNet)
+ZERO_SHOT_DATASETS = ("voc2012", "pascal-context-60", "camvid-11", "wilddash-19", "kitti-19", "scannet-20")
 NAIVE = "naive"
 
 _builtin: dict[str, Taxonomy] = {}
