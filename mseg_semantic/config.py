@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from mseg_semantic.io import atomic_write_text
+from mseg_semantic.atomic import atomic_write_text
+from mseg_semantic.errors import UserError
 
 __all__ = [
     "SCHEMA",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override is invalid; the message names the key and what would be valid."""
 
 

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
-from mseg_semantic.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mseg_semantic.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 GENERATOR_VERSION = 2  # bump whenever the generated images or labels change
 MARKER = "DEMO_WORLD.json"

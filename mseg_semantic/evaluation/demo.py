@@ -20,7 +20,7 @@ from mseg_semantic.data.lists import read_image_rgb
 from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
 from mseg_semantic.evaluation.model_space import OutputSpace, label_dtype
 from mseg_semantic.evaluation.outputs import write_png
-from mseg_semantic.io import renamed_into_place
+from mseg_semantic.atomic import renamed_into_place
 from mseg_semantic.evaluation.visualize import compose_demo_frame
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "run_demo", "list_images"]

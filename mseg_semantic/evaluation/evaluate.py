@@ -24,7 +24,7 @@ from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
 from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status
 from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space, label_dtype
 from mseg_semantic.evaluation.outputs import write_png
-from mseg_semantic.io import atomic_write_json, atomic_write_text
+from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.evaluation.visualize import colorize
 
 __all__ = ["EvaluationResult", "evaluate_dataset", "format_per_class_table", "select_indices"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mseg_semantic.io import renamed_into_place
+from mseg_semantic.atomic import renamed_into_place
 
 __all__ = ["ExportReport", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript"]
 

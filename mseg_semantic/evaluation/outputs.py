@@ -1,4 +1,4 @@
-"""PNG outputs of the evaluation tools, written atomically (everything else: :mod:`mseg_semantic.io`)."""
+"""PNG outputs of the evaluation tools, written atomically (everything else: :mod:`mseg_semantic.atomic`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mseg_semantic.io import atomic_write_bytes
+from mseg_semantic.atomic import atomic_write_bytes
 
 __all__ = ["write_png"]
 

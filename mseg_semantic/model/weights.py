@@ -3,7 +3,7 @@
 Cache: ``$MSEG_CACHE`` (default ``~/.cache/mseg_semantic``), files under ``<cache>/weights/``.
 - A download goes to a partial file beside its target and is renamed into place (``os.replace``) only when
   complete, so a file at the target path is always whole. An interrupted download resumes: HTTP with a
-  ``Range`` request on ``NAME.pth.part`` (``mseg_semantic.prepare.download.fetch``, shared with
+  ``Range`` request on ``NAME.pth.part`` (``mseg_semantic.download.fetch``, shared with
   ``mseg-prepare``), Google Drive through gdown's own resume (``NAME.pth.gdown``).
 - The SHA-256 of every file is recorded in ``<cache>/weights/checksums.json`` the first time it is seen and
   checked on every later use; a mismatch is an error that keeps the file and says how to download it again
@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mseg_semantic.io import atomic_write_json
-from mseg_semantic.prepare.download import DownloadError, fetch, sha256_file
+from mseg_semantic.atomic import atomic_write_json
+from mseg_semantic.download import DownloadError, fetch, sha256_file
 from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS, load_class_names
 
 __all__ = [

@@ -20,9 +20,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 import yaml
+
+from mseg_semantic.download import Secret, redact
 
 DEFAULT_CREDENTIALS_FILE = Path("~/.config/mseg_semantic/credentials.yaml")
 FIELDS = ("username", "password", "url")
@@ -30,26 +31,6 @@ FIELDS = ("username", "password", "url")
 
 class CredentialsError(ValueError):
     pass
-
-
-class Secret:
-    """A string that does not print itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = str(value)
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __str__(self) -> str:
-        return "***"
-
-    __repr__ = __str__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
 
 
 @dataclass
@@ -113,16 +94,3 @@ def load_credentials(dataset: str, credentials_file: str | os.PathLike | None = 
             creds.values[name] = Secret(environ[var])
             creds.sources[name] = f"${var}"
     return creds
-
-
-def redact(text: str, *secrets: Secret | str | None) -> str:
-    """``text`` with every secret value (and its URL-encoded forms) replaced by ``***``."""
-    for secret in secrets:
-        if secret is None:
-            continue
-        value = secret.reveal() if isinstance(secret, Secret) else str(secret)
-        if len(value) < 1:
-            continue
-        for form in {value, quote(value, safe=""), quote_plus(value)}:
-            text = text.replace(form, "***")
-    return text

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mseg_semantic.io import atomic_write_json
+from mseg_semantic.atomic import atomic_write_json
 
 log = logging.getLogger("mseg_semantic.prepare")
 

@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mseg_semantic.io import renamed_into_place
+from mseg_semantic.atomic import renamed_into_place
 from mseg_semantic.prepare.tables import IGNORE, UNKNOWN
 
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mseg_semantic.io import atomic_write_json
+from mseg_semantic.atomic import atomic_write_json
 from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
 
 log = logging.getLogger("mseg_semantic.prepare")

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mseg_semantic.io import atomic_write_bytes
+from mseg_semantic.atomic import atomic_write_bytes
 
 RECORDS_DIR = Path(__file__).resolve().parent / "data" / "relabeling"
 

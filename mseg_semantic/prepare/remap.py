@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
-from mseg_semantic.io import atomic_write_json, atomic_write_text
+from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.prepare import formats
 from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
 from mseg_semantic.prepare.tables import IGNORE, RemapTable, load_table

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mseg_semantic.io import atomic_write_text
+from mseg_semantic.atomic import atomic_write_text
 from mseg_semantic.taxonomy.files import (
     UNLABELED,
     Taxonomy,

@@ -31,7 +31,7 @@ from mseg_semantic.taxonomy import (
     validate_file,
 )
 from mseg_semantic.taxonomy.catalog import all_taxonomies
-from mseg_semantic.io import atomic_write_text
+from mseg_semantic.atomic import atomic_write_text
 from mseg_semantic.taxonomy.files import ROLES, ValidationReport
 from mseg_semantic.taxonomy.validation import validate_taxonomies
 

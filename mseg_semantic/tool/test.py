@@ -49,7 +49,7 @@ def run(cfg: Config) -> dict:
     from mseg_semantic.evaluation.evaluate import evaluate_dataset, format_per_class_table
     from mseg_semantic.evaluation.model_space import pick_device
     from mseg_semantic.evaluation.zero_shot import find_missing, format_zero_shot_table, run_zero_shot, zero_shot_summary
-    from mseg_semantic.io import atomic_write_json, atomic_write_text
+    from mseg_semantic.atomic import atomic_write_json, atomic_write_text
     from mseg_semantic.training.distributed import init_distributed, shutdown_distributed
     from mseg_semantic.training.run import prepare_data_root
 
