@@ -20,15 +20,19 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))  # MSeg's recipe lives with the tests
+from mseg_recipe import augment_config, sequential_augment, to_normalized_tensor  # noqa: E402
+
 from mseg_semantic.data.demo_world import render_sample
-from mseg_semantic.data.transforms import AugmentConfig, augment_crop_chw, normalize_images, sample_augment_params
-from mseg_semantic.data.transforms_reference import sequential_augment, to_normalized_tensor
+from mseg_semantic.data.transforms import augment_crop_chw, normalize_images, sample_augment_params
 
 
 def synthetic_1080p() -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    cfg = AugmentConfig(train_h=args.crop, train_w=args.crop, short_size=args.short_size)
+    cfg = augment_config(train_h=args.crop, train_w=args.crop, short_size=args.short_size)
     image_rgb, label = synthetic_1080p()
     image_bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])
     lut = np.arange(256, dtype=np.uint8)[::-1].copy()  # stands in for the taxonomy table: same cost

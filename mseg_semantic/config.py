@@ -1,9 +1,10 @@
-"""YAML configs with typed ``key=value`` overrides.
+"""YAML configs with typed ``key=value`` overrides; the schema below is the one place every default lives.
 
-A config is a set of sections (``DATA``, ``TRAIN``, ``Distributed``, ``TEST``, ...) laid out as in MSeg's
-release files, so MSeg's YAML files load unchanged. Every key is declared in ``SCHEMA`` with its default
-and type; an unknown key or a value of the wrong type is a :class:`ConfigError` that names the key and
-suggests the nearest valid one.
+A config is a set of sections (``DATA``, ``TRAIN``, ``TEST``, ...) laid out as in MSeg's release files. Every key
+is declared in :data:`SCHEMA` with its default, its type and the values it accepts; an unknown key, a value of
+the wrong type or out of range is a :class:`ConfigError` that names the key (and the file or override) and
+what would be valid. MSeg's own spellings (renamed keys, keys that mean nothing here, apex's ``opt_level``,
+"None" strings) are translated by :mod:`mseg_semantic.compat` before anything here sees them.
 
 Overrides are ``SECTION.key=value`` or a bare ``key=value`` when the key exists in exactly one section.
 Values are parsed as YAML (``max_iters=100``, ``dataset=[a,b]``, ``resume=null``).
@@ -13,7 +14,7 @@ Optional ``STAGES`` list named stages, each with overrides of its own (see :func
 
 from __future__ import annotations
 
-import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -22,12 +23,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from mseg_semantic import compat
 from mseg_semantic.atomic import atomic_write_text
-from mseg_semantic.errors import UserError
+from mseg_semantic.errors import UserError, did_you_mean
 
 __all__ = [
     "SCHEMA",
-    "ALIASES",
     "Config",
     "ConfigError",
     "Option",
@@ -49,32 +50,53 @@ class Option:
     kinds: tuple[str, ...]  # any of: int float bool str list dict
     optional: bool
     help: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None  # inclusive
+    maximum: float | None = None  # inclusive
+    positive: bool = False  # > 0
+
+    def check(self, value: Any, where: str) -> None:
+        """Range and choice checks of a value of the right type (None passes: "not set")."""
+        if value is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where}={value!r} is not one of {', '.join(map(str, self.choices))}{did_you_mean(str(value), map(str, self.choices))}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}={value!r}: expected a finite number")
+        if self.positive and value <= 0:
+            raise ConfigError(f"{where}={value!r}: must be > 0")
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{where}={value!r}: must be >= {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{where}={value!r}: must be <= {self.maximum:g}")
 
 
-def _opt(default: Any, kind: str | tuple[str, ...] | None = None, optional: bool | None = None, help: str = "") -> Option:
+def _opt(default: Any, kind: str | tuple[str, ...] | None = None, optional: bool | None = None, help: str = "", **checks: Any) -> Option:
     if kind is None:
         if default is None:
             raise AssertionError("an option with default None needs an explicit kind")
         kind = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}[type(default)]
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-    return Option(default, kinds, default is None if optional is None else optional, help)
+    if "choices" in checks:
+        checks["choices"] = tuple(checks["choices"])
+    return Option(default, kinds, default is None if optional is None else optional, help, **checks)
 
 
-# The schema follows MSeg's section layout. Keys marked "MSeg compatibility" are accepted so MSeg's
-# files load, and documented in the README as unused where they are.
+IGNORE_LABEL = 255  # the label id of "unlabeled" in every label PNG (taxonomy files: the same 255)
+
 SCHEMA: dict[str, dict[str, Option]] = {
     "DATA": {
         "dataset": _opt(None, ("list", "str"), help="training datasets (taxonomy names), or one name"),
         "universal": _opt(True, help="train in the universal taxonomy (False: the dataset's own = oracle)"),
         "use_mgda": _opt(False, help="train with the MGDA multi-task baseline"),
-        "finetune": _opt(False, help="MSeg compatibility"),
-        "version": _opt(None, ("float", "str"), help="MSeg compatibility (MSeg's test configs carry a format version)"),
         "data_root": _opt("${MSEG_DATA_ROOT:-}", help="common root of all datasets"),
         "dataset_roots": _opt({}, help="per-dataset root overrides: name -> dir (relative to data_root or absolute)"),
         "dataset_lists": _opt({}, help="per-dataset list overrides: name -> {split: list file}"),
         "sampling_weights": _opt(None, "dict", help="name -> relative sampling weight (default: uniform)"),
-        "on_bad_sample": _opt("error", help="error | skip: what to do with a missing or corrupt file"),
-        "unknown_label": _opt("error", help="error | ignore: label ids outside a dataset's taxonomy"),
+        "on_bad_sample": _opt("error", help="error | skip: what to do with a missing or corrupt file", choices=("error", "skip")),
+        "unknown_label": _opt("error", help="error | ignore: label ids outside a dataset's taxonomy", choices=("error", "ignore")),
         "generate_demo_world": _opt(False, help="write the synthetic demo world to data_root first when missing"),
     },
     "TRAIN": {
@@ -82,160 +104,120 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "output_dir": _opt(None, "str", help="default output/<date>_<exp_id>"),
         "model": _opt("hrnet_w48", help="hrnet_w48 (MSeg), hrnet_w32, hrnet_w18, hrnet_w18_small, hrnet_tiny (tests and CPU demos)"),
         "use_naive_taxonomy": _opt(False, help="train in the naive 316-logit taxonomy"),
-        "arch": _opt("hrnet", help="MSeg compatibility"),
-        "network_name": _opt(None, "str", help="MSeg compatibility"),
-        "layers": _opt(None, "int", help="MSeg compatibility"),
         "sync_bn": _opt(True, help="SyncBatchNorm when distributed on GPUs"),
         "freeze_bn": _opt(False, help="keep BatchNorm layers in eval mode (frozen running statistics), e.g. for fine-tuning with small batches"),
-        "train_h": _opt(713, help="crop height"),
-        "train_w": _opt(713, help="crop width"),
-        "scale_min": _opt(0.5, help="random scale range (after the short-side resize)"),
-        "scale_max": _opt(2.0, help="random scale range"),
-        "short_size": _opt(1080, help="short side images are resized to before augmentation"),
-        "rotate_min": _opt(-10.0, "float", help="random rotation range, degrees"),
-        "rotate_max": _opt(10.0, "float", help="random rotation range, degrees"),
-        "blur_prob": _opt(0.5, help="probability of the Gaussian blur"),
-        "flip_prob": _opt(0.5, help="probability of the horizontal flip"),
-        "rotate_prob": _opt(0.5, help="probability of the rotation"),
-        "zoom_factor": _opt(8, help="MSeg compatibility"),
-        "ignore_label": _opt(255, help="label id the loss ignores"),
-        "aux_weight": _opt(0.4, help="MSeg compatibility (HRNet has no auxiliary head)"),
-        "num_examples": _opt(1000000, help="crops per dataset; sets max_iters"),
-        "max_iters": _opt(None, "int", help="overrides the count derived from num_examples"),
-        "train_gpu": _opt([0], help="MSeg compatibility; choose GPUs with CUDA_VISIBLE_DEVICES and torchrun --nproc_per_node"),
+        "train_h": _opt(713, help="crop height", positive=True),
+        "train_w": _opt(713, help="crop width", positive=True),
+        "scale_min": _opt(0.5, help="random scale range (after the short-side resize)", positive=True),
+        "scale_max": _opt(2.0, help="random scale range", positive=True),
+        "short_size": _opt(1080, help="short side images are resized to before augmentation", positive=True),
+        "rotate_min": _opt(-10.0, "float", help="random rotation range, degrees", minimum=-180, maximum=180),
+        "rotate_max": _opt(10.0, "float", help="random rotation range, degrees", minimum=-180, maximum=180),
+        "blur_prob": _opt(0.5, help="probability of the Gaussian blur", minimum=0, maximum=1),
+        "flip_prob": _opt(0.5, help="probability of the horizontal flip", minimum=0, maximum=1),
+        "rotate_prob": _opt(0.5, help="probability of the rotation", minimum=0, maximum=1),
+        "ignore_label": _opt(IGNORE_LABEL, help="label id the loss ignores", choices=(IGNORE_LABEL,)),
+        "num_examples": _opt(1000000, help="crops per dataset; sets max_iters", positive=True),
+        "max_iters": _opt(None, "int", help="overrides the count derived from num_examples", positive=True),
         "dataset_gpu_mapping": _opt(None, "dict", help="MSeg's mode: dataset -> ranks, one process per listed rank; null (default): every batch mixes all datasets, on any number of processes"),
-        "workers": _opt(4, help="data loader worker processes per node, split over its ranks (MSeg's meaning); 0: load in the training process"),
-        "batch_size": _opt(14, help="global batch size over all ranks"),
-        "batch_size_val": _opt(1, help="MSeg compatibility (TEST.batch_size_val is used)"),
-        "base_lr": _opt(0.01, help="SGD learning rate at iteration 0 (poly schedule)"),
-        "epochs": _opt(10, help="MSeg compatibility"),
-        "start_epoch": _opt(0, help="MSeg compatibility"),
-        "power": _opt(0.9, help="poly schedule: lr = base_lr (1 - it / max_iters) ** power"),
-        "momentum": _opt(0.9, help="SGD momentum"),
-        "weight_decay": _opt(0.0001, help="SGD weight decay"),
-        "grad_clip": _opt(None, "float", help="max gradient norm (default: no clipping)"),
-        "seed": _opt(0, help="initial weights and the data stream (batch b depends on seed and b only)"),
-        "precision": _opt(None, "str", help="fp32 | bf16 | fp16 (default: from opt_level)"),
+        "workers": _opt(4, help="data loader worker processes per node, split over its ranks (MSeg's meaning); 0: load in the training process", minimum=0),
+        "batch_size": _opt(14, help="global batch size over all ranks", positive=True),
+        "base_lr": _opt(0.01, help="SGD learning rate at iteration 0 (poly schedule)", positive=True),
+        "power": _opt(0.9, help="poly schedule: lr = base_lr (1 - it / max_iters) ** power", minimum=0),
+        "momentum": _opt(0.9, help="SGD momentum", minimum=0, maximum=1),
+        "weight_decay": _opt(0.0001, help="SGD weight decay", minimum=0),
+        "grad_clip": _opt(None, "float", help="max gradient norm (default: no clipping)", positive=True),
+        "seed": _opt(0, help="initial weights and the data stream (batch b depends on seed and b only)", minimum=0),
+        "precision": _opt("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 with loss scaling); MSeg's opt_level O0..O3 is translated to this", choices=("fp32", "bf16", "fp16")),
         "channels_last": _opt(False, help="NHWC memory format for model and images"),
-        "print_freq": _opt(10, help="iterations between log lines"),
-        "save_freq": _opt(1, help="MSeg compatibility"),
-        "checkpoint_every": _opt(1000, help="iterations between training checkpoints (and one after the last)"),
-        "keep_checkpoints": _opt(3, help="iter_*.pth checkpoints kept"),
+        "print_freq": _opt(10, help="iterations between log lines", positive=True),
+        "checkpoint_every": _opt(1000, help="iterations between training checkpoints (and one after the last)", positive=True),
+        "keep_checkpoints": _opt(3, help="iter_*.pth checkpoints kept", positive=True),
         "weights": _opt(None, "str", help="fine-tune: model weights only, from a file or a released name (mseg-weights list)"),
         "reinit_head": _opt(False, help="with weights: re-initialise the classifier on a class-count mismatch"),
         "resume": _opt(None, "str", help="checkpoint to resume from (default: newest in output_dir)"),
         "auto_resume": _opt(True, help="resume from output_dir/checkpoints when present"),
-        "evaluate": _opt(False, help="MSeg compatibility"),
         "stage": _opt(None, "str", help="stage to run (default: all, in order)"),
         "tensorboard": _opt(True, help="tensorboard scalars under output_dir/tensorboard"),
-        "precise_bn_iters": _opt(0, help="after training, re-estimate BatchNorm running statistics as the plain mean over this many training batches (0: off, as MSeg); for short runs, where BN momentum 0.01 leaves them stale"),
-        "cpu_threads": _opt(None, "int", help="PyTorch intra-op threads on CPU (default: PyTorch's choice); 1 avoids thread contention on a busy machine"),
+        "precise_bn_iters": _opt(0, help="after training, re-estimate BatchNorm running statistics as the plain mean over this many training batches (0: off, as MSeg); for short runs, where BN momentum 0.01 leaves them stale", minimum=0),
+        "cpu_threads": _opt(None, "int", help="PyTorch intra-op threads on CPU (default: PyTorch's choice); 1 avoids thread contention on a busy machine", positive=True),
     },
     "Distributed": {
-        "dist_url": _opt("env://", help="MSeg compatibility; torchrun sets the rendezvous"),
-        "dist_backend": _opt(None, "str", help="default nccl on GPUs, gloo on CPUs"),
-        "multiprocessing_distributed": _opt(True, help="MSeg compatibility"),
-        "world_size": _opt(1, help="MSeg compatibility; torchrun sets it"),
-        "rank": _opt(0, help="MSeg compatibility; torchrun sets it"),
-        "use_apex": _opt(False, help="MSeg compatibility; native AMP is used"),
-        "opt_level": _opt("O0", help="MSeg's apex level, mapped onto precision: O0 fp32, O1/O2 fp16 autocast, O3 fp16"),
-        "keep_batchnorm_fp32": _opt(None, ("bool", "str"), help="MSeg compatibility"),
-        "loss_scale": _opt(None, ("float", "str"), help="MSeg compatibility"),
+        "dist_backend": _opt(None, "str", help="default nccl on GPUs, gloo on CPUs", choices=("nccl", "gloo")),
     },
     "TEST": {
         "split": _opt("val", help="list evaluated (MSeg evaluates val, the test datasets too)"),
-        "base_size": _opt(None, "int", help="short side the image is resized to before inference"),
-        "test_h": _opt(713, help="sliding-window height"),
-        "test_w": _opt(713, help="sliding-window width"),
+        "base_size": _opt(None, "int", help="short side the image is resized to before inference", positive=True),
+        "test_h": _opt(713, help="sliding-window height", positive=True),
+        "test_w": _opt(713, help="sliding-window width", positive=True),
         "scales": _opt([1.0], help="[1.0], or MSeg's multi-scale [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
-        "batch_size_val": _opt(1, help="images per inference call (their windows share batches)"),
+        "batch_size_val": _opt(1, help="images per inference call (their windows share batches)", positive=True),
         "model_path": _opt(None, "str", help="checkpoint: model_final.pth or an MSeg release"),
         "save_folder": _opt(None, "str", help="results folder (default: <model dir>/<model stem>_eval)"),
-        "vis_freq": _opt(20, help="MSeg compatibility"),
-        "img_name_unique": _opt(False, help="MSeg compatibility"),
-        "small": _opt(True, help="MSeg compatibility"),
-        "native_img_h": _opt(-1, help="MSeg compatibility"),
-        "native_img_w": _opt(-1, help="MSeg compatibility"),
-        "has_prediction": _opt(False, help="MSeg compatibility"),
-        "index_start": _opt(0, help="first list entry evaluated"),
-        "index_step": _opt(0, help="entries evaluated from index_start (0: to the end)"),
-        "test_gpu": _opt([0], help="MSeg compatibility"),
+        "index_start": _opt(0, help="first list entry evaluated", minimum=0),
+        "index_step": _opt(0, help="entries evaluated from index_start (0: to the end)", minimum=0),
         "model_name": _opt(None, "str", help="name shown in result tables (default: model_path's file stem)"),
-        "input_file": _opt(None, "str", help="MSeg's name for TEST.input"),
-        # evaluation / demo / export (this project)
-        "input": _opt(None, "str", help="mseg-demo input: an image, a folder of images, or a video"),
-        "benchmark": _opt(None, "str", help="zero_shot: evaluate benchmark_datasets at benchmark_base_sizes, print MSeg's table"),
-        "benchmark_datasets": _opt(["voc2012", "pascal-context-60", "camvid-11", "wilddash-19", "kitti-19", "scannet-20"], help="datasets of the zero-shot benchmark, in table order"),
+        "input": _opt(None, "str", help="mseg-demo input: an image, a folder of images, or a video (MSeg: input_file)"),
+        "benchmark": _opt(None, "str", help="zero_shot: evaluate benchmark_datasets at benchmark_base_sizes, print MSeg's table", choices=("zero_shot",)),
+        "benchmark_datasets": _opt(None, "list", help="datasets of the zero-shot benchmark (default: MSeg's six, in its table order)"),
         "benchmark_base_sizes": _opt([360, 720, 1080], help="the best of these base sizes counts per dataset, as MSeg reports"),
         "flip": _opt(True, help="average with the horizontally flipped pass"),
-        "inference_mode": _opt("sliding", help="sliding (windows of test_h x test_w) | whole (one pass per image)"),
-        "window_batch": _opt(8, help="windows (and flipped windows) per forward pass"),
-        "test_precision": _opt("fp32", help="fp32 | bf16 (autocast; for CUDA)"),
+        "inference_mode": _opt("sliding", help="sliding (windows of test_h x test_w) | whole (one pass per image)", choices=("sliding", "whole")),
+        "window_batch": _opt(8, help="windows (and flipped windows) per forward pass", positive=True),
+        "test_precision": _opt("fp32", help="fp32 | bf16 (autocast; for CUDA)", choices=("fp32", "bf16")),
         "test_device": _opt("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
-        "model_taxonomy": _opt(None, "str", help="universal | naive | oracle (default: the checkpoint's meta, else universal)"),
+        "model_taxonomy": _opt(None, "str", help="universal | naive | oracle (default: the checkpoint's meta, else universal)", choices=("universal", "naive", "oracle")),
         "output_taxonomy": _opt(None, "str", help="mseg-demo: a dataset taxonomy to project into (default: the model's classes)"),
         "save_predictions": _opt(False, help="write predicted label PNGs and colour PNGs"),
-        "export_format": _opt("onnx", help="mseg-export: onnx | torchscript | both"),
+        "export_format": _opt("onnx", help="mseg-export: onnx | torchscript | both", choices=("onnx", "torchscript", "both")),
         "export_dynamic": _opt(False, help="mseg-export: dynamic batch/height/width instead of 1 x test_h x test_w"),
-        "export_opset": _opt(None, "int", help="mseg-export: ONNX opset (default: the exporter's own)"),
+        "export_opset": _opt(None, "int", help="mseg-export: ONNX opset (default: the exporter's own; 17 or newer)", minimum=17),
         "export_dynamo": _opt(True, help="mseg-export: ONNX through torch.export (false: the older TorchScript-based exporter)"),
     },
-    # Baselines (this project; switched on by DATA.use_mgda / CCSA.use_ccsa). See mseg_semantic/baselines/.
+    # Baselines (switched on by DATA.use_mgda / CCSA.use_ccsa): mseg_semantic/training/gradients/.
     "MGDA": {
-        "normalization": _opt("none", help="none | l2 | loss | loss+: task-gradient normalisation before the min-norm solve (MSeg: none)"),
-        "solver_iters": _opt(1000, help="Frank-Wolfe iterations of the min-norm solver"),
-        "tolerance": _opt(1e-8, help="solver stops when the Frank-Wolfe gap < tolerance x the largest squared task-gradient norm"),
+        "normalization": _opt("none", help="none | l2 | loss | loss+: task-gradient normalisation before the min-norm solve (MSeg: none)", choices=("none", "l2", "loss", "loss+")),
+        "solver_iters": _opt(1000, help="Frank-Wolfe iterations of the min-norm solver", positive=True),
+        "tolerance": _opt(1e-8, help="solver stops when the Frank-Wolfe gap < tolerance x the largest squared task-gradient norm", minimum=0),
         "away_steps": _opt(True, help="Frank-Wolfe with away steps (converges faster); False: the paper's Algorithm 2 exactly"),
     },
     "CCSA": {
         "use_ccsa": _opt(False, help="train with the CCSA domain-generalization baseline"),
-        "alpha": _opt(0.25, help="loss = (1 - alpha) x cross-entropy + alpha x contrastive (MSeg: 0.25)"),
-        "margin": _opt(1.0, help="different-class pairs closer than this are pushed apart"),
-        "num_pairs": _opt(4000, help="pixel pairs per batch (per process)"),
-        "positive_ratio": _opt(0.25, help="fraction of the pairs that are same-class (MSeg: 1 positive to 3 negatives)"),
-        "label_downsample": _opt("nearest", help="nearest (MSeg) | mode: labels at the embedding resolution"),
+        "alpha": _opt(0.25, help="loss = (1 - alpha) x cross-entropy + alpha x contrastive (MSeg: 0.25)", minimum=0, maximum=1),
+        "margin": _opt(1.0, help="different-class pairs closer than this are pushed apart", positive=True),
+        "num_pairs": _opt(4000, help="pixel pairs per batch (per process)", minimum=0),
+        "positive_ratio": _opt(0.25, help="fraction of the pairs that are same-class (MSeg: 1 positive to 3 negatives)", minimum=0, maximum=1),
+        "label_downsample": _opt("nearest", help="nearest (MSeg) | mode: labels at the embedding resolution", choices=("nearest", "mode")),
         "normalize_embeddings": _opt(True, help="L2-normalise pixel embeddings before the distance (MSeg: no)"),
     },
 }
-
-# MSeg's key -> this project's key. The alias is accepted in files and overrides and written back
-# under the canonical name.
-ALIASES: dict[tuple[str, str], tuple[str, str]] = {
-    ("TRAIN", "weight"): ("TRAIN", "weights"),
-    ("TRAIN", "manual_seed"): ("TRAIN", "seed"),
-    ("TRAIN", "save_path"): ("TRAIN", "output_dir"),
-}
-
-# Values MSeg writes for "unset"; only meaningful for optional keys.
-_NONE_STRINGS = {"None", "none", "default", ""}
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _nearest(word: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.5)
-    return f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+    hint = did_you_mean(word, candidates, n=3)
+    return f" Did you mean {hint[len(' (did you mean '):-2]}?" if hint else ""
 
 
-def _all_keys(schema: Mapping[str, Mapping[str, Option]]) -> list[str]:
-    return [f"{s}.{k}" for s, keys in schema.items() for k in keys] + [f"{s}.{k}" for s, k in ALIASES]
+def _live_keys() -> list[str]:
+    return [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
 
 
-def _resolve_key(name: str, schema: Mapping[str, Mapping[str, Option]], where: str) -> tuple[str, str]:
-    """``SECTION.key`` or a unique bare ``key`` -> (section, canonical key)."""
+def _resolve_key(name: str, where: str) -> tuple[str, str]:
+    """``SECTION.key`` or a unique bare ``key`` -> (section, key) as written: a live key or one of MSeg's spellings."""
+    mseg = compat.mseg_key_names()
     if "." in name:
         section, key = name.split(".", 1)
-        if section not in schema:
-            raise ConfigError(f"{where}: unknown section {section!r} in {name!r}; valid sections: {', '.join(schema)}.{_nearest(section, schema)}")
-        if (section, key) in ALIASES:
-            return ALIASES[(section, key)]
-        if key not in schema[section]:
-            raise ConfigError(f"{where}: unknown key {name!r}.{_nearest(name, _all_keys(schema))}")
+        if section not in SCHEMA:
+            raise ConfigError(f"{where}: unknown section {section!r} in {name!r}; valid sections: {', '.join(SCHEMA)}.{_nearest(section, SCHEMA)}")
+        if key not in SCHEMA[section] and name not in mseg:
+            raise ConfigError(f"{where}: unknown key {name!r}.{_nearest(name, _live_keys())}")
         return section, key
-    owners = [(s, name) for s, keys in schema.items() if name in keys]
-    owners += [canonical for (_, alias), canonical in ALIASES.items() if alias == name]
+    live = [(s, name) for s, keys in SCHEMA.items() if name in keys]
+    owners = live or [tuple(full.split(".", 1)) for full in mseg if full.split(".", 1)[1] == name]
     if not owners:
-        bare = {k for keys in schema.values() for k in keys} | {k for _, k in ALIASES}
+        bare = {k for keys in SCHEMA.values() for k in keys}
         raise ConfigError(f"{where}: unknown key {name!r}.{_nearest(name, bare)}")
     if len(set(owners)) > 1:
         raise ConfigError(f"{where}: key {name!r} exists in several sections; write one of {', '.join(f'{s}.{name}' for s, _ in owners)}")
@@ -243,21 +225,31 @@ def _resolve_key(name: str, schema: Mapping[str, Mapping[str, Option]], where: s
 
 
 def canonical_key(name: str) -> tuple[str, str]:
-    """``'weight'``, ``'TRAIN.weight'`` or ``'weights'`` -> ``('TRAIN', 'weights')``: where a name lands, aliases resolved."""
-    return _resolve_key(name, SCHEMA, "config")
+    """``'weight'``, ``'TRAIN.weight'`` or ``'weights'`` -> ``('TRAIN', 'weights')``: where a name lands."""
+    section, key = _resolve_key(name, "config")
+    translated, _ = compat.translate_config_pairs([((section, key), name, None)], "config")
+    return translated[0][0] if translated else (section, key)
 
 
-def _assign(values: dict[str, dict[str, Any]], pairs: Iterable[tuple[str, Any]], where: str) -> None:
-    """Set each ``(name, value)`` in ``values``, validated. Two names for one key in one place (an MSeg alias and
-    its canonical name, ``key`` and ``SECTION.key``, or a repeated override) are an error, not "the last wins"."""
+def _assign(values: dict[str, dict[str, Any]], pairs: Iterable[tuple[str, Any]], where: str) -> list[str]:
+    """Set each ``(name, value)`` in ``values``, validated; returns MSeg's keys that were dropped. Two names for one
+    key in one place (an MSeg alias and its name, ``key`` and ``SECTION.key``, a repeated override) are an error."""
+    resolved = [(_resolve_key(name, where), name, value) for name, value in pairs]
+    try:
+        translated, dropped = compat.translate_config_pairs(resolved, where)
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
     given: dict[tuple[str, str], str] = {}
-    for name, value in pairs:
-        section, key = _resolve_key(name, SCHEMA, where)
+    for (section, key), name, value in translated:
         if (section, key) in given:
             raise ConfigError(f"{where}: {given[(section, key)]!r} and {name!r} both set {section}.{key}; keep one")
         given[(section, key)] = name
         label = f"{where}: {section}.{key}"
-        values[section][key] = _coerce(_expand_env(value, label), SCHEMA[section][key], label)
+        option = SCHEMA[section][key]
+        value = _coerce(_expand_env(value, label), option, label)
+        option.check(value, label)
+        values[section][key] = value
+    return dropped
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -300,7 +292,7 @@ def _expand_env(value: Any, where: str) -> Any:
 
 def _coerce(value: Any, option: Option, where: str) -> Any:
     """Check ``value`` against ``option`` and convert the harmless cases (int for float, '1e6' for int)."""
-    means_unset = isinstance(value, str) and value in _NONE_STRINGS and (option.optional or "str" not in option.kinds)
+    means_unset = compat.is_mseg_unset(value) and (option.optional or "str" not in option.kinds)
     if value is None or means_unset:
         # MSeg writes an empty value for "not set": an unset required key keeps its default.
         return None if option.optional else option.default
@@ -373,11 +365,13 @@ class Section(Mapping[str, Any]):
 class Config(Mapping[str, Section]):
     """A validated config: ``cfg.TRAIN.batch_size``. Immutable; :meth:`updated` returns a changed copy."""
 
-    def __init__(self, values: dict[str, dict[str, Any]], stages: list[dict[str, Any]], overrides: Sequence[str], source: str | None):
+    def __init__(self, values: dict[str, dict[str, Any]], stages: list[dict[str, Any]], overrides: Sequence[str], source: str | None,
+                 dropped_mseg_keys: Sequence[str] = ()):
         self._values = values
         self.stages = stages
         self.overrides = list(overrides)
         self.source = source
+        self.dropped_mseg_keys = list(dict.fromkeys(dropped_mseg_keys))  # MSeg's keys that mean nothing here
 
     def __getattr__(self, name: str) -> Section:
         if name.startswith("_"):
@@ -397,14 +391,14 @@ class Config(Mapping[str, Section]):
         return len(self._values)
 
     def get(self, dotted: str, default: Any = None) -> Any:  # type: ignore[override]
-        section, key = _resolve_key(dotted, SCHEMA, "config")
+        section, key = canonical_key(dotted)
         return self._values[section].get(key, default)
 
     def updated(self, assignments: Mapping[str, Any] | Iterable[tuple[str, Any]], where: str = "update") -> "Config":
         """Copy with ``{'SECTION.key' or 'key': value}`` (or ``(name, value)`` pairs) applied and validated."""
         values = {s: dict(v) for s, v in self._values.items()}
-        _assign(values, assignments.items() if isinstance(assignments, Mapping) else assignments, where)
-        return Config(values, self.stages, self.overrides, self.source)
+        dropped = _assign(values, assignments.items() if isinstance(assignments, Mapping) else assignments, where)
+        return Config(values, self.stages, self.overrides, self.source, self.dropped_mseg_keys + dropped)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {s: dict(v) for s, v in self._values.items()}
@@ -472,6 +466,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     where = str(path) if path is not None else "defaults"
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a YAML file, e.g. config/train/demo.yaml")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
@@ -491,11 +487,31 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
             if not isinstance(keys, dict):
                 raise ConfigError(f"{path}: section {section} must be a mapping of key: value")
             from_file += [(f"{section}.{key}", value) for key, value in keys.items()]
-    _assign(values, from_file, where)
-    cfg = Config(values, stages, list(overrides), where)
+    dropped = _assign(values, from_file, where)
+    cfg = Config(values, stages, list(overrides), where, dropped)
     for stage in stages:  # fail now, not when the stage starts
-        cfg.updated(stage["overrides"], where=f"{where}: stage {stage['name']}")
-    return cfg.updated([parse_override(o) for o in overrides], where="command line")
+        _check_together(cfg.updated(stage["overrides"], where=f"{where}: stage {stage['name']}"), f"{where}: stage {stage['name']}")
+    cfg = cfg.updated([parse_override(o) for o in overrides], where="command line")
+    _check_together(cfg, where if not overrides else f"{where} + command line")
+    return cfg
+
+
+def _check_together(cfg: Config, where: str) -> None:
+    """Checks that involve several keys (each key alone was checked when it was set)."""
+    train = cfg.TRAIN
+    if train.scale_min > train.scale_max:
+        raise ConfigError(f"{where}: TRAIN.scale_min={train.scale_min} > TRAIN.scale_max={train.scale_max}; the random scale is drawn from [scale_min, scale_max]")
+    if train.rotate_min > train.rotate_max:
+        raise ConfigError(f"{where}: TRAIN.rotate_min={train.rotate_min} > TRAIN.rotate_max={train.rotate_max}")
+    weights = cfg.DATA.sampling_weights
+    if weights is not None:
+        bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
+        if bad or not any(v > 0 for v in weights.values()):
+            raise ConfigError(f"{where}: DATA.sampling_weights={weights!r}: every weight must be a finite number >= 0 and one must be > 0")
+    for key in ("scales", "benchmark_base_sizes"):
+        values = cfg.TEST[key]
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in values):
+            raise ConfigError(f"{where}: TEST.{key}={values!r}: expected a non-empty list of positive numbers")
 
 
 def stage_names(cfg: Config) -> list[str]:
@@ -508,7 +524,9 @@ def apply_stage(cfg: Config, name: str) -> Config:
         if stage["name"] == name:
             staged = cfg.updated(stage["overrides"], where=f"stage {name}")
             staged = staged.updated([parse_override(o) for o in cfg.overrides], where="command line")
-            return staged.updated({"TRAIN.stage": name})
+            staged = staged.updated({"TRAIN.stage": name})
+            _check_together(staged, f"stage {name}")
+            return staged
     raise ConfigError(f"unknown stage {name!r}; this config defines: {', '.join(stage_names(cfg)) or '(no stages)'}.{_nearest(name, stage_names(cfg))}")
 
 
@@ -518,11 +536,16 @@ def schema_markdown() -> str:
     for section, keys in SCHEMA.items():
         lines += [f"**{section}**", "", "| key | default | meaning |", "| --- | --- | --- |"]
         for key, option in keys.items():
-            aliases = [a for (s, a), (cs, ck) in ALIASES.items() if cs == section and ck == key]
+            aliases = [a for (s, a), (cs, ck) in compat.RENAMED_KEYS.items() if cs == section and ck == key]
+            if (section, key) == compat.PRECISION_KEY:
+                aliases.append("Distributed.opt_level (O0..O3)")
             name = f"`{key}`" + (f" (MSeg: `{'`, `'.join(aliases)}`)" if aliases else "")
             default = "null" if option.default is None else yaml.safe_dump(option.default, default_flow_style=True).strip().removesuffix("...").strip()
             lines.append(f"| {name} | `{default}` | {option.help.replace('|', '/')} |")
         lines.append("")
+    lines += ["**MSeg's keys that mean nothing here** (accepted in MSeg's files and dropped; the run logs them)", "",
+              "| key | why |", "| --- | --- |"]
+    lines += [f"| `{section}.{key}` | {why} |" for section, keys in compat.DROPPED_KEYS.items() for key, why in keys.items()]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "EXIT_NON_FINITE",
     "EXIT_OK",
     "EXIT_PREEMPTED",
+    "UnknownNameError",
     "UserError",
     "did_you_mean",
 ]
@@ -34,6 +35,13 @@ class UserError(ValueError):
     """Bad input the user can fix; the message names the file, key or value and what would be valid."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class UnknownNameError(UserError, KeyError):
+    """A dataset, taxonomy, model or weights name that does not exist (also a KeyError, for lookups)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 1) -> str:

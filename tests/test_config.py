@@ -58,7 +58,11 @@ def test_an_mseg_style_file_loads_with_its_meaning(mseg_file):
     assert cfg.TRAIN.seed == SCHEMA["TRAIN"]["seed"].default  # empty manual_seed: the default
     assert cfg.TRAIN.output_dir is None  # save_path: default
     assert cfg.TRAIN.auto_resume is True  # "None" for a bool: the default
-    assert cfg.TRAIN.resume is None and cfg.TRAIN.layers is None
+    assert cfg.TRAIN.resume is None and cfg.TRAIN.precision == "fp32"  # opt_level O0
+    # keys that mean nothing here are dropped, and listed for the run's log line
+    assert cfg.dropped_mseg_keys == ["TRAIN.arch", "TRAIN.network_name", "TRAIN.layers",
+                                     "Distributed.dist_url", "Distributed.keep_batchnorm_fp32", "Distributed.loss_scale"]
+    assert "layers" not in cfg.TRAIN and "use_apex" not in cfg.Distributed
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "config").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
@@ -86,7 +90,18 @@ def test_overrides_are_typed_and_win(mseg_file):
         ("batch_size=abc", r"TRAIN\.batch_size: expected int, got str 'abc'"),
         ("universal=3", r"DATA\.universal: expected bool, got int 3"),
         ("batch_size=2.5", r"TRAIN\.batch_size: expected int"),
-        ("batch_size_val=2", r"exists in several sections; write one of TRAIN\.batch_size_val, TEST\.batch_size_val"),
+        ("momentum=2", r"TRAIN\.momentum=2\.0: must be <= 1"),
+        ("base_lr=-0.1", r"TRAIN\.base_lr=-0\.1: must be > 0"),
+        ("batch_size=0", r"TRAIN\.batch_size=0: must be > 0"),
+        ("workers=-1", r"TRAIN\.workers=-1: must be >= 0"),
+        ("grad_clip=-1", r"TRAIN\.grad_clip=-1\.0: must be > 0"),
+        ("power=-1", r"TRAIN\.power=-1\.0: must be >= 0"),
+        ("train_h=0", r"TRAIN\.train_h=0: must be > 0"),
+        ("on_bad_sample=skipp", r"DATA\.on_bad_sample='skipp' is not one of error, skip \(did you mean 'skip'\?\)"),
+        ("scale_min=3", r"TRAIN\.scale_min=3\.0 > TRAIN\.scale_max=2\.0"),
+        ("sampling_weights={a: -1}", r"DATA\.sampling_weights=.*finite number >= 0"),
+        ("export_opset=5", r"TEST\.export_opset=5: must be >= 17"),
+        ("opt_level=O7", r"opt_level='O7' is not one of O0, O1, O2, O3"),
         ("max_iters", r"expected key=value"),
         ("dataset=[a", r"not valid YAML"),
     ],

@@ -3,7 +3,7 @@
 from mseg_semantic.data.catalog import DATA_ROOT_ENV, DATASET_DIRS, DatasetLocation, default_list_file, locate, resolve_data_root
 from mseg_semantic.data.datasets import TrainSampleReader, ValDataset, collate_train_batch
 from mseg_semantic.data.lists import BadSampleError, read_image_rgb, read_label, read_list_file, read_pair
-from mseg_semantic.data.loader import TrainLoader, build_train_loader, train_loader_arguments
+from mseg_semantic.data.loader import TrainLoader, build_train_loader
 from mseg_semantic.data.sampler import MixingSampler, SampleRef, SamplerCursor, check_dataset_gpu_mapping
 from mseg_semantic.data.transforms import (
     IMAGENET_MEAN,
@@ -11,8 +11,6 @@ from mseg_semantic.data.transforms import (
     AugmentConfig,
     AugmentParams,
     augment_crop,
-    center_crop,
-    center_crop_params,
     normalize_images,
     sample_augment_params,
 )
@@ -20,7 +18,7 @@ from mseg_semantic.data.transforms import (
 __all__ = [
     "DATA_ROOT_ENV", "DATASET_DIRS", "DatasetLocation", "default_list_file", "locate", "resolve_data_root",
     "TrainSampleReader", "ValDataset", "collate_train_batch", "BadSampleError", "read_image_rgb", "read_label",
-    "read_list_file", "read_pair", "TrainLoader", "build_train_loader", "train_loader_arguments", "MixingSampler",
+    "read_list_file", "read_pair", "TrainLoader", "build_train_loader", "MixingSampler",
     "SampleRef", "SamplerCursor", "check_dataset_gpu_mapping", "IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "AugmentParams",
-    "augment_crop", "center_crop", "center_crop_params", "normalize_images", "sample_augment_params",
+    "augment_crop", "normalize_images", "sample_augment_params",
 ]

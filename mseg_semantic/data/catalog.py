@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from mseg_semantic.errors import UnknownNameError, UserError, did_you_mean
+
 DATA_ROOT_ENV = "MSEG_DATA_ROOT"
 
 # taxonomy name -> dataset directory relative to the data root (MSeg's mseg_dataset layout). The relabeled
@@ -65,7 +67,7 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     """The configured root, else ``$MSEG_DATA_ROOT``; a clear error when neither is set."""
     value = str(data_root) if data_root else os.environ.get(DATA_ROOT_ENV, "")
     if not value:
-        raise ValueError(f"no data root: set DATA.data_root in the config (data_root=/path) or the {DATA_ROOT_ENV} environment variable")
+        raise UserError(f"no data root: set DATA.data_root in the config (data_root=/path) or the {DATA_ROOT_ENV} environment variable")
     return Path(value).expanduser()
 
 
@@ -90,7 +92,7 @@ def locate(
         root = root_base / DATASET_DIRS[name]
     else:
         known = ", ".join(sorted(DATASET_DIRS))
-        raise ValueError(f"dataset {name!r} is not in the catalog and DATA.dataset_roots has no entry for it; known datasets: {known}")
+        raise UnknownNameError(f"dataset {name!r} is not in the catalog{did_you_mean(name, DATASET_DIRS)} and DATA.dataset_roots has no entry for it; known datasets: {known}")
     lists = dataset_lists.get(name, {})
     if split in lists:
         list_file = root_base / Path(lists[split]).expanduser()

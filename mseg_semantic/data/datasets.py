@@ -13,6 +13,8 @@ import torch
 from mseg_semantic.data.lists import BadSampleError, locate_and_read, read_pair
 from mseg_semantic.data.sampler import STREAM_AUGMENT, STREAM_REPLACEMENT, SampleRef, stream_rng
 from mseg_semantic.data.transforms import AugmentConfig, augment_crop_chw, sample_augment_params
+from mseg_semantic.errors import UserError
+from mseg_semantic.taxonomy import UnknownLabelError
 
 BAD_SAMPLE_MODES = ("error", "skip")
 UNKNOWN_LABEL_MODES = ("error", "ignore")
@@ -44,9 +46,9 @@ class TrainSampleReader(torch.utils.data.Dataset):
         unknown_label: str = "error",
     ):
         if on_bad_sample not in BAD_SAMPLE_MODES:
-            raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_MODES}, got {on_bad_sample!r}")
+            raise UserError(f"DATA.on_bad_sample={on_bad_sample!r} is not one of {', '.join(BAD_SAMPLE_MODES)}")
         if unknown_label not in UNKNOWN_LABEL_MODES:
-            raise ValueError(f"unknown_label must be one of {UNKNOWN_LABEL_MODES}, got {unknown_label!r}")
+            raise UserError(f"DATA.unknown_label={unknown_label!r} is not one of {', '.join(UNKNOWN_LABEL_MODES)}")
         self.dataset_names = list(dataset_names)
         self.samples = [list(s) for s in samples]
         self.augment = augment
@@ -56,18 +58,21 @@ class TrainSampleReader(torch.utils.data.Dataset):
         self.unknown_label = unknown_label
 
     def load(self, dataset: int, index: int, position: int) -> tuple[np.ndarray, np.ndarray]:
-        """(3 x H x W uint8 RGB crop, H x W label in the training taxonomy) or BadSampleError naming the file."""
+        """(3 x H x W uint8 RGB crop, H x W label in the training taxonomy) or BadSampleError naming the file.
+
+        The whole label goes through the taxonomy before the crop is taken, so an unknown id anywhere in the file
+        is found (a lookup-table pass, ~1 ms at 1080p), not only where the random crop happens to fall.
+        """
         name = self.dataset_names[dataset]
         image_path, label_path = self.samples[dataset][index]
         image, label = read_pair(image_path, label_path, bgr=True)
-        params = sample_augment_params(stream_rng(self.seed, STREAM_AUGMENT, position), label.shape[0], label.shape[1], self.augment)
-        chw_rgb, crop_label = augment_crop_chw(image, label, params, self.augment)
         if self.converter is not None:
             try:
-                crop_label = self.converter.transform_label(crop_label, name, unknown=self.unknown_label)
-            except ValueError as exc:
+                label = self.converter.transform_label(label, name, unknown=self.unknown_label)
+            except UnknownLabelError as exc:
                 raise BadSampleError(label_path, f"label ids outside the {name} taxonomy: {exc}") from None
-        return chw_rgb, crop_label
+        params = sample_augment_params(stream_rng(self.seed, STREAM_AUGMENT, position), label.shape[0], label.shape[1], self.augment)
+        return augment_crop_chw(image, label, params, self.augment)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.samples)
@@ -81,23 +86,34 @@ class TrainSampleReader(torch.utils.data.Dataset):
                 return {"image": image, "label": label, "dataset_index": ref.dataset, "batch_index": ref.batch, "skipped": skipped}
             except BadSampleError as exc:
                 if self.on_bad_sample == "error":
-                    raise
+                    # returned, not raised: a loader worker would wrap the message in its traceback
+                    return {"error": str(exc), "batch_index": ref.batch, "skipped": skipped}
                 skipped.append(SkippedSample(self.dataset_names[ref.dataset], exc.path, exc.reason))
                 # a replacement drawn from (seed, position, attempt): the same for every run, rank count and worker
                 index = int(stream_rng(self.seed, STREAM_REPLACEMENT, ref.position, attempt).integers(len(self.samples[ref.dataset])))
-        raise BadSampleError(skipped[-1].path, f"{MAX_REPLACEMENTS + 1} samples of {self.dataset_names[ref.dataset]} in a row were bad; last: {skipped[-1].reason}")
+        message = f"{MAX_REPLACEMENTS + 1} samples of {self.dataset_names[ref.dataset]} in a row were bad; last: {skipped[-1].reason}"
+        return {"error": str(BadSampleError(skipped[-1].path, message)), "batch_index": ref.batch, "skipped": skipped}
 
 
 def collate_train_batch(items: list[dict]) -> dict:
-    """Stack per-sample dicts into the training batch contract (+ bookkeeping keys the loader removes)."""
+    """Stack per-sample dicts into the training batch contract (+ bookkeeping keys the loader removes).
+
+    Labels stay narrow on their way to the device (uint8; int16 for label spaces with ids above 255): a third
+    of the bytes of int64. A sample that failed carries ``error``; the batch then carries the first one.
+    """
+    bookkeeping = {"batch_index": items[0]["batch_index"], "skipped": [s for item in items for s in item["skipped"]]}
+    errors = [item["error"] for item in items if "error" in item]
+    if errors:
+        return {"error": errors[0], **bookkeeping}
     images = torch.from_numpy(np.stack([item["image"] for item in items]))
-    labels = torch.from_numpy(np.stack([item["label"] for item in items]).astype(np.int64))
+    labels = np.stack([item["label"] for item in items])
+    if labels.dtype == np.uint16:
+        labels = labels.astype(np.int16)  # naive ids reach 316; torch has few uint16 kernels
     return {
         "image": images,
-        "label": labels,
+        "label": torch.from_numpy(labels),
         "dataset_index": torch.tensor([item["dataset_index"] for item in items], dtype=torch.int64),
-        "batch_index": items[0]["batch_index"],
-        "skipped": [s for item in items for s in item["skipped"]],
+        **bookkeeping,
     }
 
 
@@ -120,7 +136,7 @@ class ValDataset(torch.utils.data.Dataset):
         self.split = split
         self.location, self.samples = locate_and_read(name, split, data_root, dataset_roots, dataset_lists)
         if not self.samples:
-            raise ValueError(f"split list {self.location.list_file} of {name} is empty")
+            raise UserError(f"split list {self.location.list_file} of {name} is empty")
 
     def __len__(self) -> int:
         return len(self.samples)

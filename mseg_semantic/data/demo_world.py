@@ -28,12 +28,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
 from mseg_semantic.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
+from mseg_semantic.errors import UserError
+from mseg_semantic.taxonomy import load_class_names
 
 GENERATOR_VERSION = 2  # bump whenever the generated images or labels change
 MARKER = "DEMO_WORLD.json"
@@ -138,16 +141,16 @@ class _Canvas:
             cv2.line(self.label, p, q, _W[cls], max(1, thickness))
 
 
-def _render_scene(rng: np.random.Generator, h: int, w: int, style: Style) -> tuple[np.ndarray, np.ndarray]:
-    """One street scene: (H x W x 3 uint8 RGB, H x W uint8 world ids)."""
-    c = _Canvas(h, w)
-    horizon = h * rng.uniform(0.36, 0.52)
-    # sky: a vertical gradient
+def _paint_sky(c: _Canvas, h: int) -> None:
+    """A vertical gradient."""
     top, bottom = np.array([105, 155, 225], np.float32), np.array([190, 212, 238], np.float32)
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     c.image[:] = (top + (bottom - top) * t).astype(np.uint8)
     c.label[:] = _W["sky"]
-    # buildings along the skyline, windows on a grid
+
+
+def _paint_buildings(c: _Canvas, rng: np.random.Generator, w: int, h: int, horizon: float, style: Style) -> None:
+    """Buildings along the skyline, windows on a grid."""
     x = rng.uniform(-0.1, 0.05) * w
     while x < w:
         bw = rng.uniform(0.12, 0.3) * w
@@ -160,12 +163,29 @@ def _render_scene(rng: np.random.Generator, h: int, w: int, style: Style) -> tup
                 for wx in np.arange(x + 3, x + bw - 4, step):
                     c.rect(wx, wy, wx + step * 0.45, wy + step * 0.5, None, (58, 66, 88))
         x += bw
-    ground = h - horizon
-    vx = w * rng.uniform(0.35, 0.65)  # vanishing point of the road
-    road_l, road_r = w * rng.uniform(-0.25, 0.2), w * rng.uniform(0.8, 1.25)
+
+
+@dataclass(frozen=True)
+class _Street:
+    """The ground plane: where the road runs between the horizon and the bottom edge."""
+
+    horizon: float
+    ground: float  # pixels from the horizon to the bottom edge
+    vanishing_x: float
+    road_left: float  # road edges at the bottom edge
+    road_right: float
+
+    def road_span(self, y: float) -> tuple[float, float]:
+        f = (y - self.horizon) / self.ground
+        return self.vanishing_x + (self.road_left - self.vanishing_x) * f, self.vanishing_x + (self.road_right - self.vanishing_x) * f
+
+
+def _paint_ground(c: _Canvas, rng: np.random.Generator, w: int, h: int, horizon: float, style: Style) -> _Street:
+    """Grass or pavement beyond the sidewalks, sidewalks, curbs, the road and its dashed centre line."""
+    street = _Street(horizon, h - horizon, w * rng.uniform(0.35, 0.65), w * rng.uniform(-0.25, 0.2), w * rng.uniform(0.8, 1.25))
+    vx, road_l, road_r, ground = street.vanishing_x, street.road_left, street.road_right, street.ground
     walk = w * rng.uniform(0.15, 0.35)
     has_terrain = rng.random() < style.terrain_prob
-    # ground beyond the sidewalks: grass or more sidewalk
     c.rect(0, horizon, w, h, "terrain" if has_terrain else "sidewalk", (118, 150, 62) if has_terrain else (166, 156, 146))
     c.poly([(vx - 6, horizon), (vx + 6, horizon), (road_r + walk, h), (road_l - walk, h)], "sidewalk", (166, 156, 146))
     for k in range(1, 6):  # paving joints
@@ -173,79 +193,103 @@ def _render_scene(rng: np.random.Generator, h: int, w: int, style: Style) -> tup
         c.line((0, y), (w, y), None, (135, 128, 122), 1)
     c.poly([(vx - 3, horizon), (vx + 3, horizon), (road_r + 3, h), (road_l - 3, h)], "curb", (200, 200, 194))
     c.poly([(vx - 2, horizon), (vx + 2, horizon), (road_r, h), (road_l, h)], "road", (80, 80, 86))
-    # dashed centre line, wider towards the camera
-    for k in range(7):
+    for k in range(7):  # dashed centre line, wider towards the camera
         a, b = (k + 0.3) / 7, (k + 0.7) / 7
         ya, yb = horizon + ground * a ** 1.5, horizon + ground * b ** 1.5
         xa = vx + ((road_l + road_r) / 2 - vx) * a ** 1.5
         xb = vx + ((road_l + road_r) / 2 - vx) * b ** 1.5
         c.line((xa, ya), (xb, yb), "lane_marking", (232, 232, 220), int(1 + 4 * b ** 1.5))
+    return street
 
-    def road_span(y: float) -> tuple[float, float]:
-        f = (y - horizon) / ground
-        return vx + (road_l - vx) * f, vx + (road_r - vx) * f
 
-    objects = []  # (base y, kind): painted far to near
+def _paint_car(c: _Canvas, rng: np.random.Generator, base: float, s: float, left: float, right: float) -> None:
+    cw, ch = 0.42 * s, 0.24 * s
+    cx = rng.uniform(left + cw / 2, max(left + cw / 2 + 1, right - cw / 2))
+    body = _scaled(_CAR_COLORS[rng.integers(len(_CAR_COLORS))], rng.uniform(0.85, 1.1))
+    c.rect(cx - cw / 2, base - ch * 0.6, cx + cw / 2, base - ch * 0.1, "car", body)
+    c.rect(cx - cw * 0.32, base - ch, cx + cw * 0.32, base - ch * 0.55, "car", body)
+    c.rect(cx - cw * 0.27, base - ch * 0.93, cx + cw * 0.27, base - ch * 0.62, None, (52, 62, 78))
+    for wx in (cx - cw * 0.3, cx + cw * 0.3):
+        c.circle(wx, base - ch * 0.12, ch * 0.14, "car", (22, 22, 22))
+
+
+def _paint_person(c: _Canvas, rng: np.random.Generator, px: float, base: float, s: float) -> None:
+    ph = 0.38 * s
+    c.rect(px - ph * 0.09, base - ph * 0.45, px + ph * 0.09, base, "person", (42, 44, 92))
+    c.rect(px - ph * 0.12, base - ph * 0.82, px + ph * 0.12, base - ph * 0.43, "person", _SHIRT_COLORS[rng.integers(len(_SHIRT_COLORS))])
+    c.circle(px, base - ph * 0.9, ph * 0.09, "person", (226, 182, 150))
+
+
+def _paint_bicycle(c: _Canvas, rng: np.random.Generator, px: float, base: float, s: float) -> None:
+    r = 0.07 * s
+    frame = (210, 120, 10) if rng.random() < 0.5 else (10, 120, 210)
+    thick = max(1, int(r * 0.3))
+    for wx in (px - r * 1.3, px + r * 1.3):
+        c.circle(wx, base - r, r, "bicycle", (25, 25, 25), thick)
+    c.line((px - r * 1.3, base - r), (px, base - r * 2.2), "bicycle", frame, thick)
+    c.line((px, base - r * 2.2), (px + r * 1.3, base - r), "bicycle", frame, thick)
+    c.line((px - r * 0.2, base - r), (px + r * 0.6, base - r * 2.3), "bicycle", frame, thick)
+
+
+def _paint_pole(c: _Canvas, rng: np.random.Generator, px: float, base: float, s: float) -> None:
+    """A pole with a round or square traffic sign on top."""
+    ph, pw = 0.75 * s, max(1.0, 0.02 * s)
+    c.rect(px - pw, base - ph, px + pw, base, "pole", (52, 56, 66))
+    r = max(2.0, 0.05 * s)
+    if rng.random() < 0.5:
+        c.circle(px, base - ph, r, "traffic_sign", (205, 30, 30))
+        c.circle(px, base - ph, r * 0.62, "traffic_sign", (242, 242, 242))
+    else:
+        c.rect(px - r, base - ph - r, px + r, base - ph + r, "traffic_sign", (30, 64, 185))
+        c.rect(px - r * 0.5, base - ph - r * 0.15, px + r * 0.5, base - ph + r * 0.15, "traffic_sign", (242, 242, 242))
+
+
+def _paint_tree(c: _Canvas, rng: np.random.Generator, px: float, base: float, s: float) -> None:
+    """A trunk and a clustered canopy."""
+    th = 0.5 * s
+    c.rect(px - 0.02 * s, base - th, px + 0.02 * s, base, "vegetation", (92, 64, 40))
+    for _ in range(5):
+        c.circle(px + rng.normal(0, 0.08 * s), base - th - rng.normal(0.05, 0.07) * s, rng.uniform(0.09, 0.16) * s,
+                 "vegetation", _scaled((48, 104, 42), rng.uniform(0.8, 1.2)))
+
+
+def _paint_fence(c: _Canvas, rng: np.random.Generator, w: int, base: float, s: float) -> None:
+    """A fence across the width at the far side of the sidewalk."""
+    fh = 0.12 * s
+    x0, x1 = sorted(rng.uniform(0, w, 2))
+    x0, x1 = min(x0, w * 0.4), max(x1, w * 0.6)
+    c.rect(x0, base - fh, x1, base, "fence", (144, 104, 62))
+    for sx in np.arange(x0, x1, max(3.0, fh * 0.4)):
+        c.line((sx, base - fh), (sx, base), None, (104, 74, 44), 1)
+
+
+_ROADSIDE_PAINTERS = {"person": _paint_person, "bicycle": _paint_bicycle, "pole": _paint_pole, "tree": _paint_tree}
+
+
+def _paint_objects(c: _Canvas, rng: np.random.Generator, w: int, h: int, street: _Street, style: Style) -> None:
+    """Cars on the road, people, bicycles, poles and trees beside it, maybe a fence: painted far to near."""
+    objects = []  # (base y, kind)
     for kind, (lo, hi) in (("car", style.cars), ("person", style.people), ("bicycle", style.bicycles),
                            ("tree", style.trees), ("pole", style.poles)):
         for _ in range(rng.integers(lo, hi + 1)):
-            objects.append((horizon + ground * rng.uniform(0.2, 1.0) ** 0.9, kind))
+            objects.append((street.horizon + street.ground * rng.uniform(0.2, 1.0) ** 0.9, kind))
     if rng.random() < style.fence_prob:
-        objects.append((horizon + ground * rng.uniform(0.05, 0.3), "fence"))
+        objects.append((street.horizon + street.ground * rng.uniform(0.05, 0.3), "fence"))
     for base, kind in sorted(objects):
-        s = (base - horizon) / ground * h  # pixels per metre, roughly
-        left, right = road_span(base)
+        s = (base - street.horizon) / street.ground * h  # pixels per metre, roughly
+        left, right = street.road_span(base)
         if kind == "car":
-            cw, ch = 0.42 * s, 0.24 * s
-            cx = rng.uniform(left + cw / 2, max(left + cw / 2 + 1, right - cw / 2))
-            body = _scaled(_CAR_COLORS[rng.integers(len(_CAR_COLORS))], rng.uniform(0.85, 1.1))
-            c.rect(cx - cw / 2, base - ch * 0.6, cx + cw / 2, base - ch * 0.1, "car", body)
-            c.rect(cx - cw * 0.32, base - ch, cx + cw * 0.32, base - ch * 0.55, "car", body)
-            c.rect(cx - cw * 0.27, base - ch * 0.93, cx + cw * 0.27, base - ch * 0.62, None, (52, 62, 78))
-            for wx in (cx - cw * 0.3, cx + cw * 0.3):
-                c.circle(wx, base - ch * 0.12, ch * 0.14, "car", (22, 22, 22))
-        elif kind in ("person", "bicycle", "pole", "tree"):
+            _paint_car(c, rng, base, s, left, right)
+        elif kind == "fence":
+            _paint_fence(c, rng, w, base, s)
+        else:
             side = rng.choice([-1, 1])
             px = (left - rng.uniform(0.03, 0.2) * s) if side < 0 else (right + rng.uniform(0.03, 0.2) * s)
-            if kind == "person":
-                ph = 0.38 * s
-                c.rect(px - ph * 0.09, base - ph * 0.45, px + ph * 0.09, base, "person", (42, 44, 92))
-                c.rect(px - ph * 0.12, base - ph * 0.82, px + ph * 0.12, base - ph * 0.43, "person",
-                       _SHIRT_COLORS[rng.integers(len(_SHIRT_COLORS))])
-                c.circle(px, base - ph * 0.9, ph * 0.09, "person", (226, 182, 150))
-            elif kind == "bicycle":
-                r = 0.07 * s
-                frame = (210, 120, 10) if rng.random() < 0.5 else (10, 120, 210)
-                thick = max(1, int(r * 0.3))
-                for wx in (px - r * 1.3, px + r * 1.3):
-                    c.circle(wx, base - r, r, "bicycle", (25, 25, 25), thick)
-                c.line((px - r * 1.3, base - r), (px, base - r * 2.2), "bicycle", frame, thick)
-                c.line((px, base - r * 2.2), (px + r * 1.3, base - r), "bicycle", frame, thick)
-                c.line((px - r * 0.2, base - r), (px + r * 0.6, base - r * 2.3), "bicycle", frame, thick)
-            elif kind == "pole":
-                ph, pw = 0.75 * s, max(1.0, 0.02 * s)
-                c.rect(px - pw, base - ph, px + pw, base, "pole", (52, 56, 66))
-                r = max(2.0, 0.05 * s)
-                if rng.random() < 0.5:
-                    c.circle(px, base - ph, r, "traffic_sign", (205, 30, 30))
-                    c.circle(px, base - ph, r * 0.62, "traffic_sign", (242, 242, 242))
-                else:
-                    c.rect(px - r, base - ph - r, px + r, base - ph + r, "traffic_sign", (30, 64, 185))
-                    c.rect(px - r * 0.5, base - ph - r * 0.15, px + r * 0.5, base - ph + r * 0.15, "traffic_sign", (242, 242, 242))
-            else:  # tree: trunk and a clustered canopy
-                th = 0.5 * s
-                c.rect(px - 0.02 * s, base - th, px + 0.02 * s, base, "vegetation", (92, 64, 40))
-                for _ in range(5):
-                    c.circle(px + rng.normal(0, 0.08 * s), base - th - rng.normal(0.05, 0.07) * s, rng.uniform(0.09, 0.16) * s,
-                             "vegetation", _scaled((48, 104, 42), rng.uniform(0.8, 1.2)))
-        else:  # fence across the width at the far side of the sidewalk
-            fh = 0.12 * s
-            x0, x1 = sorted(rng.uniform(0, w, 2))
-            x0, x1 = min(x0, w * 0.4), max(x1, w * 0.6)
-            c.rect(x0, base - fh, x1, base, "fence", (144, 104, 62))
-            for sx in np.arange(x0, x1, max(3.0, fh * 0.4)):
-                c.line((sx, base - fh), (sx, base), None, (104, 74, 44), 1)
-    # class-dependent texture: speckle noise whose strength is set by the class, plus blotches on plants
+            _ROADSIDE_PAINTERS[kind](c, rng, px, base, s)
+
+
+def _textured(c: _Canvas, rng: np.random.Generator, h: int, w: int, style: Style) -> np.ndarray:
+    """Class-dependent texture: speckle noise whose strength is set by the class, plus blotches on plants."""
     noise = rng.normal(0.0, 1.0, (h, w)).astype(np.float32)
     blotch = cv2.GaussianBlur(rng.normal(0.0, 3.0, (h, w)).astype(np.float32), (0, 0), 1.5)
     amplitude = _NOISE[c.label]
@@ -253,13 +297,22 @@ def _render_scene(rng: np.random.Generator, h: int, w: int, style: Style) -> tup
     texture = noise * amplitude + np.where(plants, blotch * amplitude * 0.6, 0.0)
     image = c.image.astype(np.float32) + texture[:, :, None]
     image *= np.asarray(style.cast, np.float32) * rng.uniform(0.9, 1.1)
-    return np.clip(image, 0, 255).astype(np.uint8), c.label
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _render_scene(rng: np.random.Generator, h: int, w: int, style: Style) -> tuple[np.ndarray, np.ndarray]:
+    """One street scene: (H x W x 3 uint8 RGB, H x W uint8 world ids)."""
+    c = _Canvas(h, w)
+    horizon = h * rng.uniform(0.36, 0.52)
+    _paint_sky(c, h)
+    _paint_buildings(c, rng, w, h, horizon, style)
+    street = _paint_ground(c, rng, w, h, horizon, style)
+    _paint_objects(c, rng, w, h, street, style)
+    return _textured(c, rng, h, w, style), c.label
 
 
 def dataset_label_table(dataset: str) -> np.ndarray:
     """world id -> the dataset's label id (255 where its taxonomy has no class), via the taxonomy's names."""
-    from mseg_semantic.taxonomy import load_class_names
-
     names = load_class_names(dataset)
     table = np.full(256, 255, np.uint8)
     for world_id, world_name in enumerate(WORLD_CLASSES):
@@ -316,7 +369,7 @@ def generate(
     for name, splits in plan.items():
         for split, n in splits.items():
             if split not in ("train", "val", "test") or not isinstance(n, int) or n < 1:
-                raise ValueError(f"demo world: {name} split {split!r} with {n!r} images; splits are train/val/test with >= 1 image")
+                raise UserError(f"demo world: {name} split {split!r} with {n!r} images; splits are train/val/test with >= 1 image")
     marker = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "counts": plan}
     marker_path = root / MARKER
     if not force and marker_path.is_file():
@@ -344,3 +397,15 @@ def generate(
     atomic_write_text(root / "README.txt", _README.format(seed=seed))
     atomic_write_json(marker_path, marker, indent=1)
     return DemoWorld(root, DEMO_TRAIN_DATASETS, DEMO_TEST_DATASETS, plan, generated=True)
+
+
+def write_if_asked(data: Any) -> DemoWorld | None:
+    """``DATA.generate_demo_world``: write the world to ``DATA.data_root`` unless it is complete there already.
+
+    Under torchrun, call it on rank 0 and let the others wait at a barrier.
+    """
+    if not data.generate_demo_world:
+        return None
+    if not data.data_root:
+        raise UserError("DATA.generate_demo_world=True needs DATA.data_root (where to write the demo world)")
+    return generate(data.data_root)

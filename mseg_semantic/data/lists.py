@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 
 from mseg_semantic.data.catalog import DatasetLocation, locate
+from mseg_semantic.errors import UserError
 
 
-class BadSampleError(RuntimeError):
+class BadSampleError(UserError):
     """A listed file is missing, cannot be decoded, or disagrees with its pair; the message names the file."""
 
     def __init__(self, path: str | Path, reason: str | None = None):
@@ -38,7 +39,7 @@ def read_list_file(location: DatasetLocation) -> list[tuple[Path, Path]]:
             if not fields:
                 continue
             if len(fields) != 2:
-                raise ValueError(f"{list_file}:{number}: expected 'rgb_relpath label_relpath' (2 fields), got {len(fields)}: {line.strip()!r}")
+                raise UserError(f"{list_file}:{number}: expected 'rgb_relpath label_relpath' (2 fields), got {len(fields)}: {line.strip()!r}")
             pairs.append((location.root / fields[0], location.root / fields[1]))
     return pairs
 

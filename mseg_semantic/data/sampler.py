@@ -25,6 +25,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mseg_semantic.errors import UserError
+
 # Distinct streams derived from one seed: batch composition, per-dataset permutations, per-sample augmentation,
 # replacements of bad samples.
 _STREAM_BATCH = 1
@@ -84,14 +86,14 @@ def _normalized_weights(names: Sequence[str], sampling_weights: Mapping[str, flo
     unknown = sorted(set(sampling_weights) - set(names))
     missing = [n for n in names if n not in sampling_weights]
     if unknown or missing:
-        raise ValueError(
+        raise UserError(
             f"sampling_weights must give one weight per training dataset; "
             f"{'unknown: ' + ', '.join(unknown) + '; ' if unknown else ''}"
             f"{'missing: ' + ', '.join(missing) + '; ' if missing else ''}training datasets: {', '.join(names)}"
         )
     weights = np.array([float(sampling_weights[n]) for n in names], dtype=np.float64)
     if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
-        raise ValueError(f"sampling_weights must be finite, >= 0 and not all 0, got {dict(sampling_weights)}")
+        raise UserError(f"sampling_weights must be finite, >= 0 and not all 0, got {dict(sampling_weights)}")
     return weights
 
 
@@ -116,18 +118,18 @@ class MixingSampler:
     ):
         names = list(dataset_names)
         if not names:
-            raise ValueError("no training datasets given")
+            raise UserError("no training datasets given")
         if len(set(names)) != len(names):
-            raise ValueError(f"a training dataset is listed twice: {names}")
+            raise UserError(f"a training dataset is listed twice: {names}")
         if len(dataset_sizes) != len(names):
-            raise ValueError("dataset_sizes must have one entry per dataset")
+            raise UserError("dataset_sizes must have one entry per dataset")
         empty = [n for n, size in zip(names, dataset_sizes) if size <= 0]
         if empty:
-            raise ValueError(f"training dataset(s) with an empty split list: {', '.join(empty)}")
+            raise UserError(f"training dataset(s) with an empty split list: {', '.join(empty)}")
         if batch_size <= 0 or world_size <= 0:
-            raise ValueError(f"batch_size and world_size must be positive, got {batch_size} and {world_size}")
+            raise UserError(f"batch_size and world_size must be positive, got {batch_size} and {world_size}")
         if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (global, over all ranks) is not divisible by world_size {world_size}")
+            raise UserError(f"batch_size {batch_size} (global, over all ranks) is not divisible by world_size {world_size}")
         self.dataset_names = names
         self.dataset_sizes = [int(s) for s in dataset_sizes]
         self.batch_size = int(batch_size)
@@ -143,7 +145,7 @@ class MixingSampler:
             for rank in range(world_size):
                 mask = np.array([rank in self.mapping[n] for n in names], dtype=np.float64)
                 if (weights * mask).sum() <= 0:
-                    raise ValueError(f"every dataset mapped to rank {rank} has sampling weight 0")
+                    raise UserError(f"every dataset mapped to rank {rank} has sampling weight 0")
                 self._segments.append(_Segment(rows, weights * mask))
         self._weights = weights
         self._permutations: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -164,7 +166,7 @@ class MixingSampler:
 
     def rank_rows(self, rank: int) -> range:
         if not 0 <= rank < self.world_size:
-            raise ValueError(f"rank {rank} is outside world_size {self.world_size}")
+            raise UserError(f"rank {rank} is outside world_size {self.world_size}")
         per_rank = self.batch_size // self.world_size
         return range(rank * per_rank, (rank + 1) * per_rank)
 
@@ -183,7 +185,7 @@ class MixingSampler:
         size = self.dataset_sizes[dataset]
         return int(self._permutation(dataset, draw // size)[draw % size])
 
-    def plan(self, cursor: SamplerCursor) -> tuple[list[SampleRef], SamplerCursor]:
+    def batch_refs(self, cursor: SamplerCursor) -> tuple[list[SampleRef], SamplerCursor]:
         """All rows of global batch ``cursor.batch`` and the cursor after it."""
         b = cursor.batch
         rng = stream_rng(self.seed, _STREAM_BATCH, b)
@@ -203,7 +205,7 @@ class MixingSampler:
         mine = self.fingerprint()
         diffs = [f"{k}: saved {fingerprint.get(k)!r}, now {mine[k]!r}" for k in mine if fingerprint.get(k) != mine[k]]
         if diffs:
-            raise ValueError("the saved data-loader state does not match this loader (" + "; ".join(diffs) + ")")
+            raise UserError("the saved data-loader state does not match this loader (" + "; ".join(diffs) + ")")
 
 
 def check_dataset_gpu_mapping(names: Sequence[str], mapping: Mapping[str, Sequence[int] | int], world_size: int) -> dict[str, set[int]]:
@@ -211,7 +213,7 @@ def check_dataset_gpu_mapping(names: Sequence[str], mapping: Mapping[str, Sequen
     unknown = sorted(set(mapping) - set(names))
     missing = [n for n in names if n not in mapping]
     if unknown or missing:
-        raise ValueError(
+        raise UserError(
             "dataset_gpu_mapping must map exactly the training datasets; "
             f"{'not training datasets: ' + ', '.join(unknown) + '; ' if unknown else ''}"
             f"{'unmapped: ' + ', '.join(missing) + '; ' if missing else ''}training datasets: {', '.join(names)}"
@@ -221,17 +223,17 @@ def check_dataset_gpu_mapping(names: Sequence[str], mapping: Mapping[str, Sequen
         value = mapping[name]
         values = [value] if isinstance(value, int) else list(value)
         if not values or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in values):
-            raise ValueError(f"dataset_gpu_mapping[{name!r}] must be a non-empty list of GPU ranks (ints >= 0), got {value!r}")
+            raise UserError(f"dataset_gpu_mapping[{name!r}] must be a non-empty list of GPU ranks (ints >= 0), got {value!r}")
         ranks[name] = set(values)
     used = set().union(*ranks.values())
     mapped_gpus = max(used) + 1
     if mapped_gpus != world_size:
-        raise ValueError(
+        raise UserError(
             f"dataset_gpu_mapping uses {mapped_gpus} GPUs (ranks 0..{mapped_gpus - 1}) but world_size is {world_size}: "
             f"launch torchrun --nproc_per_node {mapped_gpus}, or set dataset_gpu_mapping=null to mix every dataset into "
             f"every batch (the same optimisation on any number of GPUs)"
         )
     idle = sorted(set(range(world_size)) - used)
     if idle:
-        raise ValueError(f"dataset_gpu_mapping leaves rank(s) {idle} without a dataset")
+        raise UserError(f"dataset_gpu_mapping leaves rank(s) {idle} without a dataset")
     return ranks

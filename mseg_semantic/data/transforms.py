@@ -23,11 +23,15 @@ Where this differs from the sequential float32 recipe (by design, measured in te
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 import torch
+
+from mseg_semantic.errors import UserError
+from mseg_semantic.taxonomy import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on the 0..1 scale
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,35 +44,37 @@ _FOUR_CHANNEL_MAX_FOOTPRINT = 8  # source rectangle / crop area up to which the 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The numbers of MSeg's training recipe (TRAIN section keys of the same names)."""
+    """The numbers of MSeg's training recipe: the TRAIN keys of the same names (their defaults live in the schema)."""
 
     train_h: int
     train_w: int
     short_size: int
-    scale_min: float = 0.5
-    scale_max: float = 2.0
-    rotate_min: float = -10.0
-    rotate_max: float = 10.0
-    rotate_prob: float = 0.5
-    blur_prob: float = 0.5
-    flip_prob: float = 0.5
-    ignore_label: int = 255
+    scale_min: float
+    scale_max: float
+    rotate_min: float
+    rotate_max: float
+    rotate_prob: float
+    blur_prob: float
+    flip_prob: float
+
+    @classmethod
+    def from_config(cls, train: Mapping[str, Any]) -> "AugmentConfig":
+        """From a config's TRAIN section."""
+        return cls(**{field.name: train[field.name] for field in fields(cls)})
 
     def __post_init__(self) -> None:
         for key in ("train_h", "train_w", "short_size"):
             value = getattr(self, key)
             if not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"augmentation: {key} must be a positive integer, got {value!r}")
+                raise UserError(f"augmentation: {key} must be a positive integer, got {value!r}")
         if not 0 < self.scale_min <= self.scale_max:
-            raise ValueError(f"augmentation: need 0 < scale_min <= scale_max, got scale_min={self.scale_min} scale_max={self.scale_max}")
+            raise UserError(f"augmentation: need 0 < scale_min <= scale_max, got scale_min={self.scale_min} scale_max={self.scale_max}")
         if self.rotate_min > self.rotate_max:
-            raise ValueError(f"augmentation: need rotate_min <= rotate_max, got {self.rotate_min} > {self.rotate_max}")
+            raise UserError(f"augmentation: need rotate_min <= rotate_max, got {self.rotate_min} > {self.rotate_max}")
         for key in ("rotate_prob", "blur_prob", "flip_prob"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"augmentation: {key} must be in [0, 1], got {value}")
-        if not 0 <= self.ignore_label <= 255:
-            raise ValueError(f"augmentation: ignore_label must fit in uint8, got {self.ignore_label}")
+                raise UserError(f"augmentation: {key} must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -109,14 +115,6 @@ def sample_augment_params(rng: np.random.Generator, src_h: int, src_w: int, cfg:
     crop_top = int(rng.integers(0, max(h2, cfg.train_h) - cfg.train_h + 1))
     crop_left = int(rng.integers(0, max(w2, cfg.train_w) - cfg.train_w + 1))
     return AugmentParams(scale=scale, angle=angle, blur=blur, flip=flip, crop_top=crop_top, crop_left=crop_left)
-
-
-def center_crop_params(src_h: int, src_w: int, cfg: AugmentConfig) -> AugmentParams:
-    """Validation: short-side resize and MSeg's centre crop, nothing random."""
-    h1, w1 = short_side_size(src_h, src_w, cfg.short_size)
-    top = int((max(h1, cfg.train_h) - cfg.train_h) / 2)
-    left = int((max(w1, cfg.train_w) - cfg.train_w) / 2)
-    return AugmentParams(scale=1.0, angle=None, blur=False, flip=False, crop_top=top, crop_left=left)
 
 
 def _resize_inverse(scale_x: float, scale_y: float) -> np.ndarray:
@@ -183,8 +181,8 @@ def _augment(image, label, params, cfg, pad_value) -> tuple[np.ndarray, np.ndarr
     """(train_h x train_w x 3 or 4 uint8, train_h x train_w uint8 label)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"augment_crop: expected an H x W x 3 uint8 image, got {image.dtype} {image.shape}")
-    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
-        raise ValueError(f"augment_crop: expected an H x W uint8 label matching the image {image.shape[:2]}, got {label.dtype} {label.shape}")
+    if label.dtype not in (np.uint8, np.uint16) or label.shape != image.shape[:2]:
+        raise ValueError(f"augment_crop: expected an H x W uint8/uint16 label matching the image {image.shape[:2]}, got {label.dtype} {label.shape}")
     src_h, src_w = label.shape
     matrix, (top, left, bottom, right) = crop_to_source_matrix(src_h, src_w, params, cfg)
     margin = _BLUR_MARGIN if params.blur else 0
@@ -198,13 +196,13 @@ def _augment(image, label, params, cfg, pad_value) -> tuple[np.ndarray, np.ndarr
         (out_w, out_h),
         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_CONSTANT,
-        borderValue=float(cfg.ignore_label),
+        borderValue=float(IGNORE_INDEX),
     )
     if top > 0 or left > 0 or bottom < out_h or right < out_w:
         inside = np.zeros((out_h, out_w), dtype=bool)
         inside[max(top, 0) : max(bottom, 0), max(left, 0) : max(right, 0)] = True
         crop[~inside, :3] = pad_value
-        crop_label[~inside] = cfg.ignore_label
+        crop_label[~inside] = IGNORE_INDEX
     return crop, crop_label
 
 
@@ -216,7 +214,7 @@ def augment_crop(
     pad_value: tuple[int, int, int] = MEAN_RGB_UINT8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training crop: uint8 image (H x W x 3, any channel order; ``pad_value`` in the same order) and
-    uint8 label (H x W, the dataset's ids) -> (train_h x train_w x 3 uint8, train_h x train_w uint8)."""
+    uint8/uint16 label (H x W) -> (train_h x train_w x 3 uint8, train_h x train_w label of the same dtype)."""
     crop, crop_label = _augment(image, label, params, cfg, pad_value)
     return np.ascontiguousarray(crop[:, :, :3]), crop_label
 
@@ -247,7 +245,3 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     mean, std = _mean_std_255(images.device)
     return (images.to(torch.float32) - mean) / std
 
-
-def center_crop(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """MSeg's validation-time crop (short-side resize to ``cfg.short_size``, centre crop) on uint8 RGB."""
-    return augment_crop(image, label, center_crop_params(label.shape[0], label.shape[1], cfg), cfg)

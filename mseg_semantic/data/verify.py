@@ -90,7 +90,7 @@ def _check_sample(task: tuple[str, str, int]) -> tuple[list[tuple[str, str]], np
     return problems, histogram, size
 
 
-def verify_dataset(
+def verify_split(
     name: str,
     split: str,
     data_root: str | os.PathLike | None,

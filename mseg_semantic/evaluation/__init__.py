@@ -1,34 +1,19 @@
 """Inference (sliding window, flip, multi-scale, batched), metrics, the zero-shot benchmark, demo and export.
 
-Heavier pieces (the dataset loop, demo, export) import the model/data/taxonomy packages; import them from their
-modules: ``mseg_semantic.evaluation.evaluate``, ``.demo``, ``.export``, ``.model_space``, and ``.builders`` (the
-config -> objects step the tools share).
+The dataset loop, demo and export import the model/data/taxonomy packages: import them from their modules
+(``mseg_semantic.evaluation.evaluate``, ``.demo``, ``.export``, ``.model_space``).
 """
 
-from mseg_semantic.evaluation.inference import (
-    InferenceSettings,
-    predict_probabilities,
-    resized_hw,
-    segment_image,
-    segment_images,
-    window_starts,
-)
+from mseg_semantic.evaluation.inference import InferenceSettings, predict_probabilities, resized_hw, segment_images, window_starts
 from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status, harmonic_mean
-from mseg_semantic.evaluation.visualize import colorize, compose_demo_frame, legend_panel, overlay, present_classes
-from mseg_semantic.evaluation.zero_shot import (
-    COLUMN_LABELS,
-    ZERO_SHOT_DATASETS,
-    ZeroShotEntry,
-    format_zero_shot_table,
-    zero_shot_summary,
-)
+from mseg_semantic.evaluation.visualize import colorize, compose_demo_frame, legend_panel, overlay, present_classes, write_png
+from mseg_semantic.evaluation.zero_shot import COLUMN_LABELS, ZeroShotEntry, format_zero_shot_table, zero_shot_summary
 
 __all__ = [
     "COLUMN_LABELS",
     "ConfusionMatrix",
     "InferenceSettings",
     "SegmentationMetrics",
-    "ZERO_SHOT_DATASETS",
     "ZeroShotEntry",
     "class_status",
     "colorize",
@@ -40,8 +25,7 @@ __all__ = [
     "predict_probabilities",
     "present_classes",
     "resized_hw",
-    "segment_image",
     "segment_images",
     "window_starts",
-    "zero_shot_summary",
+    "write_png",
 ]

@@ -19,9 +19,8 @@ from tqdm import tqdm
 from mseg_semantic.data.lists import read_image_rgb
 from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
 from mseg_semantic.evaluation.model_space import OutputSpace, label_dtype
-from mseg_semantic.evaluation.outputs import write_png
 from mseg_semantic.atomic import renamed_into_place
-from mseg_semantic.evaluation.visualize import compose_demo_frame
+from mseg_semantic.evaluation.visualize import compose_demo_frame, write_png
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "run_demo", "list_images"]
 

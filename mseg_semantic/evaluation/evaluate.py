@@ -12,22 +12,41 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.data.datasets import ValDataset, configure_worker_threads
+from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
 from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status
 from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space, label_dtype
-from mseg_semantic.evaluation.outputs import write_png
-from mseg_semantic.atomic import atomic_write_json, atomic_write_text
-from mseg_semantic.evaluation.visualize import colorize
+from mseg_semantic.evaluation.visualize import colorize, write_png
 
-__all__ = ["EvaluationResult", "evaluate_dataset", "format_per_class_table", "select_indices"]
+__all__ = ["EvalData", "EvaluationResult", "evaluate_dataset", "format_per_class_table", "select_indices"]
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Where an evaluation's images come from, and which of them (the config's DATA/TEST keys)."""
+
+    split: str
+    data_root: str | None
+    dataset_roots: Mapping[str, str]
+    dataset_lists: Mapping[str, Mapping[str, str]]
+    index_start: int = 0  # MSeg's slice of the list: index_step images from index_start (0: to the end)
+    index_step: int = 0
+    images_per_batch: int = 1
+    workers: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "EvalData":
+        return cls(cfg.TEST.split, cfg.DATA.data_root or None, cfg.DATA.dataset_roots, cfg.DATA.dataset_lists,
+                   cfg.TEST.index_start, cfg.TEST.index_step, cfg.TEST.batch_size_val, cfg.TRAIN.workers)
 
 
 @dataclass
@@ -48,7 +67,7 @@ class EvaluationResult:
 def select_indices(total: int, index_start: int = 0, index_step: int = 0, rank: int = 0, world_size: int = 1) -> list[int]:
     """MSeg's subset (``index_step`` images from ``index_start``; 0 = to the end), then this rank's share."""
     if index_start < 0 or index_start >= total:
-        raise ValueError(f"TEST.index_start={index_start} is outside the list of {total} images")
+        raise UserError(f"TEST.index_start={index_start} is outside the list of {total} images")
     end = total if index_step == 0 else min(index_start + index_step, total)
     return list(range(index_start, end))[rank::world_size]
 
@@ -69,41 +88,34 @@ def _prediction_relpath(image_path: str, root: Path) -> Path:
 def evaluate_dataset(
     loaded: LoadedModel,
     dataset: str,
-    split: str,
-    data_root: str | None,
     settings: InferenceSettings,
+    data: EvalData,
     save_folder: str | Path | None = None,
-    dataset_roots: Mapping[str, str] | None = None,
-    dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
     save_predictions: bool = False,
-    index_start: int = 0,
-    index_step: int = 0,
-    images_per_batch: int = 1,
-    workers: int = 2,
     progress: bool = True,
     model_label: str | None = None,
 ) -> EvaluationResult:
-    """Run ``loaded.model`` over ``dataset``/``split`` and score it in :func:`evaluation_space`."""
+    """Run ``loaded.model`` over ``dataset``'s ``data.split`` and score it in :func:`evaluation_space`."""
     if save_predictions and save_folder is None:
-        raise ValueError("save_predictions=True needs a save_folder to write the predictions to")
+        raise UserError("save_predictions=True needs a save_folder to write the predictions to")
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     space = evaluation_space(loaded, dataset)
-    data = ValDataset(dataset, split, data_root, dataset_roots, dataset_lists)
-    indices = select_indices(len(data), index_start, index_step, rank, world_size)
+    images = ValDataset(dataset, data.split, data.data_root, data.dataset_roots, data.dataset_lists)
+    indices = select_indices(len(images), data.index_start, data.index_step, rank, world_size)
     device = next(loaded.model.parameters()).device
     matrix = ConfusionMatrix(space.num_classes, device=device)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(data, indices),
-        batch_size=max(1, images_per_batch),
+        torch.utils.data.Subset(images, indices),
+        batch_size=max(1, data.images_per_batch),
         shuffle=False,
-        num_workers=workers,
+        num_workers=data.workers,
         collate_fn=_collate,
-        worker_init_fn=configure_worker_threads if workers > 0 else None,
+        worker_init_fn=configure_worker_threads if data.workers > 0 else None,
     )
     save_folder = Path(save_folder) if save_folder is not None else None
     out_dtype = label_dtype(space.num_classes)
     started = time.perf_counter()
-    bar = tqdm(total=len(indices), desc=f"{dataset} {split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=len(indices), desc=f"{dataset} {data.split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
     for batch in loader:
         labels = [space.convert_label(item["label"]) for item in batch]
         preds = segment_images(loaded.model, [item["image"] for item in batch], settings, space.projection)
@@ -111,7 +123,7 @@ def evaluate_dataset(
             matrix.update(pred, torch.from_numpy(label.astype(np.int64)))
             if save_predictions:
                 pred_np = pred.to("cpu").numpy().astype(out_dtype)
-                rel = _prediction_relpath(item["image_path"], data.location.root)
+                rel = _prediction_relpath(item["image_path"], images.location.root)
                 write_png(save_folder / "predictions" / "gray" / rel, pred_np)
                 write_png(save_folder / "predictions" / "color" / rel, colorize(pred_np, space.colors), rgb=True)
         bar.update(len(batch))
@@ -121,8 +133,8 @@ def evaluate_dataset(
     matrix.all_reduce()
     seconds = time.perf_counter() - started
     metrics = matrix.compute(space.valid_classes)
-    total_images = len(select_indices(len(data), index_start, index_step))
-    result = EvaluationResult(dataset, split, total_images, metrics, space, seconds, save_folder)
+    total_images = len(select_indices(len(images), data.index_start, data.index_step))
+    result = EvaluationResult(dataset, data.split, total_images, metrics, space, seconds, save_folder)
     if rank == 0 and save_folder is not None:
         write_reports(result, loaded, settings, model_label or Path(loaded.path).stem, str(device))
     return result
@@ -173,7 +185,7 @@ def write_reports(result: EvaluationResult, loaded: LoadedModel, settings: Infer
         "model_path": loaded.path,
         "model_label": model_label,
         "model": loaded.name,
-        "model_taxonomy": loaded.taxonomy,
+        "model_taxonomy": loaded.model_taxonomy,
         "eval_taxonomy": result.space.name,
         "inference": asdict(settings),
         "device": device,

@@ -8,8 +8,9 @@ The procedure follows MSeg's evaluation (mseg_semantic/tool/inference_task.py), 
 3. Windows of the crop size with stride ``ceil(crop * 2/3)``; the last window of a row/column is shifted back
    so it ends at the border. Every window, and its horizontal flip when ``flip``, is one item of a batch; all
    items of an image (and of the other images of the call) are run in chunks of ``window_batch``.
-4. Each item's logits -> softmax probabilities (-> projected to the output taxonomy when a projection matrix
-   is given: the sum of the universal classes' probabilities per output class, as TaxonomyConverter does).
+4. Each item's logits -> softmax probabilities (-> projected to the output taxonomy when a
+   :class:`~mseg_semantic.taxonomy.Projection` is given: the sum of the model classes' probabilities per output
+   class, exactly as TaxonomyConverter does).
    A window's output is the mean of its plain and flipped probabilities; overlapping windows are averaged.
 5. The padding is cut off and the probabilities resized (bilinear) to the original image size; the scales
    are averaged there and the label is the argmax.
@@ -22,14 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mseg_semantic.data.transforms import normalize_images
-from mseg_semantic.training.precision import autocast_factory
+from mseg_semantic.errors import UserError
+from mseg_semantic.model import autocast_context
+from mseg_semantic.taxonomy import Projection
 
 __all__ = [
     "InferenceSettings",
@@ -37,7 +40,6 @@ __all__ = [
     "resized_hw",
     "predict_probabilities",
     "segment_images",
-    "segment_image",
 ]
 
 PRECISIONS = ("fp32", "bf16")
@@ -46,30 +48,38 @@ MODES = ("sliding", "whole")
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    crop_h: int = 713
-    crop_w: int = 713
-    base_size: int | None = None  # short side before scaling; None keeps the image's own size
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = True
-    mode: str = "sliding"  # sliding | whole
-    window_batch: int = 8  # items (windows or flipped windows) per forward pass
-    precision: str = "fp32"  # fp32 | bf16 (autocast; bf16 is meant for CUDA)
-    stride_rate: float = 2.0 / 3.0
+    """How an image is run through the model; the config's TEST keys (their defaults live in the schema)."""
+
+    crop_h: int  # TEST.test_h
+    crop_w: int  # TEST.test_w
+    base_size: int | None  # short side before scaling; None keeps the image's own size
+    scales: tuple[float, ...]
+    flip: bool
+    mode: str  # TEST.inference_mode: sliding | whole
+    window_batch: int  # items (windows or flipped windows) per forward pass
+    precision: str  # TEST.test_precision: fp32 | bf16 (autocast; bf16 is meant for CUDA)
+    stride_rate: float = 2.0 / 3.0  # MSeg's, not a config key
     size_divisor: int = 32  # whole-image mode pads to a multiple of this
+
+    @classmethod
+    def from_config(cls, test: Mapping[str, Any]) -> "InferenceSettings":
+        """From a config's TEST section."""
+        return cls(crop_h=test["test_h"], crop_w=test["test_w"], base_size=test["base_size"], scales=tuple(test["scales"]),
+                   flip=test["flip"], mode=test["inference_mode"], window_batch=test["window_batch"], precision=test["test_precision"])
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"inference mode {self.mode!r} is not one of {', '.join(MODES)}")
+            raise UserError(f"inference mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise UserError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.crop_h <= 0 or self.crop_w <= 0:
-            raise ValueError(f"crop size must be positive, got {self.crop_h} x {self.crop_w}")
+            raise UserError(f"crop size must be positive, got {self.crop_h} x {self.crop_w}")
         if self.base_size is not None and self.base_size <= 0:
-            raise ValueError(f"base_size must be positive or None, got {self.base_size}")
+            raise UserError(f"base_size must be positive or None, got {self.base_size}")
         if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
+            raise UserError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
         if self.window_batch <= 0:
-            raise ValueError(f"window_batch must be positive, got {self.window_batch}")
+            raise UserError(f"window_batch must be positive, got {self.window_batch}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
 
     @property
@@ -173,19 +183,17 @@ def predict_probabilities(
     model: torch.nn.Module,
     images: Sequence[np.ndarray | torch.Tensor],
     settings: InferenceSettings,
-    projection: torch.Tensor | None = None,
+    projection: Projection | None = None,
 ) -> list[torch.Tensor]:
     """Per image, float32 ``K x H x W`` class probabilities at the image's own resolution, on the model's device.
 
-    ``projection``: optional ``K x C`` matrix applied to the C softmax probabilities of the model (e.g.
-    ``TaxonomyConverter.test_projection_matrix(dataset)``); without it K = C.
+    ``projection``: how the C softmax probabilities of the model become K output classes (e.g.
+    ``TaxonomyConverter.projection(dataset)``); without it K = C.
     """
     if len(images) == 0:
         return []
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    if projection is not None:
-        projection = projection.to(device=device, dtype=torch.float32)
     tensors = [_to_chw_tensor(im, device) for im in images]
     totals: list[torch.Tensor | None] = [None] * len(tensors)
     was_training = model.training
@@ -229,7 +237,7 @@ def _run_chunk(
     canvases: Sequence[_Canvas],
     chunk: list[tuple[int, int, int, int, int, bool]],
     settings: InferenceSettings,
-    projection: torch.Tensor | None,
+    projection: Projection | None,
     device: torch.device,
 ) -> None:
     crops = []
@@ -237,7 +245,7 @@ def _run_chunk(
         crop = canvases[ci].padded[:, y : y + h, x : x + w]
         crops.append(crop.flip(-1) if flipped else crop)
     batch = torch.stack(crops)
-    with autocast_factory(settings.precision, device.type)():  # the forward only: softmax and sums stay fp32
+    with autocast_context(settings.precision, device.type):  # the forward only: softmax and sums stay fp32
         logits = model(batch)
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
@@ -246,9 +254,9 @@ def _run_chunk(
         logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=True)
     probs = torch.softmax(logits, dim=1)
     if projection is not None:
-        if projection.shape[1] != probs.shape[1]:
-            raise ValueError(f"projection matrix has {projection.shape[1]} columns but the model outputs {probs.shape[1]} classes")
-        probs = torch.einsum("kc,nchw->nkhw", projection, probs)
+        if projection.num_inputs != probs.shape[1]:
+            raise ValueError(f"the projection takes {projection.num_inputs} classes but the model outputs {probs.shape[1]}")
+        probs = projection(probs)
     weight = 0.5 if settings.flip else 1.0  # a window's result is the mean of its plain and flipped passes
     for (ci, y, x, h, w, flipped), p in zip(chunk, probs):
         canvas = canvases[ci]
@@ -265,16 +273,8 @@ def segment_images(
     model: torch.nn.Module,
     images: Sequence[np.ndarray | torch.Tensor],
     settings: InferenceSettings,
-    projection: torch.Tensor | None = None,
+    projection: Projection | None = None,
 ) -> list[torch.Tensor]:
     """Per image, the int64 ``H x W`` label map (argmax of :func:`predict_probabilities`), on the model's device."""
     return [p.argmax(0) for p in predict_probabilities(model, images, settings, projection)]
 
-
-def segment_image(
-    model: torch.nn.Module,
-    image: np.ndarray | torch.Tensor,
-    settings: InferenceSettings,
-    projection: torch.Tensor | None = None,
-) -> torch.Tensor:
-    return segment_images(model, [image], settings, projection)[0]

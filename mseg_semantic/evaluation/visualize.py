@@ -1,4 +1,5 @@
-"""Colour-coded label maps, overlays and a legend of the classes present, for the demo and saved predictions.
+"""Colour-coded label maps, overlays and a legend of the classes present, for the demo and saved predictions,
+and the PNG writer of every image the evaluation tools save (atomically).
 
 All images are RGB uint8 ``H x W x 3`` numpy arrays; label maps are integer ``H x W`` arrays.
 """
@@ -7,10 +8,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "overlay", "legend_panel", "compose_demo_frame", "present_classes"]
+from mseg_semantic.atomic import atomic_write_bytes
+
+__all__ = ["colorize", "overlay", "legend_panel", "compose_demo_frame", "present_classes", "write_png"]
 
 IGNORE_COLOR = (0, 0, 0)
 
@@ -85,3 +91,13 @@ def compose_demo_frame(
     blended = overlay(image, colored, alpha)
     legend = legend_panel(present_classes(label), class_names, colors, image.shape[0], legend_width)
     return np.concatenate([image, colored, blended, legend], axis=1)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray, rgb: bool = False) -> Path:
+    """A label map (uint8 / uint16, single channel) or an RGB image, written atomically."""
+    if rgb:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode an array of shape {image.shape} and dtype {image.dtype} as PNG for {path}")
+    return atomic_write_bytes(path, encoded.tobytes())

@@ -5,9 +5,10 @@ keeps a high-resolution branch through the whole network and adds lower-resoluti
 exchanging information between them after every module ("fusion"). The segmentation head concatenates all
 branches at 1/4 of the input resolution.
 
-Parameter and buffer names match MSeg's state dicts key for key (``conv1``, ``bn1``, ``conv2``, ``bn2``,
-``layer1``, ``transition1..3``, ``stage2..4.M.branches`` / ``.fuse_layers``, ``last_layer.0/1/3``), so
-MSeg's released checkpoints and the official ImageNet HRNet backbones load without renaming.
+Backbone parameter and buffer names are HRNet's own, as in MSeg's state dicts and the official ImageNet
+backbones (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``layer1``, ``transition1..3``, ``stage2..4.M.branches`` /
+``.fuse_layers``). The segmentation head has named parts (``head.conv``, ``head.bn``, ``head.classifier``);
+MSeg's checkpoints index it by position (``last_layer.0/1/3``), which :mod:`mseg_semantic.compat` translates.
 
 Resampling, as in MSeg (the choice changes the numbers, so it is fixed here):
 - branch fusion upsamples lower branches to the higher one with bilinear, ``align_corners=False``;
@@ -17,13 +18,13 @@ Resampling, as in MSeg (the choice changes the numbers, so it is fixed here):
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mseg_semantic.errors import UnknownNameError, did_you_mean
 
 __all__ = [
     "BN_MOMENTUM",
@@ -33,7 +34,6 @@ __all__ = [
     "MODEL_NAMES",
     "build_model",
     "init_weights",
-    "maybe_sync_batchnorm",
 ]
 
 
@@ -190,6 +190,21 @@ def _transition(in_widths: list[int], out_widths: list[int]) -> nn.ModuleList:
     return nn.ModuleList(layers)
 
 
+class SegmentationHead(nn.Module):
+    """HRNetV2's head on the concatenated branches: 1x1 conv + BN + ReLU (the pixel embedding), 1x1 classifier."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.bn = _bn(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.relu(self.bn(self.conv(x)))
+        return self.classifier(emb), emb
+
+
 class HRNet(nn.Module):
     """HRNetV2 segmentation network: ``model(x)`` -> logits N x C x H x W at the input's size.
 
@@ -225,14 +240,8 @@ class HRNet(nn.Module):
         self.transition3 = _transition(widths[:3], widths)
         self.stage4 = self._stage(widths, spec.modules[2], spec.blocks)
 
-        head = sum(widths)
-        self.embedding_dim = head
-        self.last_layer = nn.Sequential(
-            nn.Conv2d(head, head, kernel_size=1),
-            _bn(head),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(head, num_classes, kernel_size=1),
-        )
+        self.embedding_dim = sum(widths)
+        self.head = SegmentationHead(self.embedding_dim, num_classes)
         init_weights(self)
 
     @staticmethod
@@ -260,9 +269,7 @@ class HRNet(nn.Module):
         xs = self.forward_backbone(x)
         high = xs[0].shape[-2:]
         upsampled = [xs[0]] + [F.interpolate(b, size=high, mode="bilinear", align_corners=False) for b in xs[1:]]
-        emb = torch.cat(upsampled, dim=1)
-        emb = self.last_layer[2](self.last_layer[1](self.last_layer[0](emb)))  # 1x1 conv + BN + ReLU
-        logits = self.last_layer[3](emb)
+        logits, emb = self.head(torch.cat(upsampled, dim=1))
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
         if return_features:
             return logits, emb
@@ -286,19 +293,6 @@ def build_model(name: str, num_classes: int) -> HRNet:
     """``build_model("hrnet_w48", num_classes=194)``; names: :data:`MODEL_NAMES`."""
     spec = HRNET_SPECS.get(name)
     if spec is None:
-        close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; valid names: {', '.join(MODEL_NAMES)}")
+        raise UnknownNameError(f"unknown model {name!r}{did_you_mean(str(name), MODEL_NAMES)}; valid names: {', '.join(MODEL_NAMES)}")
     return HRNet(spec, num_classes, name=name)
 
-
-def maybe_sync_batchnorm(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """BatchNorm -> SyncBatchNorm when training distributed on CUDA (world size > 1); else the model unchanged.
-
-    Call before wrapping in DistributedDataParallel. Parameter and buffer names do not change, so checkpoints
-    stay interchangeable. SyncBatchNorm needs CUDA, hence CPU (gloo) runs keep per-process BatchNorm.
-    """
-    device = torch.device(device)
-    if device.type != "cuda" or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return model
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

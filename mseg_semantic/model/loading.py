@@ -1,12 +1,15 @@
-"""Load weights into an HRNet from MSeg releases, official HRNet ImageNet checkpoints or this project's files.
+"""Weights files: read them (MSeg releases, official HRNet ImageNet checkpoints, this project's files), load
+them into an HRNet, and write this project's final-weights file.
 
-Files are read with ``torch.load(weights_only=True)``: no pickled code from a downloaded file ever runs.
-The checkpoint kind is detected from its layout:
+Files are read with ``torch.load(weights_only=True)``: no pickled code from a downloaded file ever runs. Key
+names are translated to this project's (:func:`mseg_semantic.compat.translate_state_dict`: MSeg's positional
+head keys, ``module.`` / ``_orig_mod.`` prefixes). The file kind is detected from its layout:
 
 =========================  ==================================================================================
 kind                       layout
 =========================  ==================================================================================
-``project_training``       ``{"model": state_dict, "optimizer": ..., "iteration": ..., ...}`` (trainer's resume file)
+``project_training``       ``{"model": state_dict, "optimizer": ..., "iteration": ..., ...}`` (a training checkpoint,
+                           :mod:`mseg_semantic.training.checkpoint`; only its model part is read here)
 ``project_final``          ``{"state_dict": state_dict, "meta": {"model": name, "num_classes": K, ...}}``
 ``mseg_release``           ``{"state_dict": state_dict, ...}`` without ``meta`` (keys may start with ``module.``)
 ``imagenet_classification`` official HRNet-Image-Classification weights: a bare state dict that also holds the
@@ -31,20 +34,27 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from mseg_semantic import compat
+from mseg_semantic.atomic import atomic_write
+from mseg_semantic.errors import UserError
 from mseg_semantic.model.hrnet import HRNET_SPECS, init_weights
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "guess_variant", "load_weights", "read_state_dict"]
+__all__ = ["CheckpointMismatchError", "LoadReport", "guess_variant", "load_weights", "read_state_dict", "save_weights", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
-HEAD_PREFIX = "last_layer."
-CLASSIFIER_PREFIX = "last_layer.3."
+HEAD_PREFIX = "head."
+CLASSIFIER_PREFIX = "head.classifier."
 IMAGENET_ONLY_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 KINDS = ("project_training", "project_final", "mseg_release", "imagenet_classification", "state_dict")
+TRAINING_MODEL_KEY = "model"  # where a training checkpoint keeps the model's state dict
 
 
-class CheckpointMismatchError(ValueError):
+class WeightsFileError(UserError):
+    """A file that is not a readable weights file; the message names it and what was expected."""
+
+
+class CheckpointMismatchError(UserError):
     """The file's keys or shapes do not fit the model; the message names the file, the key and what to do."""
 
 
@@ -78,24 +88,13 @@ def _examples(keys: list[str], limit: int = 4) -> str:
     return f": {shown}" + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
 
 
-def _strip_wrappers(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                changed = True
-    return key
-
-
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, UnicodeDecodeError, OSError) as error:
+        raise WeightsFileError(
             f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(error).__name__}: {error}). "
             "Only tensors and plain containers are accepted (torch.load(weights_only=True)); a truncated "
             "download also fails here: re-download it (mseg-weights download NAME --force)."
@@ -104,17 +103,11 @@ def _torch_load(path: Path) -> Any:
 
 def _as_state_dict(obj: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"{path}: {where} is not a non-empty state dict (got {type(obj).__name__})")
+        raise WeightsFileError(f"{path}: {where} is not a non-empty state dict (got {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{path}: {where} has entries that are not tensors: {_examples([str(b) for b in bad])}")
-    state: dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
-        clean = _strip_wrappers(key)
-        if clean in state:
-            raise ValueError(f"{path}: key {clean!r} appears twice (with and without a 'module.' prefix)")
-        state[clean] = value
-    return state
+        raise WeightsFileError(f"{path}: {where} has entries that are not tensors: {_examples([str(b) for b in bad])}")
+    return compat.translate_state_dict(obj, str(path))
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
@@ -122,9 +115,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dic
     path = Path(path)
     obj = _torch_load(path)
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a dict, found {type(obj).__name__}")
-    if "model" in obj and isinstance(obj["model"], Mapping) and "state_dict" not in obj:
-        state, kind = _as_state_dict(obj["model"], path, "'model'"), "project_training"
+        raise WeightsFileError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
+    if TRAINING_MODEL_KEY in obj and isinstance(obj[TRAINING_MODEL_KEY], Mapping) and "state_dict" not in obj:
+        state, kind = _as_state_dict(obj[TRAINING_MODEL_KEY], path, f"{TRAINING_MODEL_KEY!r}"), "project_training"
     elif "state_dict" in obj:
         kind = "project_final" if isinstance(obj.get("meta"), Mapping) else "mseg_release"
         state = _as_state_dict(obj["state_dict"], path, "'state_dict'")
@@ -132,14 +125,20 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dic
         state, kind = _as_state_dict(obj, path, "the file"), "state_dict"
     else:
         top = ", ".join(repr(k) for k in list(obj)[:8])
-        raise ValueError(
+        raise WeightsFileError(
             f"{path}: unrecognised checkpoint layout (top-level keys: {top}); expected a state dict, "
             "{'state_dict': ...} (MSeg release / project final weights) or {'model': ...} (training checkpoint)"
         )
     if kind in ("state_dict", "mseg_release") and any(k.startswith(IMAGENET_ONLY_PREFIXES) for k in state):
         kind = "imagenet_classification"
-    meta = dict(obj["meta"]) if kind.startswith("project_") and isinstance(obj.get("meta"), Mapping) else {}
+    meta = compat.translate_meta(obj["meta"]) if kind.startswith("project_") and isinstance(obj.get("meta"), Mapping) else {}
     return state, kind, meta
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: str | Path) -> Path:
+    """This project's final-weights file ``{"state_dict": ..., "meta": {...}}`` (what evaluation and fine-tuning
+    read; ``meta`` names the model, its class count and model taxonomy), written atomically and durably."""
+    return atomic_write(path, lambda handle: torch.save({"state_dict": dict(state_dict), "meta": dict(meta)}, handle), durable=True)
 
 
 def guess_variant(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -154,7 +153,8 @@ def guess_variant(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
@@ -198,14 +198,14 @@ def load_weights(
 ) -> LoadReport:
     """Load a checkpoint into ``model`` in place and return what was loaded, skipped, missing, re-initialised.
 
-    ``reinit_head=True``: the final classifier (``last_layer.3``) is re-initialised whatever the file holds, and
+    ``reinit_head=True``: the final classifier (``head.classifier``) is re-initialised whatever the file holds, and
     any other head key whose shape differs or that the file lacks is re-initialised instead of an error (for
     fine-tuning to another taxonomy). ``strict=False``: keys the model lacks, or backbone keys the file lacks, are
     reported instead of raised. Shape mismatches outside the head are always an error. ``contents``: what
     :func:`read_state_dict` returned for ``path``, when the caller has already read the file (no second read).
     """
     path = Path(path)
-    target = _unwrap(model)
+    target = unwrap_model(model)
     state, kind, meta = contents if contents is not None else read_state_dict(path)
     report = LoadReport(path=str(path), kind=kind, meta=meta)
 

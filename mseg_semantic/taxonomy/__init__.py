@@ -7,7 +7,6 @@ from mseg_semantic.taxonomy.catalog import (
     DATA_DIR,
     DEFAULT_TEST_DATASETS,
     DEFAULT_TRAIN_DATASETS,
-    IGNORE_INDEX,
     NUM_UNIVERSAL_CLASSES,
     RELABELED_TRAIN_DATASETS,
     UNRELABELED_TRAIN_DATASETS,
@@ -16,26 +15,25 @@ from mseg_semantic.taxonomy.catalog import (
     get_taxonomy,
     load_class_colors,
     load_class_names,
+    naive_class_names,
     taxonomy_names,
     validate_file,
 )
 from mseg_semantic.taxonomy.converter import (
+    MODEL_TAXONOMIES,
     NaiveTaxonomyConverter,
     OracleTaxonomyConverter,
+    Projection,
     TaxonomyConverter,
     UnknownLabelError,
     build_taxonomy_converter,
-    naive_class_names,
 )
-from mseg_semantic.taxonomy.files import Problem, Taxonomy, TaxonomyFileError, ValidationReport
-
-# MSeg's name for the test list
-TEST_DATASETS = DEFAULT_TEST_DATASETS
+from mseg_semantic.taxonomy.files import IGNORE_INDEX, Problem, Taxonomy, TaxonomyFileError, ValidationReport
 
 __all__ = [
-    "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "IGNORE_INDEX", "NUM_UNIVERSAL_CLASSES",
-    "RELABELED_TRAIN_DATASETS", "TEST_DATASETS", "UNRELABELED_TRAIN_DATASETS", "ZERO_SHOT_DATASETS", "NaiveTaxonomyConverter",
-    "OracleTaxonomyConverter", "Problem", "Taxonomy", "TaxonomyConverter", "TaxonomyFileError",
+    "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "IGNORE_INDEX", "MODEL_TAXONOMIES", "NUM_UNIVERSAL_CLASSES",
+    "RELABELED_TRAIN_DATASETS", "UNRELABELED_TRAIN_DATASETS", "ZERO_SHOT_DATASETS", "NaiveTaxonomyConverter",
+    "OracleTaxonomyConverter", "Problem", "Projection", "Taxonomy", "TaxonomyConverter", "TaxonomyFileError",
     "UnknownLabelError", "ValidationReport", "add_taxonomy_file", "build_taxonomy_converter", "get_taxonomy",
     "load_class_colors", "load_class_names", "naive_class_names", "taxonomy_names", "validate_file",
 ]

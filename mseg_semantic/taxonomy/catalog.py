@@ -7,18 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from mseg_semantic.errors import UnknownNameError, did_you_mean
 from mseg_semantic.taxonomy.files import (
+    IGNORE_INDEX,
     Taxonomy,
     TaxonomyFileError,
     ValidationReport,
     palette,
     read_taxonomy_file,
-    suggest,
 )
 from mseg_semantic.taxonomy.validation import validate_taxonomies
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-IGNORE_INDEX = 255
 NUM_UNIVERSAL_CLASSES = 194
 
 # MSeg's training taxonomies. MSeg also lists cityscapes-34 as unrelabeled; it is in the data (role train) but,
@@ -31,9 +31,9 @@ RELABELED_TRAIN_DATASETS = [
     "coco-panoptic-133-relabeled", "idd-39-relabeled", "mapillary-public65-relabeled", "sunrgbd-37-relabeled",
 ]
 DEFAULT_TRAIN_DATASETS = UNRELABELED_TRAIN_DATASETS + RELABELED_TRAIN_DATASETS
-DEFAULT_TEST_DATASETS = ["camvid-11", "kitti-19", "pascal-context-60", "scannet-20", "voc2012", "wilddash-19"]
-# The same six in the column order of MSeg's zero-shot table (VOC, PASCAL Context, CamVid, WildDash, KITTI, ScanNet)
+# MSeg's zero-shot test datasets, in the column order of its table (VOC, PASCAL Context, CamVid, WildDash, KITTI, ScanNet)
 ZERO_SHOT_DATASETS = ("voc2012", "pascal-context-60", "camvid-11", "wilddash-19", "kitti-19", "scannet-20")
+DEFAULT_TEST_DATASETS = sorted(ZERO_SHOT_DATASETS)
 NAIVE = "naive"
 
 _builtin: dict[str, Taxonomy] = {}
@@ -60,7 +60,7 @@ def get_taxonomy(name: str) -> Taxonomy:
     path = DATA_DIR / f"{name}.tsv"
     if not path.is_file():
         known = builtin_taxonomy_names() + sorted(_user)
-        raise KeyError(f"unknown taxonomy {name!r}{suggest(name, known)}; known: {', '.join(known)}")
+        raise UnknownNameError(f"unknown taxonomy {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
     blocks, report = read_taxonomy_file(path)
     report.raise_if_errors()
     if len(blocks) != 1 or blocks[0].name != name:
@@ -78,7 +78,6 @@ def all_taxonomies() -> dict[str, Taxonomy]:
 def load_class_names(taxonomy_name: str) -> list[str]:
     """Class names of a taxonomy; list index = label id. 'naive' gives the 316 naive names ('' at 255)."""
     if taxonomy_name == NAIVE:
-        from mseg_semantic.taxonomy.converter import naive_class_names
         return naive_class_names(UNRELABELED_TRAIN_DATASETS)
     return list(get_taxonomy(taxonomy_name).class_names)
 
@@ -110,6 +109,17 @@ def add_taxonomy_file(path: str | os.PathLike) -> ValidationReport:
     return report
 
 
-def remove_user_taxonomies() -> None:
-    """Forget every taxonomy added with add_taxonomy_file (tests use this)."""
-    _user.clear()
+def naive_class_names(train_datasets) -> list[str]:
+    """MSeg's naive taxonomy: lower-cased names in dataset order, duplicates removed; id 255 is skipped ('')."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for dataset in train_datasets:
+        for cls in get_taxonomy(dataset).class_names:
+            low = cls.lower()
+            if low in seen:
+                continue
+            seen.add(low)
+            if len(names) == IGNORE_INDEX:
+                names.append("")
+            names.append(low)
+    return names

@@ -1,11 +1,18 @@
 """Converters between dataset label spaces and the model's label space (MSeg's TaxonomyConverter API).
 
-TaxonomyConverter      universal taxonomy (194 classes, MSeg's ids)
-NaiveTaxonomyConverter lower-cased union of the training datasets' names (316 logits, ids skip 255)
-OracleTaxonomyConverter one dataset trained in its own taxonomy (identity mapping, with validation)
+The model's label space, its *model taxonomy*, is one of three (:data:`MODEL_TAXONOMIES`):
+
+TaxonomyConverter       universal: MSeg's universal taxonomy (194 classes, MSeg's ids)
+NaiveTaxonomyConverter  naive: the lower-cased union of the training datasets' names (316 logits, ids skip 255)
+OracleTaxonomyConverter oracle: one dataset trained in its own taxonomy (identity mapping, with validation)
 
 Labels go through a 256-entry lookup table. Ids a dataset does not have map to a sentinel value no real
 target uses, so finding them costs one comparison pass over the uint8 output, never an int64 copy.
+Predictions go the other way through :func:`project_probabilities`: each output class receives the summed
+probability of the model classes that map to it.
+
+MSeg's attribute names (``num_uclasses``, ``uid2uname``, ``uname2uid``, ``id_to_uid_maps``,
+``dataset_classnames``) remain available, as read-only aliases, so code written against MSeg's API runs.
 """
 
 from __future__ import annotations
@@ -15,24 +22,24 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mseg_semantic.errors import UnknownNameError, UserError, did_you_mean
 from mseg_semantic.taxonomy.catalog import (
     DEFAULT_TEST_DATASETS,
     DEFAULT_TRAIN_DATASETS,
-    IGNORE_INDEX,
     UNRELABELED_TRAIN_DATASETS,
     get_taxonomy,
+    naive_class_names,
     taxonomy_names,
 )
-from mseg_semantic.taxonomy.files import DEFAULT_UNIVERSAL, UNLABELED, TaxonomyFileError, suggest
+from mseg_semantic.taxonomy.files import DEFAULT_UNIVERSAL, IGNORE_INDEX, UNLABELED, TaxonomyFileError
 from mseg_semantic.taxonomy.validation import validate_taxonomies
 
 UNKNOWN_MODES = ("error", "ignore")
-KINDS = ("universal", "naive", "oracle")
+MODEL_TAXONOMIES = ("universal", "naive", "oracle")
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(UserError):
     """A label holds ids that the dataset's taxonomy does not have."""
 
     def __init__(self, dataset: str, ids: list[int], num_classes: int):
@@ -42,7 +49,7 @@ class UnknownLabelError(ValueError):
         super().__init__(
             f"label of dataset {dataset!r} holds id(s) {shown} that its taxonomy does not have "
             f"(valid: 0..{num_classes - 1} and {IGNORE_INDEX}); is the label in another taxonomy (e.g. the raw "
-            f"one before remapping)? Pass unknown='ignore' to map them to {IGNORE_INDEX}")
+            f"one before remapping)? DATA.unknown_label=ignore maps them to {IGNORE_INDEX}")
 
 
 @dataclass
@@ -166,110 +173,169 @@ def _dtype_holds(dtype: torch.dtype, value: int) -> bool:
     return value <= torch.iinfo(dtype).max
 
 
-class _LabelSpaceConverter:
-    """What the three converters share: tables per training dataset, 0/1 projections per test dataset."""
+class Projection:
+    """Model classes -> output classes: output class k receives the summed probability of ``members[k]``.
 
-    kind = ""
+    The sums are exact float32 additions in a fixed order on every device (no convolution or matrix product,
+    which cuDNN / cuBLAS may run in TF32), and only the model classes some output class needs are read.
+    """
+
+    def __init__(self, num_inputs: int, members: list[list[int]] | tuple[tuple[int, ...], ...]):
+        self.num_inputs = int(num_inputs)
+        self.members = tuple(tuple(sorted(int(m) for m in group)) for group in members)
+        for group in self.members:
+            if any(not 0 <= m < self.num_inputs for m in group):
+                raise ValueError(f"projection members must lie in 0..{self.num_inputs - 1}, got {group}")
+        self.used_inputs = sorted({m for group in self.members for m in group})
+        self._first = [group[0] if group else -1 for group in self.members]
+        self._extra = [(k, group[1:]) for k, group in enumerate(self.members) if len(group) > 1]
+        self._index_cache: dict[str, tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]] = {}
+
+    @classmethod
+    def from_matrix(cls, matrix: torch.Tensor) -> "Projection":
+        """From a K x C 0/1 matrix (row k: the model classes output class k receives)."""
+        if matrix.ndim != 2 or not bool(((matrix == 0) | (matrix == 1)).all()):
+            raise ValueError("a projection matrix must be K x C with entries 0 or 1")
+        return cls(matrix.shape[1], [torch.nonzero(row).flatten().tolist() for row in matrix])
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.members)
+
+    def matrix(self) -> torch.Tensor:
+        """float32 K x C of 0/1 (row k: the model classes whose probability output class k receives)."""
+        out = torch.zeros(self.num_outputs, self.num_inputs, dtype=torch.float32)
+        for k, group in enumerate(self.members):
+            out[k, list(group)] = 1.0
+        return out
+
+    def _indices(self, device: torch.device):
+        key = str(device)
+        if key not in self._index_cache:
+            first = torch.tensor([max(f, 0) for f in self._first], dtype=torch.long, device=device)
+            extra = [(k, torch.tensor(group, dtype=torch.long, device=device)) for k, group in self._extra]
+            self._index_cache[key] = (first, extra)
+        return self._index_cache[key]
+
+    def __call__(self, probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``probs`` with C model classes along ``dim`` -> K output classes along ``dim``."""
+        if probs.shape[dim] != self.num_inputs:
+            raise ValueError(f"the projection takes {self.num_inputs} classes along dim {dim}, got shape {tuple(probs.shape)}")
+        first, extra = self._indices(probs.device)
+        out = probs.index_select(dim, first)
+        empty = [k for k, f in enumerate(self._first) if f < 0]
+        if empty:
+            out.index_fill_(dim, torch.tensor(empty, dtype=torch.long, device=probs.device), 0.0)
+        for k, group in extra:
+            out.select(dim, k).add_(probs.index_select(dim, group).sum(dim))
+        return out
+
+
+class _LabelSpaceConverter:
+    """What the three converters share: label tables per training dataset, projections per test dataset."""
+
+    model_taxonomy = ""
 
     def __init__(self, train_datasets, test_datasets, class_names: list[str]):
         self.train_datasets = list(train_datasets)
         self.test_datasets = list(test_datasets)
         self.ignore_label = IGNORE_INDEX
         self.class_names = class_names
-        self.num_uclasses = len(class_names)
-        self.uid2uname = {uid: name for uid, name in enumerate(class_names) if uid != IGNORE_INDEX}
-        self.uid2uname[IGNORE_INDEX] = UNLABELED
-        self.uname2uid = {}
-        for uid, name in self.uid2uname.items():
-            self.uname2uid.setdefault(name, uid)
-        self.uname2uid[UNLABELED] = IGNORE_INDEX
-        self.dataset_classnames = {d: list(get_taxonomy(d).class_names)
-                                   for d in dict.fromkeys(self.train_datasets + self.test_datasets)}
-        self.id_to_uid_maps: dict[str, dict[int, int]] = {}
+        self.num_classes = len(class_names)
+        self.id_to_name = {uid: name for uid, name in enumerate(class_names) if uid != IGNORE_INDEX}
+        self.id_to_name[IGNORE_INDEX] = UNLABELED
+        self.name_to_id: dict[str, int] = {}
+        for uid, name in self.id_to_name.items():
+            self.name_to_id.setdefault(name, uid)
+        self.name_to_id[UNLABELED] = IGNORE_INDEX
+        self.dataset_class_names = {d: list(get_taxonomy(d).class_names)
+                                    for d in dict.fromkeys(self.train_datasets + self.test_datasets)}
+        self.label_maps: dict[str, dict[int, int]] = {}  # training dataset: source id -> model id (255 -> 255)
         self._tables: dict[str, LabelTable] = {}
-        self._projections: dict[str, torch.Tensor] = {}
-        self._projection_cache: dict[tuple, torch.Tensor] = {}
+        self._projections: dict[str, Projection] = {}
+
+    # MSeg's names for the same things
+    num_uclasses = property(lambda self: self.num_classes)
+    uid2uname = property(lambda self: self.id_to_name)
+    uname2uid = property(lambda self: self.name_to_id)
+    id_to_uid_maps = property(lambda self: self.label_maps)
+    dataset_classnames = property(lambda self: self.dataset_class_names)
 
     def _add_train_mapping(self, dataset: str, id2uid: dict[int, int]) -> None:
-        self.id_to_uid_maps[dataset] = {**id2uid, IGNORE_INDEX: IGNORE_INDEX}
-        self._tables[dataset] = LabelTable.from_mapping(dataset, len(self.dataset_classnames[dataset]), id2uid,
-                                                        max_model_id=self.num_uclasses - 1)
+        self.label_maps[dataset] = {**id2uid, IGNORE_INDEX: IGNORE_INDEX}
+        self._tables[dataset] = LabelTable.from_mapping(dataset, len(self.dataset_class_names[dataset]), id2uid,
+                                                        max_model_id=self.num_classes - 1)
 
     def _add_test_projection(self, dataset: str, pairs: list[tuple[int, int]]) -> None:
-        matrix = torch.zeros(len(self.dataset_classnames[dataset]), self.num_uclasses, dtype=torch.float32)
+        members: list[list[int]] = [[] for _ in self.dataset_class_names[dataset]]
         for uid, test_id in pairs:
-            matrix[test_id, uid] = 1.0
-        self._projections[dataset] = matrix
+            members[test_id].append(uid)
+        self._projections[dataset] = Projection(self.num_classes, members)
+
+    def _unknown(self, dataset: str, role: str, known) -> UnknownNameError:
+        return UnknownNameError(f"{dataset!r} is not a {role} dataset of this {self.model_taxonomy} converter"
+                                f"{did_you_mean(dataset, known)}; its {role} datasets: {', '.join(known)}")
 
     def transform_label(self, label, dataset: str, unknown: str = "error"):
         """Map a label in `dataset`'s taxonomy to model ids. numpy in -> numpy out (uint8, or uint16 when a
         target id exceeds 255); torch in -> torch out (input dtype when it holds the ids, else int64).
-        255 stays 255. Ids the dataset does not have raise UnknownLabelError (a ValueError), or become 255 with
+        255 stays 255. Ids the dataset does not have raise UnknownLabelError, or become 255 with
         unknown='ignore'."""
         if unknown not in UNKNOWN_MODES:
             raise ValueError(f"unknown={unknown!r}: expected one of {UNKNOWN_MODES}")
         table = self._tables.get(dataset)
         if table is None:
-            raise KeyError(f"{dataset!r} is not a training dataset of this {self.kind} converter"
-                           f"{suggest(dataset, self._tables)}; its training datasets: {', '.join(self._tables)}")
+            raise self._unknown(dataset, "training", list(self._tables))
         if isinstance(label, torch.Tensor):
             return table.apply_torch(label, unknown)
         if isinstance(label, np.ndarray):
             return table.apply_numpy(label, unknown)
         raise TypeError(f"label must be a numpy array or a torch tensor, got {type(label).__name__}")
 
-    def test_projection_matrix(self, dataset: str) -> torch.Tensor:
-        """float32 K x num_uclasses of 0/1; row k = the model classes whose probability test class k receives."""
-        return self._projection(dataset).clone()
-
-    def _projection(self, dataset: str) -> torch.Tensor:
+    def projection(self, dataset: str) -> Projection:
+        """How model probabilities become probabilities of ``dataset``'s (test) classes."""
         if dataset not in self._projections:
-            raise KeyError(f"{dataset!r} is not a test dataset of this {self.kind} converter"
-                           f"{suggest(dataset, self._projections)}; its test datasets: {', '.join(self._projections)}")
+            raise self._unknown(dataset, "test", list(self._projections))
         return self._projections[dataset]
+
+    def test_projection_matrix(self, dataset: str) -> torch.Tensor:
+        """float32 K x num_classes of 0/1; row k = the model classes whose probability test class k receives."""
+        return self.projection(dataset).matrix()
 
     def transform_predictions_test(self, logits: torch.Tensor, dataset: str) -> torch.Tensor:
         """N x C x H x W logits -> N x K x H x W probabilities: softmax, then each test class sums the
-        probability of its model classes (a fixed 1x1 convolution, as MSeg)."""
-        projection = self._projection(dataset)
-        probs = self.transform_predictions_universal(logits, dataset)
-        key = (dataset, probs.device, probs.dtype)
-        weight = self._projection_cache.get(key)
-        if weight is None:
-            weight = projection.to(device=probs.device, dtype=probs.dtype)[:, :, None, None]
-            self._projection_cache[key] = weight
-        return F.conv2d(probs, weight)
+        probability of its model classes (exactly; MSeg used a fixed 1x1 convolution)."""
+        projection = self.projection(dataset)
+        return projection(self.transform_predictions_universal(logits, dataset))
 
     def transform_predictions_universal(self, logits: torch.Tensor, dataset: str | None = None) -> torch.Tensor:
         """Softmax over the class dimension of N x C x H x W logits (`dataset` is accepted for MSeg's signature)."""
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[1] != self.num_uclasses:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[1] != self.num_classes:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"expected logits N x {self.num_uclasses} x H x W for this {self.kind} converter, "
+            raise ValueError(f"expected logits N x {self.num_classes} x H x W for this {self.model_taxonomy} converter, "
                              f"got {shape}")
         return torch.softmax(logits, dim=1)
 
     def dataset_universal_ids(self, dataset: str) -> list[int]:
         """Sorted model ids a dataset can express: a training dataset's targets, or what feeds a test dataset."""
-        if dataset in self.id_to_uid_maps:
-            return sorted({u for u in self.id_to_uid_maps[dataset].values() if u != IGNORE_INDEX})
+        if dataset in self.label_maps:
+            return sorted({u for u in self.label_maps[dataset].values() if u != IGNORE_INDEX})
         if dataset in self._projections:
-            return sorted(int(u) for u in torch.nonzero(self._projections[dataset].sum(0)).flatten())
-        known = list(self.id_to_uid_maps) + list(self._projections)
-        raise KeyError(f"{dataset!r} is not a dataset of this {self.kind} converter{suggest(dataset, known)}; "
-                       f"known: {', '.join(known)}")
+            return list(self._projections[dataset].used_inputs)
+        raise self._unknown(dataset, "training or test", list(self.label_maps) + list(self._projections))
 
 
 def _require_role(name: str, roles: tuple[str, ...], purpose: str) -> None:
     tax = get_taxonomy(name)
     if tax.role not in roles:
         valid = [n for n in taxonomy_names() if get_taxonomy(n).role in roles]
-        raise ValueError(f"{name!r} has role {tax.role!r} and cannot be a {purpose}; valid: {', '.join(valid)}")
+        raise UserError(f"{name!r} has role {tax.role!r} and cannot be a {purpose}; valid: {', '.join(valid)}")
 
 
 class TaxonomyConverter(_LabelSpaceConverter):
     """MSeg's universal taxonomy: universal id = MSeg's id, so MSeg's released checkpoints stay usable."""
 
-    kind = "universal"
+    model_taxonomy = "universal"
 
     def __init__(self, train_datasets=tuple(DEFAULT_TRAIN_DATASETS), test_datasets=tuple(DEFAULT_TEST_DATASETS),
                  universal: str = DEFAULT_UNIVERSAL):
@@ -282,7 +348,7 @@ class TaxonomyConverter(_LabelSpaceConverter):
         involved = [get_taxonomy(d) for d in dict.fromkeys([*train_datasets, *test_datasets])]
         for tax in involved:
             if tax.maps_to != universal:
-                raise ValueError(f"dataset {tax.name!r} maps to {tax.maps_to!r}, not to {universal!r}")
+                raise UserError(f"dataset {tax.name!r} maps to {tax.maps_to!r}, not to {universal!r}")
         report = validate_taxonomies([uni, *involved], check_coverage=False)
         if report.errors:
             raise TaxonomyFileError(report)
@@ -290,35 +356,19 @@ class TaxonomyConverter(_LabelSpaceConverter):
         self.universal = universal
         for d in self.train_datasets:
             tax = get_taxonomy(d)
-            self._add_train_mapping(d, {i: self.uname2uid[t[0]] for i, t in enumerate(tax.universal)})
+            self._add_train_mapping(d, {i: self.name_to_id[t[0]] for i, t in enumerate(tax.universal)})
         for d in self.test_datasets:
             tax = get_taxonomy(d)
-            self._add_test_projection(d, [(self.uname2uid[u], i) for i, us in enumerate(tax.universal) for u in us])
+            self._add_test_projection(d, [(self.name_to_id[u], i) for i, us in enumerate(tax.universal) for u in us])
         supplied = {u for d in self.train_datasets for u in self.dataset_universal_ids(d)}
         # universal classes no training dataset labels (empty with MSeg's 15 datasets); the model never learns them
-        self.unsupplied_uids = [u for u in range(self.num_uclasses) if u not in supplied]
-
-
-def naive_class_names(train_datasets) -> list[str]:
-    """Lower-cased names in dataset order, duplicates removed; id 255 is skipped (its name is '')."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for d in train_datasets:
-        for cls in get_taxonomy(d).class_names:
-            low = cls.lower()
-            if low in seen:
-                continue
-            seen.add(low)
-            if len(names) == IGNORE_INDEX:
-                names.append("")
-            names.append(low)
-    return names
+        self.unsupplied_uids = [u for u in range(self.num_classes) if u not in supplied]
 
 
 class NaiveTaxonomyConverter(_LabelSpaceConverter):
     """MSeg's naive taxonomy: no domain knowledge, classes merged only when their lower-cased names match."""
 
-    kind = "naive"
+    model_taxonomy = "naive"
 
     def __init__(self, train_datasets=tuple(UNRELABELED_TRAIN_DATASETS),
                  test_datasets=tuple(DEFAULT_TEST_DATASETS)):
@@ -328,13 +378,13 @@ class NaiveTaxonomyConverter(_LabelSpaceConverter):
             _require_role(d, ("test", "train"), "test dataset of a naive converter")
         super().__init__(train_datasets, test_datasets, naive_class_names(train_datasets))
         for d in self.train_datasets:
-            self._add_train_mapping(d, {i: self.uname2uid[c.lower()]
-                                        for i, c in enumerate(self.dataset_classnames[d])})
+            self._add_train_mapping(d, {i: self.name_to_id[c.lower()]
+                                        for i, c in enumerate(self.dataset_class_names[d])})
         for d in self.test_datasets:
             # a test class whose name is in no training dataset gets probability 0, as in MSeg
-            self._add_test_projection(d, [(self.uname2uid[c.lower()], i)
-                                          for i, c in enumerate(self.dataset_classnames[d])
-                                          if c.lower() in self.uname2uid and c.lower() != UNLABELED])
+            self._add_test_projection(d, [(self.name_to_id[c.lower()], i)
+                                          for i, c in enumerate(self.dataset_class_names[d])
+                                          if c.lower() in self.name_to_id and c.lower() != UNLABELED])
 
     def get_naive_taxonomy_classnames(self) -> list[str | None]:
         """MSeg's accessor: class names by logit, None at 255."""
@@ -344,18 +394,18 @@ class NaiveTaxonomyConverter(_LabelSpaceConverter):
 class OracleTaxonomyConverter(_LabelSpaceConverter):
     """One dataset trained and tested in its own taxonomy (MSeg `universal: False`)."""
 
-    kind = "oracle"
+    model_taxonomy = "oracle"
 
     def __init__(self, train_datasets, test_datasets=None):
         train_datasets = [train_datasets] if isinstance(train_datasets, str) else list(train_datasets)
         if len(train_datasets) != 1:
-            raise ValueError(f"an oracle converter trains on exactly one dataset, got {train_datasets}")
+            raise UserError(f"an oracle converter trains on exactly one dataset, got {train_datasets}")
         dataset = train_datasets[0]
         names = list(get_taxonomy(dataset).class_names)
         test_datasets = [dataset] if test_datasets is None else list(test_datasets)
         for d in test_datasets:
             if list(get_taxonomy(d).class_names) != names:
-                raise ValueError(f"oracle test dataset {d!r} has other classes than the training dataset "
+                raise UserError(f"oracle test dataset {d!r} has other classes than the training dataset "
                                  f"{dataset!r}; an oracle model can only be tested in its own taxonomy")
         super().__init__(train_datasets, test_datasets, names)
         self._add_train_mapping(dataset, {i: i for i in range(len(names))})
@@ -363,16 +413,16 @@ class OracleTaxonomyConverter(_LabelSpaceConverter):
             self._add_test_projection(d, [(i, i) for i in range(len(names))])
 
 
-def build_taxonomy_converter(kind: str, train_datasets=None, test_datasets=None):
-    """kind: 'universal' | 'naive' | 'oracle'; None datasets mean that kind's defaults."""
-    if kind == "universal":
+def build_taxonomy_converter(model_taxonomy: str, train_datasets=None, test_datasets=None):
+    """The converter of a model taxonomy ('universal' | 'naive' | 'oracle'); None datasets mean its defaults."""
+    if model_taxonomy == "universal":
         return TaxonomyConverter(train_datasets if train_datasets is not None else DEFAULT_TRAIN_DATASETS,
                                  test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS)
-    if kind == "naive":
+    if model_taxonomy == "naive":
         return NaiveTaxonomyConverter(train_datasets if train_datasets is not None else UNRELABELED_TRAIN_DATASETS,
                                       test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS)
-    if kind == "oracle":
+    if model_taxonomy == "oracle":
         if not train_datasets:
-            raise ValueError("an oracle converter needs train_datasets=[one dataset]")
+            raise UserError("an oracle converter needs train_datasets=[one dataset]")
         return OracleTaxonomyConverter(train_datasets, test_datasets)
-    raise ValueError(f"unknown taxonomy kind {kind!r}{suggest(kind, KINDS)}; valid: {', '.join(KINDS)}")
+    raise UnknownNameError(f"unknown model taxonomy {model_taxonomy!r}{did_you_mean(model_taxonomy, MODEL_TAXONOMIES)}; valid: {', '.join(MODEL_TAXONOMIES)}")

@@ -22,14 +22,15 @@ what is wrong and what would be valid.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from mseg_semantic.errors import UserError, did_you_mean
+
+IGNORE_INDEX = 255  # "unlabeled" in every label map of every taxonomy; the loss and the metrics skip it
 UNLABELED = "unlabeled"
 DEFAULT_UNIVERSAL = "universal"
 ROLES = ("universal", "train", "test", "raw")
@@ -46,7 +47,7 @@ REQUIRED_COLUMNS = {
     "test": ("id", "name", "universal"),
     "raw": ("id", "name"),
 }
-# Label PNGs are uint8 and 255 means "unlabeled", so a label space has at most 255 classes.
+# Label PNGs are uint8 and IGNORE_INDEX means "unlabeled", so a label space has at most 255 classes.
 MAX_CLASSES = 255
 
 
@@ -99,7 +100,7 @@ class ValidationReport:
             raise TaxonomyFileError(self)
 
 
-class TaxonomyFileError(ValueError):
+class TaxonomyFileError(UserError):
     def __init__(self, report: ValidationReport):
         self.report = report
         super().__init__("invalid taxonomy data:\n" + report.format())
@@ -123,17 +124,6 @@ class Taxonomy:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-def suggest(word: str, candidates, n: int = 1) -> str:
-    """' (did you mean 'x'?)' or '' -- used in every error about an unknown name."""
-    candidates = list(candidates)
-    close = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
-    if not close and len(word) >= 3:  # a prefix or part of a long name ('tiny' -> 'tiny-universal')
-        close = [c for c in candidates if word.lower() in c.lower()][:n]
-    if not close:
-        return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
 def split_universal_cell(cell: str) -> list[str]:
@@ -176,7 +166,7 @@ def parse_taxonomy_text(text: str, source: str = "<memory>") -> tuple[list[Taxon
                 continue
             if key not in META_KEYS:
                 report.error(source, lineno, state["meta"].get("taxonomy"),
-                             f"unknown key {key!r}{suggest(key, META_KEYS)}; valid keys: {', '.join(META_KEYS)}")
+                             f"unknown key {key!r}{did_you_mean(key, META_KEYS)}; valid keys: {', '.join(META_KEYS)}")
                 continue
             if key in state["meta"]:
                 report.error(source, lineno, state["meta"].get("taxonomy"),
@@ -205,7 +195,7 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
         report.error(source, at, name, f"missing 'role' line; valid roles: {', '.join(ROLES)}")
         return None
     if role not in ROLES:
-        report.error(source, at, name, f"unknown role {role!r}{suggest(role, ROLES)}; valid roles: {', '.join(ROLES)}")
+        report.error(source, at, name, f"unknown role {role!r}{did_you_mean(role, ROLES)}; valid roles: {', '.join(ROLES)}")
         return None
     columns = state["columns"]
     if columns is None:
@@ -216,7 +206,7 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
     bad_columns = False
     for col in columns:
         if col not in allowed:
-            report.error(source, header_line, name, f"unknown column {col!r}{suggest(col, allowed)} for role "
+            report.error(source, header_line, name, f"unknown column {col!r}{did_you_mean(col, allowed)} for role "
                          f"{role!r}; valid columns: {', '.join(allowed)}")
             bad_columns = True
     for col in REQUIRED_COLUMNS[role]:

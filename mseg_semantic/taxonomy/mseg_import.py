@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from mseg_semantic.atomic import atomic_write_text
+from mseg_semantic.errors import did_you_mean
 from mseg_semantic.taxonomy.files import (
     UNLABELED,
     Taxonomy,
     ValidationReport,
     format_taxonomy,
     palette,
-    suggest,
 )
 
 # Test taxonomies of MSeg's zero-shot benchmark; any other master-TSV column with a names file is a training one.
@@ -120,7 +120,7 @@ def import_mseg(reference_dir: str | Path) -> tuple[list[Taxonomy], ValidationRe
                     receives[classes.index(cell)].append(uname)
                 elif cell:
                     report.error(master, lineno, col_name, f"test class {cell!r} is not in {col_name}_names.txt"
-                                 f"{suggest(cell, classes)}")
+                                 f"{did_you_mean(cell, classes)}")
             out.append(Taxonomy(name=col_name, role="test", class_names=classes, colors=colors[col_name],
                                 universal=[tuple(r) for r in receives], source=str(master)))
         else:
@@ -130,7 +130,7 @@ def import_mseg(reference_dir: str | Path) -> tuple[list[Taxonomy], ValidationRe
                 for cls in parse_master_cell(row[ci]):
                     if cls not in classes:
                         report.error(master, lineno, col_name, f"class {cls!r} is not in {col_name}_names.txt"
-                                     f"{suggest(cls, classes)}")
+                                     f"{did_you_mean(cls, classes)}")
                         continue
                     cid = classes.index(cls)
                     if target[cid] is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from mseg_semantic.taxonomy.files import UNLABELED, Taxonomy, ValidationReport, suggest
+from mseg_semantic.errors import did_you_mean
+from mseg_semantic.taxonomy.files import UNLABELED, Taxonomy, ValidationReport
 
 
 def validate_taxonomies(new: list[Taxonomy], known: dict[str, Taxonomy] | None = None,
@@ -38,7 +39,7 @@ def validate_taxonomies(new: list[Taxonomy], known: dict[str, Taxonomy] | None =
             uni = universals.get(tax.maps_to)
             if uni is None:
                 report.error(tax.source, _line(tax, None), tax.name,
-                             f"maps_to {tax.maps_to!r} is not a universal taxonomy{suggest(tax.maps_to, universals)}; "
+                             f"maps_to {tax.maps_to!r} is not a universal taxonomy{did_you_mean(tax.maps_to, universals)}; "
                              f"known: {', '.join(sorted(universals)) or 'none'}")
                 continue
             if tax.role == "train":
@@ -116,7 +117,7 @@ def _check_train(tax: Taxonomy, uni: Taxonomy, report: ValidationReport) -> None
             if uname not in valid:
                 report.error(tax.source, line, tax.name,
                              f"source class {cid} {cls!r}: unknown universal class {uname!r}"
-                             f"{suggest(uname, valid)} (not in taxonomy {uni.name!r})")
+                             f"{did_you_mean(uname, valid)} (not in taxonomy {uni.name!r})")
 
 
 def _check_test(tax: Taxonomy, uni: Taxonomy, report: ValidationReport) -> None:
@@ -136,7 +137,7 @@ def _check_test(tax: Taxonomy, uni: Taxonomy, report: ValidationReport) -> None:
             elif uname not in valid:
                 report.error(tax.source, line, tax.name,
                              f"test class {cid} {cls!r}: unknown universal class {uname!r}"
-                             f"{suggest(uname, valid)} (not in taxonomy {uni.name!r})")
+                             f"{did_you_mean(uname, valid)} (not in taxonomy {uni.name!r})")
             else:
                 claimed[uname].append(cid)
     for uname, cids in claimed.items():

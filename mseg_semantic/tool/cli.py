@@ -56,11 +56,12 @@ def _to_log_files(message: str) -> None:
             handler.handle(record)
 
 
-def run_tool(prog: str, body: Callable[[], int | None], debug: bool = False) -> int:
-    """Run ``body`` under the policy; returns the process exit code."""
+def run_tool(prog: str, body: Callable[[], object], debug: bool = False) -> int:
+    """Run ``body`` under the policy; returns the process exit code (``body``'s own when it returns an int, else 0)."""
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return int(body() or 0)
+        result = body()
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

@@ -10,10 +10,11 @@ import argparse
 import sys
 
 from mseg_semantic.data.catalog import DATA_ROOT_ENV
+from mseg_semantic.tool.cli import add_debug_flag, run_tool
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mseg-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_debug_flag(argparse.ArgumentParser(prog="mseg-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="check that every listed file exists, decodes and has valid label ids")
     verify.add_argument("--dataset", required=True, help="taxonomy name of the dataset, e.g. cityscapes-19")
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run_tool(f"mseg-data {args.command}", lambda: _run(args), args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from mseg_semantic.data.demo_world import generate
 
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"use it with data_root={world.root} (or {DATA_ROOT_ENV}={world.root})")
         return 0
 
-    from mseg_semantic.data.verify import verify_dataset
+    from mseg_semantic.data.verify import verify_split
 
     data_root, dataset_roots, dataset_lists = args.data_root, None, None
     if args.config:
@@ -48,11 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         data_root = data_root or cfg.DATA.data_root or None
         dataset_roots, dataset_lists = cfg.DATA.dataset_roots, cfg.DATA.dataset_lists
-    try:
-        report = verify_dataset(args.dataset, args.split, data_root, dataset_roots, dataset_lists, workers=args.workers)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"mseg-data verify: {exc}", file=sys.stderr)
-        return 2
+    report = verify_split(args.dataset, args.split, data_root, dataset_roots, dataset_lists, workers=args.workers)
     print(report.format())
     return 0 if report.ok else 1
 

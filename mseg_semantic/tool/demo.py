@@ -10,29 +10,27 @@ name: probabilities summed into that taxonomy, as in the zero-shot evaluation.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from mseg_semantic.config import Config, ConfigError, load_config
+from mseg_semantic.config import Config, ConfigError
+from mseg_semantic.tool.cli import config_tool
 
 __all__ = ["main", "run"]
 
 
 def run(cfg: Config) -> list[Path]:
-    from mseg_semantic.evaluation.builders import build_inference_settings, load_model_from_config
     from mseg_semantic.evaluation.demo import run_demo
-    from mseg_semantic.evaluation.model_space import display_space, pick_device
+    from mseg_semantic.evaluation.inference import InferenceSettings
+    from mseg_semantic.evaluation.model_space import display_space, load_model_from_config, pick_device
 
     t = cfg.TEST
-    if t.input and t.input_file and t.input != t.input_file:
-        raise ConfigError(f"TEST.input={t.input!r} and TEST.input_file={t.input_file!r} disagree; give one")
-    source = t.input or t.input_file
+    source = t.input
     if not source:
         raise ConfigError("no demo input: pass input=IMAGE | FOLDER | VIDEO")
     device = pick_device(t.test_device)
     dataset = cfg.DATA.dataset if isinstance(cfg.DATA.dataset, str) else None
-    settings = build_inference_settings(cfg)
+    settings = InferenceSettings.from_config(t)
     loaded = load_model_from_config(cfg, device, oracle_dataset=dataset)
     space = display_space(loaded, t.output_taxonomy)
     if t.save_folder:
@@ -40,22 +38,20 @@ def run(cfg: Config) -> list[Path]:
     else:
         model = Path(t.model_path)
         out_dir = model.parent / f"{model.stem}_demo"
-    written = run_demo(loaded.model, space, settings, source, out_dir, batch_size=t.batch_size_val)
+    written = run_demo(loaded.model, space, settings, source, out_dir, batch_size=t.batch_size_val, progress=sys.stderr.isatty())
     print(f"{len(written)} files in {out_dir} (taxonomy {space.name})")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mseg-demo", description="Segment an image, a folder of images, or a video.")
-    parser.add_argument("--config", required=True, help="YAML config, e.g. config/test/default_config_360_ms.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides: model_path=... input=... [output_taxonomy=camvid-11 save_folder=DIR]")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(args.config, args.overrides))
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"mseg-demo: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return config_tool(
+        "mseg-demo",
+        "Segment an image, a folder of images, or a video.",
+        "config/test/default_config_360_ms.yaml",
+        "key=value overrides: model_path=... input=... [output_taxonomy=camvid-11 save_folder=DIR]",
+        run,
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -10,26 +10,21 @@ is checked against eager PyTorch (onnxruntime for ONNX) and the largest differen
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from mseg_semantic.config import Config, ConfigError, load_config
+from mseg_semantic.config import Config
+from mseg_semantic.tool.cli import config_tool
 
 __all__ = ["main", "run"]
-
-FORMATS = ("onnx", "torchscript", "both")
-
 
 def run(cfg: Config) -> list:
     import torch
 
-    from mseg_semantic.evaluation.builders import load_model_from_config
     from mseg_semantic.evaluation.export import check_onnx, check_torchscript, export_onnx, export_torchscript
+    from mseg_semantic.evaluation.model_space import load_model_from_config
 
     t = cfg.TEST
-    if t.export_format not in FORMATS:
-        raise ConfigError(f"TEST.export_format={t.export_format!r}: valid values are {', '.join(FORMATS)}")
     dataset = cfg.DATA.dataset if isinstance(cfg.DATA.dataset, str) else None
     loaded = load_model_from_config(cfg, torch.device("cpu"), oracle_dataset=dataset)
     stem = Path(t.model_path).stem
@@ -47,22 +42,20 @@ def run(cfg: Config) -> list:
         reports.append(report)
     for r in reports:
         opset = f", opset {r.opset}" if r.opset is not None else ""
-        print(f"{r.format}: {r.path} ({r.exporter}{opset}, input {r.input_shape}, {loaded.num_classes} classes in the {loaded.taxonomy} taxonomy); "
+        print(f"{r.format}: {r.path} ({r.exporter}{opset}, input {r.input_shape}, {loaded.num_classes} classes in the {loaded.model_taxonomy} taxonomy); "
               f"max |exported - eager| on {check_shape}: {r.max_abs_diff:.3g}")
     return reports
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mseg-export", description="Export a checkpoint to ONNX and/or TorchScript.")
-    parser.add_argument("--config", required=True, help="YAML config (test_h/test_w give the example size)")
-    parser.add_argument("overrides", nargs="*", help="key=value: model_path=... [export_format=onnx|torchscript|both export_dynamic=true export_opset=17 save_folder=DIR]")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(args.config, args.overrides))
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"mseg-export: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return config_tool(
+        "mseg-export",
+        "Export a checkpoint to ONNX and/or TorchScript.",
+        "config/test/default_config_360_ss.yaml (test_h/test_w give the example size)",
+        "key=value: model_path=... [export_format=onnx|torchscript|both export_dynamic=true export_opset=17 save_folder=DIR]",
+        run,
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import csv
 import io
 import sys
 
+from mseg_semantic.atomic import atomic_write_text
+from mseg_semantic.errors import UserError
 from mseg_semantic.taxonomy import (
     DEFAULT_TEST_DATASETS,
     DEFAULT_TRAIN_DATASETS,
@@ -31,17 +33,17 @@ from mseg_semantic.taxonomy import (
     validate_file,
 )
 from mseg_semantic.taxonomy.catalog import all_taxonomies
-from mseg_semantic.atomic import atomic_write_text
 from mseg_semantic.taxonomy.files import ROLES, ValidationReport
 from mseg_semantic.taxonomy.validation import validate_taxonomies
+from mseg_semantic.tool.cli import add_debug_flag, run_tool
 
 
-class CliError(Exception):
+class CliError(UserError):
     pass
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mseg-taxonomy", description=__doc__.split("\n")[0])
+    parser = add_debug_flag(argparse.ArgumentParser(prog="mseg-taxonomy", description=__doc__.split("\n")[0]))
     parser.add_argument("--taxonomy-file", action="append", default=[], metavar="FILE",
                         help="add the taxonomies of a user file first (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,35 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out = sys.stdout
-    try:
-        for path in args.taxonomy_file:
-            report = add_taxonomy_file(path)
-            if report.warnings:
-                print(report.format(), file=sys.stderr)
-        if args.command == "list":
-            cmd_list(args.role, out)
-        elif args.command == "show":
-            cmd_show(args.dataset, args.kind, out)
-        elif args.command == "validate":
-            return cmd_validate(args.files, out)
-        elif args.command == "export":
-            text = export_mapping(args.kind, args.format)
-            if args.output:
-                atomic_write_text(args.output, text)
-                print(f"wrote {args.output}", file=out)
-            else:
-                out.write(text)
-        elif args.command == "summary":
-            cmd_summary(out)
-        elif args.command == "import-mseg":
-            cmd_import(args.mseg_data_dir, args.output_dir, out)
-    except BrokenPipeError:  # e.g. `mseg-taxonomy list | head`
-        return 0
-    except (CliError, KeyError, ValueError, OSError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"mseg-taxonomy: error: {message}", file=sys.stderr)
-        return 2
+    return run_tool("mseg-taxonomy", lambda: _run(args, sys.stdout), args.debug)
+
+
+def _run(args: argparse.Namespace, out) -> int:
+    for path in args.taxonomy_file:
+        report = add_taxonomy_file(path)
+        if report.warnings:
+            print(report.format(), file=sys.stderr)
+    if args.command == "list":
+        cmd_list(args.role, out)
+    elif args.command == "show":
+        cmd_show(args.dataset, args.kind, out)
+    elif args.command == "validate":
+        return cmd_validate(args.files, out)
+    elif args.command == "export":
+        text = export_mapping(args.kind, args.format)
+        if args.output:
+            atomic_write_text(args.output, text)
+            print(f"wrote {args.output}", file=out)
+        else:
+            out.write(text)
+    elif args.command == "summary":
+        cmd_summary(out)
+    elif args.command == "import-mseg":
+        cmd_import(args.mseg_data_dir, args.output_dir, out)
     return 0
 
 
@@ -129,9 +127,9 @@ def cmd_show(dataset: str, kind: str, out) -> None:
         conv = NaiveTaxonomyConverter(test_datasets=[dataset] if tax.role == "test" else DEFAULT_TEST_DATASETS,
                                       train_datasets=UNRELABELED_TRAIN_DATASETS)
         names = conv.class_names
-        if tax.role == "train" and dataset in conv.id_to_uid_maps:
+        if tax.role == "train" and dataset in conv.label_maps:
             rows = [("id", "class", "naive_id", "naive_class")]
-            rows += [(str(i), c, str(conv.id_to_uid_maps[dataset][i]), names[conv.id_to_uid_maps[dataset][i]])
+            rows += [(str(i), c, str(conv.label_maps[dataset][i]), names[conv.label_maps[dataset][i]])
                      for i, c in enumerate(tax.class_names)]
         elif tax.role == "train":
             raise CliError(f"{dataset!r} is not one of the naive taxonomy's training datasets "
@@ -155,13 +153,13 @@ def cmd_show(dataset: str, kind: str, out) -> None:
         if tax.role == "train":
             rows = [("id", "class", "universal_id", "universal_class")]
             for i, c in enumerate(tax.class_names):
-                uid = uni.uname2uid[tax.universal[i][0]]
-                rows.append((str(i), c, str(uid), uni.uid2uname[uid]))
+                uid = uni.name_to_id[tax.universal[i][0]]
+                rows.append((str(i), c, str(uid), uni.id_to_name[uid]))
         else:
             rows = [("id", "test_class", "universal_ids", "universal_classes")]
             for i, c in enumerate(tax.class_names):
-                uids = sorted(uni.uname2uid[u] for u in tax.universal[i])
-                rows.append((str(i), c, " ".join(map(str, uids)), ", ".join(uni.uid2uname[u] for u in uids)))
+                uids = sorted(uni.name_to_id[u] for u in tax.universal[i])
+                rows.append((str(i), c, " ".join(map(str, uids)), ", ".join(uni.id_to_name[u] for u in uids)))
     _print_table(rows, out)
 
 
@@ -185,16 +183,16 @@ def export_mapping(kind: str, fmt: str) -> str:
     rows = []
     for conv in _converters(kind):
         for d in conv.train_datasets:
-            for i, c in enumerate(conv.dataset_classnames[d]):
-                uid = conv.id_to_uid_maps[d][i]
-                rows.append([d, "train", i, c, uid, conv.uid2uname[uid]])
+            for i, c in enumerate(conv.dataset_class_names[d]):
+                uid = conv.label_maps[d][i]
+                rows.append([d, "train", i, c, uid, conv.id_to_name[uid]])
         for d in conv.test_datasets:
             matrix = conv.test_projection_matrix(d)
-            for i, c in enumerate(conv.dataset_classnames[d]):
+            for i, c in enumerate(conv.dataset_class_names[d]):
                 uids = [int(u) for u in matrix[i].nonzero().flatten()]
                 for uid in uids or [None]:
                     rows.append([d, "test", i, c, "" if uid is None else uid,
-                                 "" if uid is None else conv.uid2uname[uid]])
+                                 "" if uid is None else conv.id_to_name[uid]])
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -220,15 +218,15 @@ def _md(text) -> str:
 def cmd_summary(out) -> None:
     conv = TaxonomyConverter()
     naive = NaiveTaxonomyConverter()
-    print(f"universal classes: {conv.num_uclasses} (ignore id {IGNORE_INDEX})", file=out)
-    print(f"naive taxonomy: {len(naive.uid2uname) - 1} classes, {naive.num_uclasses} logits", file=out)
+    print(f"universal classes: {conv.num_classes} (ignore id {IGNORE_INDEX})", file=out)
+    print(f"naive taxonomy: {len(naive.id_to_name) - 1} classes, {naive.num_classes} logits", file=out)
     print(f"default training datasets ({len(DEFAULT_TRAIN_DATASETS)}):", file=out)
     for d in DEFAULT_TRAIN_DATASETS:
-        print(f"  {d:30s} {len(conv.dataset_classnames[d]):4d} classes -> "
+        print(f"  {d:30s} {len(conv.dataset_class_names[d]):4d} classes -> "
               f"{len(conv.dataset_universal_ids(d)):4d} universal", file=out)
     print(f"default test datasets ({len(DEFAULT_TEST_DATASETS)}):", file=out)
     for d in DEFAULT_TEST_DATASETS:
-        print(f"  {d:30s} {len(conv.dataset_classnames[d]):4d} classes <- "
+        print(f"  {d:30s} {len(conv.dataset_class_names[d]):4d} classes <- "
               f"{len(conv.dataset_universal_ids(d)):4d} universal", file=out)
     print(f"universal classes no default training dataset supplies: {len(conv.unsupplied_uids)}", file=out)
     report = validate_taxonomies(list(all_taxonomies().values()))

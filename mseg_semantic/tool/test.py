@@ -12,12 +12,12 @@ Under torchrun the images are split over the ranks.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from mseg_semantic.config import Config, ConfigError, load_config
+from mseg_semantic.config import Config, ConfigError
+from mseg_semantic.tool.cli import config_tool
 
 __all__ = ["main", "run", "default_save_folder"]
 
@@ -45,45 +45,34 @@ def _single_dataset(cfg: Config) -> str:
 
 def run(cfg: Config) -> dict:
     """Evaluate as the config says; returns the JSON summary (rank 0) or {}."""
-    from mseg_semantic.evaluation.builders import build_inference_settings, load_model_from_config
-    from mseg_semantic.evaluation.evaluate import evaluate_dataset, format_per_class_table
-    from mseg_semantic.evaluation.model_space import pick_device
-    from mseg_semantic.evaluation.zero_shot import find_missing, format_zero_shot_table, run_zero_shot, zero_shot_summary
+    import torch
+
     from mseg_semantic.atomic import atomic_write_json, atomic_write_text
+    from mseg_semantic.evaluation.evaluate import EvalData, evaluate_dataset, format_per_class_table
+    from mseg_semantic.evaluation.inference import InferenceSettings
+    from mseg_semantic.evaluation.model_space import load_model_from_config, pick_device
+    from mseg_semantic.evaluation.zero_shot import find_missing, format_zero_shot_table, run_zero_shot, zero_shot_summary
+    from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS
     from mseg_semantic.training.distributed import init_distributed, shutdown_distributed
-    from mseg_semantic.training.run import prepare_data_root
+    from mseg_semantic.training.run import write_demo_world_if_asked
 
     if cfg.TRAIN.cpu_threads:
-        import torch
-
         torch.set_num_threads(cfg.TRAIN.cpu_threads)
     info = init_distributed(cfg.Distributed.dist_backend)
     try:
-        prepare_data_root(cfg, info)
+        write_demo_world_if_asked(cfg, info)
         device = info.device if info.distributed else pick_device(cfg.TEST.test_device)
         benchmark = cfg.TEST.benchmark
-        if benchmark not in (None, "zero_shot"):
-            raise ConfigError(f"TEST.benchmark={benchmark!r}: valid values are zero_shot or unset (one dataset)")
         oracle_dataset = None if benchmark else _single_dataset(cfg)
-        settings = build_inference_settings(cfg)
+        settings = InferenceSettings.from_config(cfg.TEST)
         loaded = load_model_from_config(cfg, device, oracle_dataset)
         label = cfg.TEST.model_name or Path(cfg.TEST.model_path).stem
         save_folder = Path(cfg.TEST.save_folder) if cfg.TEST.save_folder else default_save_folder(cfg.TEST.model_path)
-        common = dict(
-            split=cfg.TEST.split,
-            data_root=cfg.DATA.data_root,
-            dataset_roots=cfg.DATA.dataset_roots,
-            dataset_lists=cfg.DATA.dataset_lists,
-            save_predictions=cfg.TEST.save_predictions,
-            index_start=cfg.TEST.index_start,
-            index_step=cfg.TEST.index_step,
-            images_per_batch=cfg.TEST.batch_size_val,
-            workers=cfg.TRAIN.workers,
-            model_label=label,
-        )
+        data = EvalData.from_config(cfg)
+        progress = sys.stderr.isatty()
         if benchmark is None:
             folder = run_folder(save_folder, oracle_dataset, settings.base_size, settings.scales)
-            result = evaluate_dataset(loaded, oracle_dataset, settings=settings, save_folder=folder, **common)
+            result = evaluate_dataset(loaded, oracle_dataset, settings, data, folder, cfg.TEST.save_predictions, progress, label)
             if not info.is_main:
                 return {}
             print(format_per_class_table(result, label) if len(result.space.class_names) <= 64 else
@@ -93,7 +82,8 @@ def run(cfg: Config) -> dict:
 
         def evaluate(dataset: str, base_size: int) -> float:
             folder = run_folder(save_folder, dataset, base_size, settings.scales)
-            result = evaluate_dataset(loaded, dataset, settings=replace(settings, base_size=base_size), save_folder=folder, **common)
+            result = evaluate_dataset(loaded, dataset, replace(settings, base_size=base_size), data, folder,
+                                      cfg.TEST.save_predictions, progress, label)
             if info.is_main:
                 print(f"{dataset} @ base size {base_size}: mIoU {100 * result.miou:.2f} ({folder / 'summary.json'})", flush=True)
             return result.miou
@@ -101,13 +91,14 @@ def run(cfg: Config) -> dict:
         def missing(dataset: str) -> str | None:
             return find_missing(dataset, cfg.TEST.split, cfg.DATA.data_root, cfg.DATA.dataset_roots, cfg.DATA.dataset_lists)
 
-        entries = run_zero_shot(evaluate, cfg.TEST.benchmark_datasets, cfg.TEST.benchmark_base_sizes, missing)
+        datasets = cfg.TEST.benchmark_datasets or list(ZERO_SHOT_DATASETS)
+        entries = run_zero_shot(evaluate, datasets, cfg.TEST.benchmark_base_sizes, missing)
         if not info.is_main:
             return {}
         table = format_zero_shot_table(label, entries)
         summary = zero_shot_summary(label, entries, cfg.TEST.split, extra={
             "model_path": cfg.TEST.model_path,
-            "model_taxonomy": loaded.taxonomy,
+            "model_taxonomy": loaded.model_taxonomy,
             "base_sizes": list(cfg.TEST.benchmark_base_sizes),
             "scales": list(settings.scales),
             "flip": settings.flip,
@@ -124,20 +115,14 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mseg-test",
-        description="Evaluate a segmentation checkpoint on one dataset (dataset=NAME) or run the zero-shot benchmark (benchmark=zero_shot).",
+    return config_tool(
+        "mseg-test",
+        "Evaluate a segmentation checkpoint on one dataset (dataset=NAME) or run the zero-shot benchmark (benchmark=zero_shot).",
+        "config/test/default_config_360_ss.yaml",
+        "key=value overrides, e.g. model_path=m.pth dataset=camvid-11 base_size=720",
+        run,
+        argv,
     )
-    parser.add_argument("--config", required=True, help="YAML config, e.g. config/test/default_config_360_ss.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model_path=m.pth dataset=camvid-11 base_size=720")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        run(cfg)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"mseg-test: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Checkpoints that are complete or absent: atomic writes, newest-first discovery, RNG state capture.
+"""The training checkpoint: what it holds, when it is complete, how a run is restored from it.
 
 Layout under ``<output_dir>/checkpoints/``: ``iter_XXXXXXXX.pth`` (the newest ``keep`` are kept) and ``last.pth``
-(a hard link to the newest). A file is written to a hidden temporary name, flushed, fsynced and then renamed,
-so a crash at any moment leaves either the previous set or the new one; temporaries are never loaded and are
-removed on the next start. Loading tries checkpoints newest first and skips one that does not load.
+(a hard link to the newest). Files are written atomically and durably (:mod:`mseg_semantic.atomic`), so a crash at
+any moment leaves either the previous set or the new one; a temporary a killed run left behind is never loaded and
+is removed at the next start. Discovery tries checkpoints newest first and skips one that does not load.
 
-Everything stored is plain Python, tensors and state dicts, so ``torch.load(..., weights_only=True)`` reads it.
+A checkpoint is a dict of plain Python, tensors and state dicts (``torch.load(..., weights_only=True)`` reads
+it): ``model`` (this project's key names), ``optimizer``, ``scheduler``, ``scaler``, ``sampler`` and ``rng``
+(one entry per rank), ``iteration``, ``world_size``, ``stage``, ``config`` (the resolved config the run used),
+``meta`` (what :func:`mseg_semantic.model.save_weights` writes beside the final weights) and ``extra`` (state of
+the run's other parts, e.g. the best validation score so far).
 """
 
 from __future__ import annotations
@@ -14,69 +18,59 @@ import logging
 import os
 import random
 import re
-import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mseg_semantic import compat
+from mseg_semantic.atomic import atomic_write, link_or_copy_atomic, remove_stale_temporaries
+from mseg_semantic.errors import UserError
+from mseg_semantic.model import unwrap_model
+from mseg_semantic.model.loading import TRAINING_MODEL_KEY
+from mseg_semantic.training.distributed import DistInfo, all_gather_objects
+
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "FINAL_NAME",
+    "LAST_NAME",
+    "Checkpointer",
+    "TrainingParts",
+    "capture_rng_state",
+    "list_checkpoints",
+    "load_checkpoint",
+    "restore_rng_state",
+]
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pth"
 FINAL_NAME = "model_final.pth"
+REQUIRED_KEYS = (TRAINING_MODEL_KEY, "optimizer", "iteration")
 _ITER_PATTERN = re.compile(r"^iter_(\d{8,})\.pth$")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot serve as a training checkpoint; the message names it and what to do."""
+
+
+@dataclass
+class TrainingParts:
+    """Everything a resume restores, besides the config."""
+
+    model: torch.nn.Module  # DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # PolyLR
+    scaler: torch.amp.GradScaler | None
+    loader: Any  # TrainLoader (state_dict / load_state_dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"best": {...}}: saved and restored as they are
 
 
 def iteration_file_name(iteration: int) -> str:
     return f"iter_{iteration:08d}.pth"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary name in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def link_or_copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """``dst`` becomes the same file as ``src`` (a hard link, else a copy), atomically."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copy2(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
 
 
 def list_checkpoints(checkpoint_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -92,55 +86,22 @@ def list_checkpoints(checkpoint_dir: str | os.PathLike) -> list[tuple[int, Path]
     return sorted(found, reverse=True)
 
 
-def remove_temporaries(checkpoint_dir: str | os.PathLike) -> None:
-    """Delete half-written files a killed run left behind."""
-    directory = Path(checkpoint_dir)
-    if directory.is_dir():
-        for entry in directory.glob(".*.tmp"):
-            entry.unlink(missing_ok=True)
-
-
-def save_checkpoint(state: dict[str, Any], checkpoint_dir: str | os.PathLike, iteration: int, keep: int = 3) -> Path:
-    """Write ``iter_<iteration>.pth`` atomically, point ``last.pth`` at it, keep the newest ``keep``."""
-    directory = Path(checkpoint_dir)
-    path = atomic_torch_save(state, directory / iteration_file_name(iteration))
-    link_or_copy_atomic(path, directory / LAST_NAME)
-    for _, old in list_checkpoints(directory)[max(1, keep):]:
-        old.unlink(missing_ok=True)
-    return path
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint, validated; model keys in this project's names."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from exc
-    missing = {"model", "optimizer", "iteration"} - set(state) if isinstance(state, dict) else {"model"}
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from exc
+    missing = set(REQUIRED_KEYS) - set(state) if isinstance(state, dict) else set(REQUIRED_KEYS)
     if missing:
-        raise ValueError(f"{path} is not a training checkpoint (missing {sorted(missing)}); to start from its weights only use weights={path}")
+        raise CheckpointError(f"{path} is not a training checkpoint (missing {sorted(missing)}); to start from its weights only use weights={path}")
+    state[TRAINING_MODEL_KEY] = compat.translate_state_dict(state[TRAINING_MODEL_KEY], str(path))
+    if isinstance(state.get("meta"), dict):
+        state["meta"] = compat.translate_meta(state["meta"])
     return state
-
-
-def load_newest_checkpoint(checkpoint_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in ``checkpoint_dir`` that loads; ``None`` when there is none."""
-    directory = Path(checkpoint_dir)
-    candidates = [path for _, path in list_checkpoints(directory)]
-    if not candidates and (directory / LAST_NAME).is_file():
-        candidates = [directory / LAST_NAME]
-    for path in candidates:
-        try:
-            return path, load_checkpoint(path)
-        except ValueError as exc:
-            log.warning("skipping unreadable checkpoint: %s", exc)
-    return None
-
-
-def save_final_weights(state_dict: dict[str, torch.Tensor], meta: dict[str, Any], path: str | os.PathLike) -> Path:
-    """The weights-only model file ``{"state_dict": ..., "meta": {...}}`` that evaluation and fine-tuning read."""
-    return atomic_torch_save({"state_dict": state_dict, "meta": meta}, path)
 
 
 def capture_rng_state(device: torch.device) -> dict[str, Any]:
@@ -165,3 +126,98 @@ def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Checkpointer:
+    """Owns the training checkpoints of one run directory: when a save is complete, which one to resume from."""
+
+    def __init__(self, directory: str | os.PathLike, info: DistInfo, keep: int = 3, run_record: dict[str, Any] | None = None):
+        self.directory = Path(directory)
+        self.info = info
+        self.keep = max(1, keep)
+        self.run_record = dict(run_record or {})  # stage, config, meta: written into every checkpoint
+        self.last_saved_iteration: int | None = None
+
+    def capture(self, parts: TrainingParts, iteration: int) -> dict[str, Any] | None:
+        """The checkpoint dict (rank 0; None elsewhere). Every rank must call it: RNG and sampler states are gathered."""
+        rng_states = all_gather_objects(capture_rng_state(self.info.device), self.info)
+        sampler_states = all_gather_objects(parts.loader.state_dict(), self.info)
+        if not self.info.is_main:
+            return None
+        return {
+            TRAINING_MODEL_KEY: unwrap_model(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+            "sampler": sampler_states,
+            "rng": rng_states,
+            "iteration": iteration,
+            "world_size": self.info.world_size,
+            "extra": dict(parts.extra),
+            **self.run_record,
+        }
+
+    def save(self, parts: TrainingParts, iteration: int) -> Path | None:
+        """Write ``iter_<iteration>.pth`` (rank 0), point ``last.pth`` at it, keep the newest ``keep``. Collective."""
+        state = self.capture(parts, iteration)
+        self.last_saved_iteration = iteration
+        if state is None:
+            return None
+        path = self.directory / iteration_file_name(iteration)
+        atomic_write(path, lambda handle: torch.save(state, handle), durable=True)
+        link_or_copy_atomic(path, self.directory / LAST_NAME)
+        for _, old in list_checkpoints(self.directory)[self.keep:]:
+            old.unlink(missing_ok=True)
+        log.info(f"checkpoint {path}")
+        return path
+
+    def newest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint here that loads (a damaged one is skipped with a warning); None when there is none.
+        Temporaries of killed writers are removed first (never those of a live process)."""
+        remove_stale_temporaries(self.directory)
+        candidates = [path for _, path in list_checkpoints(self.directory)]
+        if not candidates and (self.directory / LAST_NAME).is_file():
+            candidates = [self.directory / LAST_NAME]
+        for path in candidates:
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as exc:
+                log.warning("skipping unreadable checkpoint: %s", exc)
+        return None
+
+    def restore(self, parts: TrainingParts, state: dict[str, Any], max_iters: int, schedule: dict[str, float]) -> int:
+        """Load ``state`` into ``parts``; returns the iteration to continue from.
+
+        ``schedule``: this run's ``base_lr``, ``power``, ``momentum`` and ``weight_decay``. They take effect from the
+        resumed iteration on (the poly curve is a closed form of the iteration, so a changed ``base_lr`` or
+        ``max_iters`` gives the curve of the new values from here), instead of the values the checkpoint was
+        written with.
+        """
+        unwrap_model(parts.model).load_state_dict(state[TRAINING_MODEL_KEY])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.scheduler.load_state_dict(state["scheduler"])
+        parts.scheduler.max_iters = max_iters
+        parts.scheduler.power = schedule["power"]
+        parts.scheduler.base_lrs = [schedule["base_lr"] for _ in parts.optimizer.param_groups]
+        for group, lr in zip(parts.optimizer.param_groups, parts.scheduler.get_lr()):
+            group["momentum"] = schedule["momentum"]
+            group["weight_decay"] = schedule["weight_decay"]
+            group["initial_lr"] = schedule["base_lr"]
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        if parts.scaler is not None and state.get("scaler"):
+            parts.scaler.load_state_dict(state["scaler"])
+        parts.extra.update(state.get("extra") or {})
+        info = self.info
+        saved_world = int(state.get("world_size", 1))
+        if saved_world == info.world_size:
+            parts.loader.load_state_dict(state["sampler"][info.rank])
+            restore_rng_state(state["rng"][info.rank], info.device)
+        else:
+            # The data stream depends on the global batch index only, so rank 0's cursor serves every rank; the
+            # per-process RNG (unused by HRNet's forward pass) restarts from the seed.
+            log.warning(f"checkpoint was written by {saved_world} process(es), this run has {info.world_size}: data resumes exactly, per-process RNG states are re-seeded")
+            parts.loader.load_state_dict(state["sampler"][0])
+        return int(state["iteration"])

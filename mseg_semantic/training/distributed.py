@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mseg_semantic.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -55,7 +57,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
     use_cuda = torch.cuda.is_available()
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; lower --nproc_per_node")
+            raise UserError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; lower --nproc_per_node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
@@ -64,11 +66,11 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
         return DistInfo(0, 1, 0, 1, device, None)
     backend = backend or ("nccl" if use_cuda else "gloo")
     if backend == "nccl" and not use_cuda:
-        raise ValueError("Distributed.dist_backend=nccl needs CUDA GPUs and none is visible; set dist_backend=gloo (or leave it unset: gloo on CPUs, nccl on GPUs)")
+        raise UserError("Distributed.dist_backend=nccl needs CUDA GPUs and none is visible; set dist_backend=gloo (or leave it unset: gloo on CPUs, nccl on GPUs)")
     if not dist.is_initialized():
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
-                raise ValueError(f"WORLD_SIZE={world_size} but {var} is not set: launch with torchrun (see the README's distributed commands)")
+                raise UserError(f"WORLD_SIZE={world_size} but {var} is not set: launch with torchrun (see the README's distributed commands)")
         kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://", "rank": rank, "world_size": world_size, "timeout": timedelta(minutes=timeout_minutes)}
         if backend == "nccl":
             kwargs["device_id"] = device
@@ -84,13 +86,19 @@ def shutdown_distributed(info: DistInfo) -> None:
 def per_rank_batch_size(batch_size: int, world_size: int) -> int:
     """The global batch split evenly over ranks (the learning rate is not rescaled)."""
     if batch_size % world_size != 0:
-        raise ValueError(f"TRAIN.batch_size={batch_size} (global) is not divisible by the number of processes {world_size}; choose a multiple of {world_size}")
+        raise UserError(f"TRAIN.batch_size={batch_size} (global) is not divisible by the number of processes {world_size}; choose a multiple of {world_size}")
     return batch_size // world_size
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 
@@ -126,6 +134,3 @@ def prepare_model(model: torch.nn.Module, info: DistInfo, sync_bn: bool) -> torc
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

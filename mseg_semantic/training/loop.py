@@ -1,55 +1,48 @@
-"""The training loop: batch -> backward step -> clip -> optimizer step -> poly LR -> log -> checkpoint.
+"""The training loop: batch -> backward step -> clip -> optimizer step -> poly LR -> report -> checkpoint.
 
-Everything arrives as plain objects (model, optimizer, loader, ...); the tool builds them from the config.
-One iteration is one optimizer step on one global batch. The loop runs from ``start_iteration`` to
-``max_iters`` and writes a checkpoint every ``checkpoint_every`` iterations and after the last one.
+Everything arrives as plain objects (the run's :class:`~mseg_semantic.training.checkpoint.TrainingParts`, a
+backward step, a checkpointer, a reporter); :mod:`mseg_semantic.training.run` builds them from the config. One
+iteration is one optimizer step on one global batch, from ``start_iteration`` to ``settings.max_iters``.
+
+The host never waits for the device between report iterations. With a fused optimizer a non-finite loss is
+caught on the device: the optimizer skips that update (``optimizer.found_inf``) and the loop raises
+:class:`NonFiniteLossError` at the next report iteration, before any checkpoint; without one (the CPU default)
+the loss is checked on the host every iteration, where reading it costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from mseg_semantic.training.checkpoint import capture_rng_state, save_checkpoint
-from mseg_semantic.training.distributed import DistInfo, all_gather_objects, all_reduce_sum, unwrap
-from mseg_semantic.training.logging import TrainingReporter
-from mseg_semantic.training.step import BackwardStep, StepContext, StepOutput, global_pixel_mean, per_dataset_mean
+from mseg_semantic.data.transforms import normalize_images
+from mseg_semantic.errors import EXIT_NON_FINITE
+from mseg_semantic.model import unwrap_model
+from mseg_semantic.training.checkpoint import Checkpointer, TrainingParts
+from mseg_semantic.training.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from mseg_semantic.training.gradients import BackwardStep, StepContext, StepOutput
+from mseg_semantic.training.preemption import Preempted, PreemptionSignal
+from mseg_semantic.training.report import TrainingReporter
 
 log = logging.getLogger("mseg_semantic.training")
 
+__all__ = ["LoopSettings", "LoopStats", "NonFiniteLossError", "recalibrate_batchnorm", "set_train_mode", "train_loop"]
+
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became nan or inf; the run stops before the optimizer applies the step."""
+    """The loss became nan or inf; that step was not applied and no checkpoint was written after it."""
+
+    exit_code = EXIT_NON_FINITE
 
 
-def ce_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext) -> StepOutput:
-    """Cross-entropy over the valid (non-ignore) pixels of the *global* batch (see :func:`global_pixel_mean`)."""
-    with ctx.autocast():
-        logits = model(images)
-    pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=ctx.ignore_index, reduction="none")
-    valid_per_image = (labels != ctx.ignore_index).flatten(1).sum(1)
-    loss = global_pixel_mean(pixel_loss.sum(), valid_per_image.sum(), ctx)
-    if ctx.scaler is not None:
-        ctx.scaler.scale(loss).backward()
-    else:
-        loss.backward()
-    per_dataset = per_dataset_mean(pixel_loss.detach().flatten(1).sum(1), valid_per_image, dataset_index, ctx.num_datasets)
-    return StepOutput(loss=loss.detach(), per_dataset_loss=per_dataset)
-
-
-@dataclass
+@dataclass(frozen=True)
 class LoopSettings:
     max_iters: int
-    checkpoint_dir: Path
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
+    checkpoint_every: int
     grad_clip: float | None = None
     channels_last: bool = False
     freeze_bn: bool = False
@@ -73,26 +66,6 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
                 module.eval()
 
 
-def training_state(model, optimizer, scheduler, scaler, loader, iteration: int, info: DistInfo, extra: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint dict (on rank 0; ``None`` elsewhere). Every rank must call it: RNG and sampler states are gathered."""
-    rng_states = all_gather_objects(capture_rng_state(info.device), info)
-    sampler_states = all_gather_objects(loader.state_dict() if hasattr(loader, "state_dict") else None, info)
-    if not info.is_main:
-        return None
-    state = {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "sampler": sampler_states,  # one entry per rank
-        "rng": rng_states,  # one entry per rank
-        "iteration": iteration,
-        "world_size": info.world_size,
-    }
-    state.update(extra)
-    return state
-
-
 def _reduce_for_log(out: StepOutput, info: DistInfo) -> tuple[float, list[float]]:
     """Mean loss over ranks and per-dataset means over the ranks that saw the dataset (nan: none did)."""
     per_dataset = out.per_dataset_loss.detach().float()
@@ -100,63 +73,113 @@ def _reduce_for_log(out: StepOutput, info: DistInfo) -> tuple[float, list[float]
     packed = torch.cat([out.loss.detach().float().reshape(1), torch.where(seen, per_dataset, torch.zeros_like(per_dataset)), seen.float()])
     all_reduce_sum(packed, info)
     n = per_dataset.numel()
-    loss = packed[0].item() / info.world_size
-    sums, counts = packed[1 : 1 + n].tolist(), packed[1 + n :].tolist()
-    return loss, [s / c if c > 0 else float("nan") for s, c in zip(sums, counts)]
+    values = packed.tolist()
+    sums, counts = values[1 : 1 + n], values[1 + n :]
+    return values[0] / info.world_size, [s / c if c > 0 else float("nan") for s, c in zip(sums, counts)]
+
+
+class _NonFiniteWatch:
+    """Where a non-finite loss is looked for: on the host every step, or on the device until a sync point.
+
+    Every rank reaches the same verdict (the flags are reduced over ranks), so every rank raises together.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, has_scaler: bool, info: DistInfo):
+        # the fused optimizer skips a flagged update on the device; a grad scaler flags it itself (inf grads)
+        self.on_device = bool(optimizer.defaults.get("fused"))
+        self.flag_optimizer = self.on_device and not has_scaler
+        self.optimizer = optimizer
+        self.info = info
+        self.first_bad = torch.full((1,), -1, dtype=torch.int64, device=info.device) if self.on_device else None
+
+    def after_backward(self, out: StepOutput, iteration: int, checkpoints: str, step_context: StepContext) -> None:
+        if not self.on_device:
+            bad = torch.logical_not(torch.isfinite(out.loss.detach())).float().reshape(1)
+            if bool(all_reduce_sum(bad, self.info).item() > 0):
+                raise _non_finite(float(out.loss), iteration, float(self.optimizer.param_groups[0]["lr"]), out, step_context, checkpoints)
+            return
+        bad = ~torch.isfinite(out.loss.detach().reshape(1))
+        if self.flag_optimizer:
+            self.optimizer.found_inf = bad.to(torch.float32).reshape(())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, iteration), self.first_bad)
+
+    def check(self, checkpoints: str) -> None:
+        """A sync point: raise if any step since the start was non-finite."""
+        if not self.on_device:
+            return
+        first_bad = int(all_reduce_max(self.first_bad.clone(), self.info).item())
+        if first_bad >= 0:
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {first_bad}; that update was skipped on the device and no checkpoint "
+                f"was written after it: {checkpoints} holds the last good state. Lower TRAIN.base_lr, set TRAIN.grad_clip, "
+                f"or use precision=fp32/bf16."
+            )
+
+
+def _non_finite(loss: float, iteration: int, lr: float, out: StepOutput, ctx: StepContext, checkpoints: str) -> NonFiniteLossError:
+    per_dataset = ", ".join(f"{ctx.dataset_name(i)}={v:.4g}" for i, v in enumerate(out.per_dataset_loss.tolist()))
+    return NonFiniteLossError(
+        f"non-finite loss {loss} at iteration {iteration} (lr {lr:.6g}; per dataset: {per_dataset}). The step was not "
+        f"applied and no checkpoint was written: {checkpoints} holds the last good state. Lower TRAIN.base_lr, set "
+        f"TRAIN.grad_clip, or use precision=fp32/bf16."
+    )
+
+
+def _stop_requested(preemption: PreemptionSignal | None, info: DistInfo, sync_point: bool) -> bool:
+    """Whether every rank agrees to stop now (ranks compare their signals at sync points only)."""
+    if preemption is None:
+        return False
+    if not info.distributed:
+        return preemption.received is not None
+    if not sync_point:
+        return False
+    flag = torch.tensor([1.0 if preemption.received else 0.0], device=info.device)
+    all_reduce_sum(flag, info)
+    return bool(flag.item() > 0)
 
 
 def train_loop(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler | None,
-    loader: Iterable[dict[str, torch.Tensor]],
+    parts: TrainingParts,
     backward_step: BackwardStep,
     step_context: StepContext,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
+    checkpointer: Checkpointer,
     settings: LoopSettings,
     info: DistInfo,
     reporter: TrainingReporter,
     start_iteration: int = 0,
-    checkpoint_extra: dict[str, Any] | None = None,
-    on_iteration: Callable[[int], None] | None = None,
-    stats: LoopStats | None = None,
+    hooks: Sequence[Callable[[int, LoopStats], None]] = (),
+    preemption: PreemptionSignal | None = None,
 ) -> LoopStats:
     """Train from ``start_iteration`` to ``settings.max_iters``; returns timing statistics.
 
-    ``on_iteration(done)`` is called after each step, with ``stats`` (pass your own to read it live) up to date.
-    Raises :class:`NonFiniteLossError` (on every rank) when the loss is not finite; the step is not applied
-    and no checkpoint is written, so the newest checkpoint on disk is the last good state.
+    ``hooks``: called as ``hook(finished iterations, stats so far)`` after each step (validation, benchmarks).
+    Raises :class:`NonFiniteLossError` (on every rank) when the loss is not finite, and
+    :class:`~mseg_semantic.training.preemption.Preempted` after writing a checkpoint when ``preemption`` received
+    a signal.
     """
-    stats = stats if stats is not None else LoopStats()
-    extra = dict(checkpoint_extra or {})
+    stats = LoopStats()
+    model, optimizer, scheduler, scaler = parts.model, parts.optimizer, parts.scheduler, parts.scaler
     params = [p for p in model.parameters() if p.requires_grad]
+    watch = _NonFiniteWatch(optimizer, scaler is not None, info)
     set_train_mode(model, settings.freeze_bn)
-    batches = iter(loader)
+    batches = iter(parts.loader)
     started = time.perf_counter()
-    last_saved = start_iteration
+    checkpoints = str(checkpointer.directory)
     for iteration in range(start_iteration, settings.max_iters):
         waited = time.perf_counter()
         batch = next(batches)
         stats.data_wait_seconds += time.perf_counter() - waited
 
-        images = normalize(batch["image"].to(info.device, non_blocking=True))
+        images = normalize_images(batch["image"].to(info.device, non_blocking=True))
         if settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].to(info.device, non_blocking=True)
+        labels = batch["label"].to(info.device, non_blocking=True).long()
         dataset_index = batch["dataset_index"].to(info.device, non_blocking=True)
 
         optimizer.zero_grad(set_to_none=True)
         out = backward_step(model, images, labels, dataset_index, step_context)
-        lr = optimizer.param_groups[0]["lr"]
-        loss, per_dataset = _reduce_for_log(out, info)
-        if not math.isfinite(loss):
-            named = ", ".join(f"{step_context.dataset_name(i)}={v:.4g}" for i, v in enumerate(per_dataset))
-            raise NonFiniteLossError(
-                f"non-finite loss {loss} at iteration {iteration + 1} (lr {lr:.6g}; per dataset: {named}). "
-                f"The step was not applied and no checkpoint was written; the newest checkpoint in {settings.checkpoint_dir} "
-                f"(iteration {last_saved}) is the last good state. Lower TRAIN.base_lr, set TRAIN.grad_clip, or use precision=fp32/bf16."
-            )
+        done = iteration + 1
+        watch.after_backward(out, done, checkpoints, step_context)
         if settings.grad_clip is not None:
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -167,22 +190,32 @@ def train_loop(
         else:
             optimizer.step()
         scheduler.step()
-        done = iteration + 1
         stats.iterations += 1
+        reporter.tick()
 
-        scalars = dict(out.scalars)
-        if scaler is not None:
-            scalars["amp/loss_scale"] = float(scaler.get_scale())
-        reporter.iteration(done, loss, lr, {step_context.dataset_name(i): v for i, v in enumerate(per_dataset)}, scalars)
-        if on_iteration is not None:
-            on_iteration(done)
-
-        if done % settings.checkpoint_every == 0 or done == settings.max_iters:
-            state = training_state(model, optimizer, scheduler, scaler, loader, done, info, extra)
-            if state is not None:
-                path = save_checkpoint(state, settings.checkpoint_dir, done, settings.keep_checkpoints)
-                log.info(f"checkpoint {path}")
-            last_saved = done
+        checkpoint_due = done % settings.checkpoint_every == 0 or done == settings.max_iters
+        sync_point = reporter.is_report_iteration(done) or checkpoint_due
+        if sync_point:
+            watch.check(checkpoints)
+        if reporter.is_report_iteration(done):
+            loss, per_dataset = _reduce_for_log(out, info)
+            scalars = dict(out.scalars)
+            if scaler is not None:
+                scalars["amp/loss_scale"] = float(scaler.get_scale())
+            lr = float(optimizer.param_groups[0]["lr"])
+            reporter.report(done, loss, lr, {step_context.dataset_name(i): v for i, v in enumerate(per_dataset)}, scalars)
+        for hook in hooks:
+            hook(done, stats)
+        if checkpoint_due:
+            checkpointer.save(parts, done)
+        if _stop_requested(preemption, info, sync_point) and done < settings.max_iters:
+            watch.check(checkpoints)
+            if checkpointer.last_saved_iteration != done:
+                checkpointer.save(parts, done)
+            stats.wall_seconds = time.perf_counter() - started
+            raise Preempted(f"stopped by {preemption.received} after iteration {done} of {settings.max_iters}; "
+                            f"checkpoint written to {checkpoints}: run the same command again to resume")
+    watch.check(checkpoints)
     stats.wall_seconds = time.perf_counter() - started
     return stats
 
@@ -192,7 +225,6 @@ def recalibrate_batchnorm(
     model: torch.nn.Module,
     loader: Iterable[dict[str, torch.Tensor]],
     iterations: int,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
     info: DistInfo,
     channels_last: bool = False,
 ) -> int:
@@ -202,6 +234,7 @@ def recalibrate_batchnorm(
     matters only for short runs. Forward passes only (no gradient, weights unchanged); the statistics are
     averaged over ranks. Returns the number of BatchNorm layers updated.
     """
+    model = unwrap_model(model)
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if iterations <= 0 or not layers:
         return 0
@@ -213,7 +246,7 @@ def recalibrate_batchnorm(
     model.train()
     batches = iter(loader)
     for _ in range(iterations):
-        images = normalize(next(batches)["image"].to(info.device, non_blocking=True))
+        images = normalize_images(next(batches)["image"].to(info.device, non_blocking=True))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         model(images)
@@ -225,4 +258,3 @@ def recalibrate_batchnorm(
                 buffer /= info.world_size
     model.train(was_training)
     return len(layers)
-

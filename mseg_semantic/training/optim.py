@@ -1,4 +1,4 @@
-"""MSeg's optimisation recipe: SGD with a per-iteration poly learning rate, and the iteration count.
+"""MSeg's optimisation recipe: SGD with a per-iteration poly learning rate, the iteration count, loss scaling.
 
 The learning rate of (0-based) iteration ``t`` is ``base_lr * (1 - t / max_iters) ** power``, the value MSeg
 sets after each step; it is a closed form of ``t``, so resuming or lengthening a run keeps the curve exact.
@@ -10,6 +10,8 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import torch
+
+from mseg_semantic.errors import UserError
 
 
 def poly_learning_rate(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) -> float:
@@ -34,10 +36,21 @@ class PolyLR(torch.optim.lr_scheduler.LRScheduler):
     _get_closed_form_lr = get_lr
 
 
-def build_sgd(params: Iterable[torch.nn.Parameter], base_lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """One parameter group, as MSeg trains HRNet (no backbone/head learning-rate split)."""
+def build_sgd(params: Iterable[torch.nn.Parameter], base_lr: float, momentum: float, weight_decay: float,
+              fused: bool = False) -> torch.optim.SGD:
+    """One parameter group, as MSeg trains HRNet (no backbone/head learning-rate split).
+
+    ``fused``: one kernel for the whole update, which also skips the update on the device when the loop sets
+    ``optimizer.found_inf`` (a non-finite loss), so the loop never waits for the loss on the host. The trainer
+    uses it on GPUs; on CPUs the plain implementation keeps the numbers of earlier runs.
+    """
     trainable = [p for p in params if p.requires_grad]
-    return torch.optim.SGD(trainable, lr=base_lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(trainable, lr=base_lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
+
+
+def make_grad_scaler(precision: str, device_type: str) -> torch.amp.GradScaler | None:
+    """Dynamic loss scaling, for fp16 only (bf16 has fp32's exponent range)."""
+    return torch.amp.GradScaler(device_type) if precision == "fp16" else None
 
 
 def derive_max_iters(
@@ -56,7 +69,7 @@ def derive_max_iters(
     the dataset with the fewest crops per iteration sets the count.
     """
     if num_examples <= 0 or batch_size <= 0:
-        raise ValueError(f"TRAIN.num_examples ({num_examples}) and TRAIN.batch_size ({batch_size}) must be positive")
+        raise UserError(f"TRAIN.num_examples ({num_examples}) and TRAIN.batch_size ({batch_size}) must be positive")
     if dataset_gpu_mapping and len(datasets) > 1:
         per_rank = batch_size // world_size
         return max(1, max(math.floor(num_examples / (per_rank * len(dataset_gpu_mapping[d]))) for d in datasets))

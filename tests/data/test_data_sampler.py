@@ -14,7 +14,7 @@ def run(sampler, batches, cursor=None):
     cursor = cursor or sampler.start()
     out = []
     for _ in range(batches):
-        refs, cursor = sampler.plan(cursor)
+        refs, cursor = sampler.batch_refs(cursor)
         out.append(refs)
     return out, cursor
 

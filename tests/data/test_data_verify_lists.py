@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mseg_semantic.data import BadSampleError, ValDataset, locate, read_label, read_list_file
-from mseg_semantic.data.verify import verify_dataset
+from mseg_semantic.data.verify import verify_split
 from mseg_semantic.tool.data import main
 
 
@@ -52,7 +52,7 @@ def test_val_dataset_yields_full_images_in_the_dataset_taxonomy(small_world):
 
 
 def test_verify_a_clean_dataset(small_world, capsys):
-    report = verify_dataset("mapillary-public65", "train", small_world, workers=2)
+    report = verify_split("mapillary-public65", "train", small_world, workers=2)
     assert report.ok and report.num_ok == report.num_samples == 8
     names = report.class_names
     assert report.class_pixels[names.index("Lane Marking - General")] > 0

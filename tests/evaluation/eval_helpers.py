@@ -77,3 +77,22 @@ def colour_world(num_classes: int, n: int, h: int, w: int, colors: np.ndarray, s
         label[:, :2] = 255
         samples.append((image, label))
     return samples
+
+
+def inference_settings(**changes):
+    """The schema's TEST defaults as InferenceSettings, with ``changes`` (field names of InferenceSettings)."""
+    import dataclasses
+
+    from mseg_semantic.config import load_config
+    from mseg_semantic.evaluation.inference import InferenceSettings
+
+    return dataclasses.replace(InferenceSettings.from_config(load_config().TEST), **changes)
+
+
+def eval_data(data_root, split: str = "val", **changes):
+    """An EvalData for ``data_root``: no list overrides, loading in this process."""
+    import dataclasses
+
+    from mseg_semantic.evaluation.evaluate import EvalData
+
+    return dataclasses.replace(EvalData(split, str(data_root), {}, {}), **changes)

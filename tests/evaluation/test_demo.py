@@ -5,16 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from eval_helpers import ColourOracleNet, TinySegNet, random_image
+from eval_helpers import eval_data, inference_settings, ColourOracleNet, TinySegNet, random_image
 from mseg_semantic.evaluation.demo import run_demo
-from mseg_semantic.evaluation.inference import InferenceSettings
 from mseg_semantic.evaluation.model_space import OutputSpace
 from mseg_semantic.evaluation.visualize import colorize, legend_panel, overlay, present_classes
 from mseg_semantic.model import build_model
 from mseg_semantic.taxonomy import load_class_colors, load_class_names
 from mseg_semantic.tool import demo as mseg_demo
 
-SETTINGS = InferenceSettings(crop_h=32, crop_w=32, base_size=None, window_batch=8)
+SETTINGS = inference_settings(crop_h=32, crop_w=32, base_size=None, window_batch=8)
 
 
 def camvid_space():
@@ -63,7 +62,7 @@ def test_folder_is_batched_and_every_image_gets_outputs(tmp_path):
         cv2.imwrite(str(folder / f"im{i}.jpg"), random_image(h, w, seed=i))
     (folder / "notes.txt").write_text("not an image")
     space = OutputSpace("toy", [f"c{i}" for i in range(4)], load_class_colors("camvid-11")[:4], None)
-    settings = InferenceSettings(crop_h=32, crop_w=32, window_batch=8)
+    settings = inference_settings(crop_h=32, crop_w=32, window_batch=8)
     written = run_demo(Counting(num_classes=4).eval(), space, settings, folder, tmp_path / "out", batch_size=3, progress=False)
     assert len(written) == 6
     # windows (1 + 1 + 2: the 40-wide image needs two 32-wide windows) and their flips: one forward

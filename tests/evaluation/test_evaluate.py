@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval_helpers import ColourOracleNet, colour_world, write_dataset
+from eval_helpers import eval_data, inference_settings, ColourOracleNet, colour_world, write_dataset
 from mseg_semantic.evaluation.evaluate import evaluate_dataset, select_indices
-from mseg_semantic.evaluation.inference import InferenceSettings
 from mseg_semantic.evaluation.model_space import LoadedModel, evaluation_space
 from mseg_semantic.taxonomy import build_taxonomy_converter, load_class_colors
 
@@ -27,12 +26,12 @@ def loaded(model, taxonomy="universal", train_datasets=None):
 
 def test_zero_shot_projection_scores_a_perfect_universal_model_at_one(tmp_path):
     colors = load_class_colors("camvid-11").astype(np.float32)
-    projection = build_taxonomy_converter("universal", [], ["camvid-11"]).test_projection_matrix("camvid-11")
-    first_uid = [int(torch.nonzero(row)[0]) for row in projection]
+    projection = build_taxonomy_converter("universal", [], ["camvid-11"]).projection("camvid-11")
+    first_uid = [group[0] for group in projection.members]
     write_dataset(tmp_path, "camvid-11", colour_world(11, 3, 40, 56, colors.astype(np.uint8)))
     model = universal_colour_model(colors, first_uid)
-    settings = InferenceSettings(crop_h=32, crop_w=32, base_size=40, window_batch=16)
-    result = evaluate_dataset(loaded(model), "camvid-11", "val", str(tmp_path), settings, save_folder=tmp_path / "out", workers=0, progress=False, save_predictions=True)
+    settings = inference_settings(crop_h=32, crop_w=32, base_size=40, window_batch=16)
+    result = evaluate_dataset(loaded(model), "camvid-11", settings, eval_data(str(tmp_path)), save_folder=tmp_path / "out", progress=False, save_predictions=True)
     assert result.space.name == "camvid-11" and result.num_images == 3
     assert result.metrics.miou == pytest.approx(1.0)
     assert result.metrics.pixel_acc == pytest.approx(1.0)
@@ -51,8 +50,8 @@ def test_training_dataset_is_scored_in_universal_space_over_its_own_classes(tmp_
     colors = load_class_colors("cityscapes-19").astype(np.float32)
     write_dataset(tmp_path, "cityscapes-19", colour_world(19, 2, 32, 48, colors.astype(np.uint8), seed=1))
     model = universal_colour_model(colors, uids)
-    settings = InferenceSettings(crop_h=32, crop_w=32, base_size=32)
-    result = evaluate_dataset(loaded(model), "cityscapes-19", "val", str(tmp_path), settings, workers=0, progress=False)
+    settings = inference_settings(crop_h=32, crop_w=32, base_size=32)
+    result = evaluate_dataset(loaded(model), "cityscapes-19", settings, eval_data(str(tmp_path)), progress=False)
     space = result.space
     assert space.name == "universal" and space.num_classes == 194
     assert sorted(space.valid_classes) == sorted(set(uids))
@@ -67,7 +66,7 @@ def test_oracle_model_is_scored_in_its_own_taxonomy(tmp_path):
     colors = load_class_colors("camvid-11").astype(np.float32)
     write_dataset(tmp_path, "camvid-11", colour_world(11, 2, 24, 24, colors.astype(np.uint8), seed=2))
     model = ColourOracleNet(colors).eval()
-    result = evaluate_dataset(loaded(model, "oracle", ["camvid-11"]), "camvid-11", "val", str(tmp_path), InferenceSettings(crop_h=24, crop_w=24), workers=0, progress=False)
+    result = evaluate_dataset(loaded(model, "oracle", ["camvid-11"]), "camvid-11", inference_settings(crop_h=24, crop_w=24), eval_data(str(tmp_path)), progress=False)
     assert result.space.projection is None and result.metrics.miou == pytest.approx(1.0)
 
 
@@ -79,19 +78,19 @@ def test_unknown_label_id_in_ground_truth_is_an_error(tmp_path):
     write_dataset(tmp_path, "cityscapes-19", samples)
     model = universal_colour_model(colors, [conv.id_to_uid_maps["cityscapes-19"][k] for k in range(19)])
     with pytest.raises(ValueError, match="77"):
-        evaluate_dataset(loaded(model), "cityscapes-19", "val", str(tmp_path), InferenceSettings(crop_h=16, crop_w=16), workers=0, progress=False)
+        evaluate_dataset(loaded(model), "cityscapes-19", inference_settings(crop_h=16, crop_w=16), eval_data(str(tmp_path)), progress=False)
 
 
 def test_missing_list_names_the_path(tmp_path):
     model = ColourOracleNet(np.zeros((194, 3), np.float32))
     with pytest.raises(FileNotFoundError, match="dataset_lists/voc2012/list/val.txt"):
-        evaluate_dataset(loaded(model), "voc2012", "val", str(tmp_path), InferenceSettings(), workers=0, progress=False)
+        evaluate_dataset(loaded(model), "voc2012", inference_settings(), eval_data(str(tmp_path)), progress=False)
 
 
 def test_save_predictions_without_a_folder_is_an_error(tmp_path):
     model = ColourOracleNet(np.zeros((194, 3), np.float32))
     with pytest.raises(ValueError, match="save_folder"):
-        evaluate_dataset(loaded(model), "camvid-11", "val", str(tmp_path), InferenceSettings(), save_predictions=True, workers=0, progress=False)
+        evaluate_dataset(loaded(model), "camvid-11", inference_settings(), eval_data(str(tmp_path)), save_predictions=True, progress=False)
 
 
 def test_select_indices_subset_and_rank_split():
@@ -118,7 +117,7 @@ def test_projection_equals_taxonomy_converter_transform_predictions_test():
         model.weight.zero_()
         model.bias.normal_(0, 3)
     image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    ours = predict_probabilities(model, [image], InferenceSettings(crop_h=16, crop_w=16, base_size=20), conv.test_projection_matrix("kitti-19"))[0]
+    ours = predict_probabilities(model, [image], inference_settings(crop_h=16, crop_w=16, base_size=20), conv.projection("kitti-19"))[0]
     theirs = conv.transform_predictions_test(model.bias.detach().view(1, 194, 1, 1), "kitti-19")[0]
     torch.testing.assert_close(ours, theirs.expand_as(ours), atol=1e-5, rtol=1e-5)
 
@@ -126,7 +125,7 @@ def test_projection_equals_taxonomy_converter_transform_predictions_test():
 def test_naive_model_is_projected_by_name_into_the_test_taxonomy():
     model = ColourOracleNet(np.zeros((316, 3), np.float32))
     space = evaluation_space(LoadedModel(model, "n.pth", "x", "naive", 316, None), "camvid-11")
-    assert space.name == "camvid-11" and tuple(space.projection.shape) == (11, 316)
+    assert space.name == "camvid-11" and tuple(space.projection.matrix().shape) == (11, 316)
     assert space.converter is None and space.valid_classes is None
 
 
@@ -138,7 +137,7 @@ def _distributed_worker(rank, world_size, init_file, data_root, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         model = TinySegNet(num_classes=11, seed=0).eval()
-        result = evaluate_dataset(loaded(model, "oracle", ["camvid-11"]), "camvid-11", "val", data_root, InferenceSettings(crop_h=16, crop_w=16), workers=0, progress=False)
+        result = evaluate_dataset(loaded(model, "oracle", ["camvid-11"]), "camvid-11", inference_settings(crop_h=16, crop_w=16), eval_data(data_root), progress=False)
         if rank == 0:
             torch.save({"iou": result.metrics.iou, "pixels": result.metrics.num_pixels, "n": result.num_images}, out_file)
     finally:
@@ -154,7 +153,7 @@ def test_two_ranks_split_the_images_and_sum_the_counts(tmp_path):
     write_dataset(tmp_path, "camvid-11", colour_world(11, 3, 16, 24, colors, seed=5))
     out = tmp_path / "rank0.pt"
     mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path), str(out)), nprocs=2, join=True)
-    single = evaluate_dataset(loaded(TinySegNet(num_classes=11, seed=0).eval(), "oracle", ["camvid-11"]), "camvid-11", "val", str(tmp_path), InferenceSettings(crop_h=16, crop_w=16), workers=0, progress=False)
+    single = evaluate_dataset(loaded(TinySegNet(num_classes=11, seed=0).eval(), "oracle", ["camvid-11"]), "camvid-11", inference_settings(crop_h=16, crop_w=16), eval_data(tmp_path), progress=False)
     got = torch.load(out, weights_only=False)
     assert got["n"] == 3 and got["pixels"] == single.metrics.num_pixels == 3 * 16 * 22
     np.testing.assert_allclose(got["iou"], single.metrics.iou, equal_nan=True)

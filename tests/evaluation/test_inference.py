@@ -2,11 +2,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+from mseg_semantic.taxonomy import Projection
 import torch.nn.functional as F
 
-from eval_helpers import TinySegNet, random_image
+from eval_helpers import eval_data, inference_settings, TinySegNet, random_image
 from mseg_semantic.evaluation.inference import (
-    InferenceSettings,
     predict_probabilities,
     resized_hw,
     segment_images,
@@ -80,7 +81,7 @@ def test_resized_hw_keeps_aspect_and_sets_short_side():
 def test_batched_equals_per_window_reference(hw, base, crop, scales):
     model = TinySegNet(num_classes=5).eval()
     image = random_image(*hw, seed=1)
-    settings = InferenceSettings(crop_h=crop, crop_w=crop, base_size=base, scales=scales, flip=True, window_batch=5)
+    settings = inference_settings(crop_h=crop, crop_w=crop, base_size=base, scales=scales, flip=True, window_batch=5)
     ours = predict_probabilities(model, [image], settings)[0].numpy()
     ref = mseg_reference(model, image, base, crop, scales)
     assert ours.shape == (5, *hw)
@@ -92,8 +93,8 @@ def test_projection_matches_reference_and_sums_classes():
     model = TinySegNet(num_classes=6).eval()
     projection = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0]], dtype=torch.float32)
     image = random_image(30, 41, seed=2)
-    settings = InferenceSettings(crop_h=24, crop_w=24, base_size=30, window_batch=3)
-    ours = predict_probabilities(model, [image], settings, projection)[0]
+    settings = inference_settings(crop_h=24, crop_w=24, base_size=30, window_batch=3)
+    ours = predict_probabilities(model, [image], settings, Projection.from_matrix(projection))[0]
     plain = predict_probabilities(model, [image], settings)[0]
     np.testing.assert_allclose(ours.numpy(), mseg_reference(model, image, 30, 24, (1.0,), projection=projection), atol=2e-4)
     # projection is linear, so projecting each window equals projecting the averaged universal probabilities
@@ -103,8 +104,8 @@ def test_projection_matches_reference_and_sums_classes():
 def test_batch_size_and_image_grouping_do_not_change_results():
     model = TinySegNet(num_classes=4).eval()
     images = [random_image(33, 47, seed=3), random_image(50, 26, seed=4)]
-    a = InferenceSettings(crop_h=24, crop_w=24, base_size=30, scales=(0.75, 1.0), window_batch=1)
-    b = InferenceSettings(crop_h=24, crop_w=24, base_size=30, scales=(0.75, 1.0), window_batch=64)
+    a = inference_settings(crop_h=24, crop_w=24, base_size=30, scales=(0.75, 1.0), window_batch=1)
+    b = inference_settings(crop_h=24, crop_w=24, base_size=30, scales=(0.75, 1.0), window_batch=64)
     together = predict_probabilities(model, images, b)
     for image, joint in zip(images, together):
         alone = predict_probabilities(model, [image], a)[0]
@@ -115,11 +116,11 @@ def test_flip_averaging_makes_mirror_symmetric_prediction():
     # averaging the plain and flipped passes gives, for a mirrored input, the mirrored output
     model = TinySegNet(num_classes=3).eval()
     image = random_image(24, 40, seed=5)
-    settings = InferenceSettings(crop_h=24, crop_w=40, base_size=24, flip=True, window_batch=4)
+    settings = inference_settings(crop_h=24, crop_w=40, base_size=24, flip=True, window_batch=4)
     p = predict_probabilities(model, [image], settings)[0]
     q = predict_probabilities(model, [np.ascontiguousarray(image[:, ::-1])], settings)[0]
     torch.testing.assert_close(p, q.flip(-1), atol=1e-5, rtol=0)
-    no_flip = InferenceSettings(crop_h=24, crop_w=40, base_size=24, flip=False)
+    no_flip = inference_settings(crop_h=24, crop_w=40, base_size=24, flip=False)
     p1 = predict_probabilities(model, [image], no_flip)[0]
     q1 = predict_probabilities(model, [np.ascontiguousarray(image[:, ::-1])], no_flip)[0]
     assert not torch.allclose(p1, q1.flip(-1), atol=1e-4)
@@ -135,7 +136,7 @@ def test_whole_image_mode_runs_one_forward_per_image_and_pads_to_divisor():
 
     model = Recorder(num_classes=3).eval()
     images = [random_image(30, 50, seed=6), random_image(30, 50, seed=7)]
-    settings = InferenceSettings(base_size=30, mode="whole", flip=True, window_batch=8, size_divisor=16)
+    settings = inference_settings(base_size=30, mode="whole", flip=True, window_batch=8, size_divisor=16)
     labels = segment_images(model, images, settings)
     assert shapes == [(4, 3, 32, 64)]  # both images and their flips in one batch, padded to multiples of 16
     assert [tuple(l.shape) for l in labels] == [(30, 50), (30, 50)]
@@ -144,8 +145,8 @@ def test_whole_image_mode_runs_one_forward_per_image_and_pads_to_divisor():
 def test_bf16_autocast_runs_on_cpu_and_stays_close():
     model = TinySegNet(num_classes=4).eval()
     image = random_image(30, 30, seed=8)
-    base = InferenceSettings(crop_h=24, crop_w=24, base_size=30)
-    bf16 = InferenceSettings(crop_h=24, crop_w=24, base_size=30, precision="bf16")
+    base = inference_settings(crop_h=24, crop_w=24, base_size=30)
+    bf16 = inference_settings(crop_h=24, crop_w=24, base_size=30, precision="bf16")
     p32 = predict_probabilities(model, [image], base)[0]
     p16 = predict_probabilities(model, [image], bf16)[0]
     assert p16.dtype == torch.float32
@@ -155,24 +156,24 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close():
 
 def test_invalid_settings_are_rejected_with_the_value():
     with pytest.raises(ValueError, match="tiles"):
-        InferenceSettings(mode="tiles")
+        inference_settings(mode="tiles")
     with pytest.raises(ValueError, match="fp8"):
-        InferenceSettings(precision="fp8")
+        inference_settings(precision="fp8")
     with pytest.raises(ValueError, match="scales"):
-        InferenceSettings(scales=())
+        inference_settings(scales=())
 
 
 def test_projection_with_wrong_width_is_an_error():
     model = TinySegNet(num_classes=4).eval()
-    with pytest.raises(ValueError, match="4 classes"):
-        predict_probabilities(model, [random_image(20, 20)], InferenceSettings(crop_h=16, crop_w=16), torch.ones(2, 5))
+    with pytest.raises(ValueError, match="the projection takes 5 classes but the model outputs 4"):
+        predict_probabilities(model, [random_image(20, 20)], inference_settings(crop_h=16, crop_w=16), Projection(5, [[0, 1], [2]]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_matches_cpu():
     model = TinySegNet(num_classes=4).eval()
     image = random_image(40, 60, seed=9)
-    settings = InferenceSettings(crop_h=32, crop_w=32, base_size=40, scales=(0.5, 1.0))
+    settings = inference_settings(crop_h=32, crop_w=32, base_size=40, scales=(0.5, 1.0))
     cpu = predict_probabilities(model, [image], settings)[0]
-    gpu = predict_probabilities(model.cuda(), [image], InferenceSettings(crop_h=32, crop_w=32, base_size=40, scales=(0.5, 1.0), precision="bf16"))[0]
+    gpu = predict_probabilities(model.cuda(), [image], inference_settings(crop_h=32, crop_w=32, base_size=40, scales=(0.5, 1.0), precision="bf16"))[0]
     assert (cpu - gpu.cpu()).abs().max() < 0.05

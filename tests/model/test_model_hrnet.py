@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mseg_semantic.model import MODEL_NAMES, build_model, maybe_sync_batchnorm
+from mseg_semantic.compat import HEAD_KEY_MAP, translate_key
+from mseg_semantic.model import MODEL_NAMES, build_model
 from mseg_semantic.model import hrnet as hrnet_module
 
 REFERENCE_MANIFEST = Path("/work/shared/reference/hrnet_w48_seg_194_state_dict_shapes.json")
@@ -47,12 +48,20 @@ def w48() -> nn.Module:
     return build_model("hrnet_w48", num_classes=194)
 
 
+def _in_mseg_names(key: str) -> str:
+    """Our key as MSeg's checkpoints spell it (the inverse of compat's head translation)."""
+    for mseg, ours in HEAD_KEY_MAP.items():
+        if key.startswith(ours):
+            return mseg + key[len(ours):]
+    return key
+
+
 def test_w48_state_dict_matches_mseg_fingerprint(w48):
-    shapes = [(k, tuple(v.shape)) for k, v in w48.state_dict().items()]
+    shapes = [(_in_mseg_names(k), tuple(v.shape)) for k, v in w48.state_dict().items()]
     assert len(shapes) == MSEG_W48_KEY_COUNT
     assert _fingerprint(shapes) == MSEG_W48_FINGERPRINT
     for key, shape in MSEG_W48_SAMPLE_KEYS.items():
-        assert tuple(w48.state_dict()[key].shape) == shape, key
+        assert tuple(w48.state_dict()[translate_key(key)].shape) == shape, key
 
 
 def test_w48_state_dict_matches_reference_manifest(w48):
@@ -60,7 +69,7 @@ def test_w48_state_dict_matches_reference_manifest(w48):
         pytest.skip(f"reference manifest not present ({REFERENCE_MANIFEST}); the embedded fingerprint still checks it")
     reference = [(k, tuple(s)) for k, s in json.loads(REFERENCE_MANIFEST.read_text())]
     ours = [(k, tuple(v.shape)) for k, v in w48.state_dict().items()]
-    assert ours == reference  # same keys, same shapes, same order
+    assert ours == [(translate_key(k), s) for k, s in reference]  # MSeg's keys, translated: ours, same shapes and order
     assert _fingerprint(reference) == MSEG_W48_FINGERPRINT
 
 
@@ -215,8 +224,8 @@ def _reference_forward(sd, x, fuse_align=False, head_align=False, final_align=Tr
     cat = torch.cat(
         [xs[0]] + [F.interpolate(b, size=size, mode="bilinear", align_corners=head_align) for b in xs[1:]], 1
     )
-    emb = F.relu(bn("last_layer.1", conv("last_layer.0", cat)))
-    low = conv("last_layer.3", emb)
+    emb = F.relu(bn("head.bn", conv("head.conv", cat)))
+    low = conv("head.classifier", emb)
     return F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=final_align), emb
 
 
@@ -248,7 +257,7 @@ def test_final_upsampling_keeps_corners():
     model = _randomise(build_model("hrnet_tiny", num_classes=3)).eval()
     with torch.no_grad():
         logits, emb = model(torch.randn(1, 3, 50, 66), return_features=True)
-        low = model.last_layer[3](emb)
+        low = model.head.classifier(emb)
     torch.testing.assert_close(logits[..., 0, 0], low[..., 0, 0])
     torch.testing.assert_close(logits[..., -1, -1], low[..., -1, -1])
     torch.testing.assert_close(logits[..., 0, -1], low[..., 0, -1])
@@ -267,20 +276,6 @@ def test_channels_last_matches_contiguous():
     # other kernels sum in another order: compare relative to the logits' scale
     scale = expected.abs().max().item()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
-
-
-def test_sync_batchnorm_only_when_distributed_on_cuda(monkeypatch):
-    model = build_model("hrnet_tiny", num_classes=3)
-    assert maybe_sync_batchnorm(model, "cpu") is model
-    assert maybe_sync_batchnorm(model, "cuda") is model  # not distributed
-    monkeypatch.setattr(hrnet_module.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(hrnet_module.dist, "get_world_size", lambda: 2)
-    assert maybe_sync_batchnorm(model, "cpu") is model  # gloo on CPU keeps BatchNorm
-    converted = maybe_sync_batchnorm(model, "cuda")
-    assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
-    assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
-    assert {m.momentum for m in converted.modules() if isinstance(m, nn.SyncBatchNorm)} == {0.01}
-    assert list(converted.state_dict()) == list(build_model("hrnet_tiny", num_classes=3).state_dict())
 
 
 @pytest.mark.gpu

@@ -56,11 +56,22 @@ def _imagenet_classification_keys(widths) -> dict[str, torch.Tensor]:
     return keys
 
 
+def _mseg_key(key: str) -> str:
+    """Our key as MSeg's checkpoints spell it: the head indexed by position."""
+    for ours, mseg in (("head.conv.", "last_layer.0."), ("head.bn.", "last_layer.1."), ("head.classifier.", "last_layer.3.")):
+        if key.startswith(ours):
+            return mseg + key[len(ours):]
+    return key
+
+
 def test_mseg_release_with_module_prefix(tmp_path):
+    """MSeg's layout (DataParallel prefix, positional head keys) loads unchanged, value for value."""
     source = _random_model(num_classes=194)
     state = source.state_dict()
     path = tmp_path / "mseg-3m.pth"
-    torch.save({"epoch": 10, "state_dict": {"module." + k: v for k, v in state.items()}}, path)
+    mseg_layout = {"module." + _mseg_key(k): v for k, v in state.items()}
+    assert "module.last_layer.3.weight" in mseg_layout and not any(".head." in k for k in mseg_layout)
+    torch.save({"epoch": 10, "state_dict": mseg_layout}, path)
 
     model = build_model(NAME, num_classes=194)
     report = load_weights(model, path)
@@ -75,7 +86,7 @@ def test_mseg_release_with_module_prefix(tmp_path):
 
 def test_imagenet_classification_checkpoint_loads_backbone_only(tmp_path):
     source = _random_model()
-    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("last_layer.")}
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
     # checkpoints from PyTorch < 0.4.1 have no num_batches_tracked: tolerated
     backbone = {k: v for k, v in backbone.items() if not k.endswith("num_batches_tracked")}
     cls_keys = _imagenet_classification_keys(source.spec.widths)
@@ -83,20 +94,20 @@ def test_imagenet_classification_checkpoint_loads_backbone_only(tmp_path):
     torch.save({**backbone, **cls_keys}, path)
 
     model = build_model(NAME, num_classes=5)
-    head_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("last_layer.")}
+    head_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.")}
     report = load_weights(model, path)
     assert report.kind == "imagenet_classification"
     assert sorted(report.loaded) == sorted(backbone)
     assert sorted(report.skipped) == sorted(cls_keys)
-    assert all(k.startswith("last_layer.") or k.endswith("num_batches_tracked") for k in report.missing)
-    assert {k for k in report.missing if k.startswith("last_layer.")} == set(head_before)
+    assert all(k.startswith("head.") or k.endswith("num_batches_tracked") for k in report.missing)
+    assert {k for k in report.missing if k.startswith("head.")} == set(head_before)
     _assert_same(model, backbone, backbone)
     _assert_same(model, head_before, head_before)  # the head keeps its initialisation
     assert f"skipped {len(cls_keys)} keys" in str(report) and len(str(report)) < 1000
 
 
 def test_imagenet_checkpoint_missing_backbone_key_is_an_error(tmp_path):
-    state = {k: v for k, v in _random_model().state_dict().items() if not k.startswith("last_layer.")}
+    state = {k: v for k, v in _random_model().state_dict().items() if not k.startswith("head.")}
     del state["stage3.0.branches.2.0.conv1.weight"]
     path = tmp_path / "imagenet.pth"
     torch.save({**state, **_imagenet_classification_keys((8, 16, 32, 64))}, path)
@@ -106,14 +117,14 @@ def test_imagenet_checkpoint_missing_backbone_key_is_an_error(tmp_path):
 
 def test_project_final_weights(tmp_path):
     source = _random_model(num_classes=7)
-    meta = {"model": NAME, "num_classes": 7, "taxonomy": "oracle", "train_datasets": ["camvid-11"]}
+    meta = {"model": NAME, "num_classes": 7, "taxonomy": "oracle", "train_datasets": ["camvid-11"]}  # an older file
     path = tmp_path / "model_final.pth"
     torch.save({"state_dict": source.state_dict(), "meta": meta}, path)
 
     model = build_model(NAME, num_classes=7)
     report = load_weights(model, path)
     assert report.kind == "project_final"
-    assert report.meta == meta
+    assert report.meta == {"model": NAME, "num_classes": 7, "model_taxonomy": "oracle", "train_datasets": ["camvid-11"]}
     _assert_same(model, source.state_dict(), source.state_dict())
 
 
@@ -160,7 +171,7 @@ def test_class_count_mismatch_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointMismatchError) as caught:
         load_weights(model, path)
     message = str(caught.value)
-    for needed in (str(path), "last_layer.3.weight", "(194, 120, 1, 1)", "(11, 120, 1, 1)", "reinit_head=True", "num_classes=194"):
+    for needed in (str(path), "head.classifier.weight", "(194, 120, 1, 1)", "(11, 120, 1, 1)", "reinit_head=True", "num_classes=194"):
         assert needed in message, needed
     _assert_same(model, before, before)  # nothing was loaded
 
@@ -171,13 +182,13 @@ def test_reinit_head_on_mismatch(tmp_path):
     torch.save({"state_dict": {"module." + k: v for k, v in source.state_dict().items()}}, path)
     model = build_model(NAME, num_classes=11)
     report = load_weights(model, path, reinit_head=True)
-    assert sorted(report.reinitialised) == ["last_layer.3.bias", "last_layer.3.weight"]
-    kept = [k for k in source.state_dict() if not k.startswith("last_layer.3.")]
+    assert sorted(report.reinitialised) == ["head.classifier.bias", "head.classifier.weight"]
+    kept = [k for k in source.state_dict() if not k.startswith("head.classifier.")]
     assert sorted(report.loaded) == sorted(kept)
-    _assert_same(model, source.state_dict(), kept)  # includes last_layer.0/1: same shape, loaded
-    assert model.last_layer[3].weight.shape == (11, 120, 1, 1)
-    assert model.last_layer[3].weight.std().item() < 0.01  # MSeg's N(0, 0.001) init, not the file's values
-    assert torch.count_nonzero(model.last_layer[3].bias) == 0
+    _assert_same(model, source.state_dict(), kept)  # includes head.conv/bn: same shape, loaded
+    assert model.head.classifier.weight.shape == (11, 120, 1, 1)
+    assert model.head.classifier.weight.std().item() < 0.01  # MSeg's N(0, 0.001) init, not the file's values
+    assert torch.count_nonzero(model.head.classifier.bias) == 0
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 11, 32, 32)
 
 
@@ -187,22 +198,22 @@ def test_reinit_head_with_matching_shapes_still_replaces_the_classifier(tmp_path
     torch.save({"state_dict": source.state_dict()}, path)
     model = build_model(NAME, num_classes=19)
     report = load_weights(model, path, reinit_head=True)
-    assert sorted(report.reinitialised) == ["last_layer.3.bias", "last_layer.3.weight"]
-    assert not torch.equal(model.last_layer[3].weight, source.last_layer[3].weight)
-    assert torch.equal(model.last_layer[0].weight, source.last_layer[0].weight)
+    assert sorted(report.reinitialised) == ["head.classifier.bias", "head.classifier.weight"]
+    assert not torch.equal(model.head.classifier.weight, source.head.classifier.weight)
+    assert torch.equal(model.head.conv.weight, source.head.conv.weight)
 
 
 def test_reinit_head_module_with_an_absent_tensor_takes_none_of_the_files(tmp_path):
     state = dict(_random_model().state_dict())
-    del state["last_layer.1.weight"]  # the head's BatchNorm is incomplete in the file
+    del state["head.bn.weight"]  # the head's BatchNorm is incomplete in the file
     path = tmp_path / "partial_head.pth"
     torch.save({"state_dict": state}, path)
     model = build_model(NAME, num_classes=5)
     report = load_weights(model, path, reinit_head=True)
-    assert not [k for k in report.loaded if k.startswith("last_layer.1.")]  # reported as re-initialised only
-    assert {"last_layer.1.weight", "last_layer.1.running_mean"} <= set(report.reinitialised)
-    assert torch.count_nonzero(model.last_layer[1].running_mean) == 0  # reset, not the file's values
-    _assert_same(model, state, [k for k in state if k.startswith("last_layer.0.")])
+    assert not [k for k in report.loaded if k.startswith("head.bn.")]  # reported as re-initialised only
+    assert {"head.bn.weight", "head.bn.running_mean"} <= set(report.reinitialised)
+    assert torch.count_nonzero(model.head.bn.running_mean) == 0  # reset, not the file's values
+    _assert_same(model, state, [k for k in state if k.startswith("head.conv.")])
 
 
 def test_backbone_of_another_width_names_it(tmp_path):

@@ -6,7 +6,7 @@ import io
 import pytest
 
 from mseg_semantic.taxonomy import load_class_names
-from mseg_semantic.taxonomy.catalog import remove_user_taxonomies
+from mseg_semantic.taxonomy import catalog
 from mseg_semantic.tool.taxonomy import main
 
 GOOD = "taxonomy\tmy-ds\nrole\ttrain\nid\tname\tuniversal\n0\tstreet\troad\n1\tblur\tunlabeled\n"
@@ -14,9 +14,8 @@ BAD = "taxonomy\tmy-ds\nrole\ttrain\nid\tname\tuniversal\n0\tstreet\traod\n"
 
 
 @pytest.fixture(autouse=True)
-def forget_user_taxonomies():
-    yield
-    remove_user_taxonomies()
+def forget_user_taxonomies(monkeypatch):
+    monkeypatch.setattr(catalog, "_user", {})  # user files added by a test stay in that test
 
 
 def run(capsys, *argv):

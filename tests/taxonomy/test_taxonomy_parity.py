@@ -232,8 +232,12 @@ def test_full_parity_with_mseg_master_tsv(conv):
                 weight[names.index(row[dataset]), uname2uid[row["universal"].strip()]] = 1
         assert torch.equal(conv.test_projection_matrix(dataset), weight), dataset
         logits = torch.randn(2, 194, 3, 4, generator=torch.Generator().manual_seed(0))
-        expected = torch.nn.functional.conv2d(torch.softmax(logits, dim=1), weight[:, :, None, None])
-        assert torch.equal(conv.transform_predictions_test(logits, dataset), expected)
+        probs = torch.softmax(logits, dim=1)
+        mseg = torch.nn.functional.conv2d(probs, weight[:, :, None, None])  # MSeg's 1x1 convolution
+        exact = torch.einsum("kc,nchw->nkhw", weight.double(), probs.double())
+        ours = conv.transform_predictions_test(logits, dataset)
+        torch.testing.assert_close(ours, mseg, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours.double(), exact, rtol=0, atol=1e-6)
 
 
 @needs_reference

@@ -12,7 +12,7 @@ from mseg_semantic.taxonomy import (
     load_class_names,
     validate_file,
 )
-from mseg_semantic.taxonomy.catalog import remove_user_taxonomies
+from mseg_semantic.taxonomy import catalog
 from mseg_semantic.taxonomy.files import palette
 
 DATASET_FILE = """\
@@ -52,9 +52,8 @@ id\tname\tuniversal
 
 
 @pytest.fixture(autouse=True)
-def forget_user_taxonomies():
-    yield
-    remove_user_taxonomies()
+def forget_user_taxonomies(monkeypatch):
+    monkeypatch.setattr(catalog, "_user", {})  # user files added by a test stay in that test
 
 
 def write(tmp_path, text, name="user.tsv"):

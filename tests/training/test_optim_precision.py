@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import functools
+
 from mseg_semantic.config import ConfigError, load_config
-from mseg_semantic.training.run import plan_run
-from mseg_semantic.training.loop import ce_backward_step
-from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, poly_learning_rate
-from mseg_semantic.training.precision import autocast_factory, make_grad_scaler, resolve_precision
-from mseg_semantic.training.step import StepContext
+from mseg_semantic.errors import UserError
+from mseg_semantic.model import autocast_context
+from mseg_semantic.training.gradients import StepContext
+from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
+from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, make_grad_scaler, poly_learning_rate
+from mseg_semantic.training.run import resolve_run
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "train"
 
@@ -65,28 +68,28 @@ def test_poly_scheduler_state_round_trip_continues_the_curve():
 )
 def test_release_configs_reproduce_mseg_iteration_counts(path, world_size, expected):
     cfg = load_config(CONFIG_DIR / path)
-    plan = plan_run(cfg, world_size)
+    plan = resolve_run(cfg, world_size)
     assert plan.max_iters == expected
     # mixing every batch on one GPU with the same global batch gives the same count
-    mixed = plan_run(load_config(CONFIG_DIR / path, ["dataset_gpu_mapping=null"]), 1)
+    mixed = resolve_run(load_config(CONFIG_DIR / path, ["dataset_gpu_mapping=null"]), 1)
     assert mixed.max_iters == expected
-    assert plan.taxonomy == ("naive" if "naive" in path else "universal")
+    assert plan.model_taxonomy == ("naive" if "naive" in path else "universal")
     assert plan.precision == "fp32"
 
 
 def test_single_dataset_configs():
-    oracle = plan_run(load_config(CONFIG_DIR / "1080_release/single_oracle.yaml", ["dataset=camvid-11"]), 8)
-    assert (oracle.taxonomy, oracle.datasets, oracle.dataset_gpu_mapping) == ("oracle", ["camvid-11"], None)
+    oracle = resolve_run(load_config(CONFIG_DIR / "1080_release/single_oracle.yaml", ["dataset=camvid-11"]), 8)
+    assert (oracle.model_taxonomy, oracle.datasets, oracle.dataset_gpu_mapping) == ("oracle", ["camvid-11"], None)
     assert oracle.max_iters == 1_000_000 // 32  # MSeg: num_examples / (per-GPU batch x GPUs)
-    universal = plan_run(load_config(CONFIG_DIR / "1080_release/single_universal.yaml", ["dataset=ade20k-150"]), 8)
-    assert universal.taxonomy == "universal" and universal.batch_per_rank == 4
-    mgda = plan_run(load_config(CONFIG_DIR / "1080_release/mseg-mgda.yaml"), 7)
+    universal = resolve_run(load_config(CONFIG_DIR / "1080_release/single_universal.yaml", ["dataset=ade20k-150"]), 8)
+    assert universal.model_taxonomy == "universal" and universal.batch_per_rank == 4
+    mgda = resolve_run(load_config(CONFIG_DIR / "1080_release/mseg-mgda.yaml"), 7)
     assert mgda.method == "mgda"
 
 
 def test_max_iters_override_and_formula():
     cfg = load_config(CONFIG_DIR / "1080_release/mseg-relabeled-1m.yaml", ["max_iters=123"])
-    assert plan_run(cfg, 7).max_iters == 123
+    assert resolve_run(cfg, 7).max_iters == 123
     assert derive_max_iters(1000, 10, ["a", "b"]) == 200
     assert derive_max_iters(1000, 12, ["a", "b", "c"]) == 250
     # unequal GPU counts: the dataset with the fewest crops per iteration decides
@@ -94,16 +97,20 @@ def test_max_iters_override_and_formula():
 
 
 def test_precision_mapping_and_errors():
-    assert resolve_precision(None, "O0") == "fp32"
-    assert resolve_precision(None, "O1") == resolve_precision(None, "O2") == resolve_precision(None, "O3") == "fp16"
-    assert resolve_precision("bf16", "O1") == "bf16"  # precision wins over opt_level
-    with pytest.raises(ValueError, match="opt_level='O7'"):
-        resolve_precision(None, "O7")
-    with pytest.raises(ValueError, match="fp8"):
-        resolve_precision("fp8")
+    def precision(*overrides):
+        return load_config(None, list(overrides)).TRAIN.precision
+
+    assert precision() == precision("opt_level=O0") == "fp32"
+    assert precision("opt_level=O1") == precision("opt_level=O2") == precision("opt_level=O3") == "fp16"
+    with pytest.raises(ConfigError, match="'opt_level' and 'precision' both set TRAIN.precision"):
+        precision("opt_level=O1", "precision=bf16")  # one place, two names for one key
+    with pytest.raises(ConfigError, match="opt_level='O7'"):
+        precision("opt_level=O7")
+    with pytest.raises(ConfigError, match="fp8"):
+        precision("precision=fp8")
     assert make_grad_scaler("fp16", "cpu") is not None
     assert make_grad_scaler("bf16", "cpu") is None and make_grad_scaler("fp32", "cpu") is None
-    plan = plan_run(load_config(CONFIG_DIR / "1080_release/mseg-relabeled-1m.yaml", ["opt_level=O2", "dataset_gpu_mapping=null"]), 1)
+    plan = resolve_run(load_config(CONFIG_DIR / "1080_release/mseg-relabeled-1m.yaml", ["opt_level=O2", "dataset_gpu_mapping=null"]), 1)
     assert plan.precision == "fp16"
 
 
@@ -122,7 +129,7 @@ def test_bf16_cpu_step_runs_under_autocast_and_matches_fp32_closely():
         model = _tiny_segmenter(5)
         seen_dtypes = []
         model[2].register_forward_hook(lambda m, i, o: seen_dtypes.append(o.dtype))
-        ctx = StepContext(num_datasets=2, autocast=autocast_factory(precision, "cpu"))
+        ctx = StepContext(num_datasets=2, autocast=functools.partial(autocast_context, precision, "cpu"))
         out = ce_backward_step(model, images, labels, dataset_index, ctx)
         results[precision] = (out, model[0].weight.grad.clone(), seen_dtypes[0])
     assert results["fp32"][2] == torch.float32 and results["bf16"][2] == torch.bfloat16
@@ -150,8 +157,8 @@ def test_ce_step_ignores_255_and_reports_per_dataset_means():
 
 def test_msegs_one_dataset_per_gpu_mapping_needs_its_process_count():
     cfg = load_config(CONFIG_DIR / "1080_release/mseg-relabeled-1m.yaml")
-    with pytest.raises(ConfigError, match=r"uses 7 GPUs .* world_size is 1: launch torchrun --nproc_per_node 7, or set dataset_gpu_mapping=null"):
-        plan_run(cfg, 1)
+    with pytest.raises(UserError, match=r"uses 7 GPUs .* world_size is 1: launch torchrun --nproc_per_node 7, or set dataset_gpu_mapping=null"):
+        resolve_run(cfg, 1)
     unmapped = cfg.updated({"dataset_gpu_mapping": {"ade20k-150-relabeled": [0]}})
-    with pytest.raises(ConfigError, match=r"unmapped: bdd-relabeled"):
-        plan_run(unmapped, 1)
+    with pytest.raises(UserError, match=r"unmapped: bdd-relabeled"):
+        resolve_run(unmapped, 1)

@@ -36,7 +36,7 @@ def test_sigkill_then_rerun_resumes_exactly(world, tmp_path):
     assert "iter 24/24 loss" in log_text and "crops/s" in log_text
     final = torch.load(reference / "model_final.pth", weights_only=True)
     assert final["meta"]["model"] == "hrnet_tiny" and final["meta"]["num_classes"] == 194
-    assert final["meta"]["taxonomy"] == "universal" and final["meta"]["train_datasets"] == ["cityscapes-19", "ade20k-150", "mapillary-public65"]
+    assert final["meta"]["model_taxonomy"] == "universal" and final["meta"]["train_datasets"] == ["cityscapes-19", "ade20k-150", "mapillary-public65"]
     last = torch.load(reference / "checkpoints" / "last.pth", weights_only=True)
     assert set(last) >= {"model", "optimizer", "scheduler", "scaler", "sampler", "rng", "iteration", "stage", "config", "meta"}
     assert last["iteration"] == 24
@@ -144,7 +144,7 @@ def test_config_errors_name_the_key_and_exit_2(world, tmp_path, capsys, monkeypa
     assert main(["--config", str(config), "stage=main"]) == EXIT_CONFIG_ERROR
     assert "defines no STAGES" in capsys.readouterr().err
     assert main(["--config", str(config), "max_iters=null", "num_examples=0"]) == EXIT_CONFIG_ERROR
-    assert "TRAIN.num_examples (0)" in capsys.readouterr().err
+    assert "TRAIN.num_examples=0: must be > 0" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "4")  # checked before any process group is joined
     assert main(["--config", str(config)]) == EXIT_CONFIG_ERROR
     assert "TRAIN.batch_size=6 (global) is not divisible by the number of processes 4" in capsys.readouterr().err

@@ -1,31 +1,45 @@
-"""The contract between the training loop and the methods that compute gradients.
+"""The contract between the training loop and the ways to make gradients, and what those ways share.
 
-A *backward step* takes one batch, runs the forward pass under ``ctx.autocast()``, and leaves the
-gradients in ``param.grad`` (through ``ctx.scaler`` when one is given). The loop owns everything else:
-zeroing, unscaling, clipping, ``optimizer.step()``, the learning rate, logging and checkpoints. The plain
-cross-entropy step lives in :mod:`mseg_semantic.training.loop`; MGDA and CCSA provide their own. The
-helpers below are what the steps share.
+A *backward step* takes one batch, runs the forward pass under ``ctx.autocast()``, and leaves the gradients in
+``param.grad`` (through ``ctx.scaler`` when one is given). The loop owns everything else: zeroing, unscaling,
+clipping, ``optimizer.step()``, the learning rate, logging and checkpoints. A step's own options (MGDA's
+solver settings, CCSA's pairs) are typed and bound once, when the run is built
+(:func:`mseg_semantic.training.gradients.backward_step_for`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Protocol
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+
+from mseg_semantic.taxonomy import IGNORE_INDEX
+
+__all__ = [
+    "BackwardStep",
+    "StepContext",
+    "StepOutput",
+    "backward",
+    "check_dataset_index",
+    "cross_entropy_pixels",
+    "global_pixel_mean",
+    "per_dataset_mean",
+]
 
 
 @dataclass
 class StepContext:
+    """What every backward step needs to know about the run (not about its method)."""
+
     num_datasets: int
-    ignore_index: int = 255
+    dataset_names: list[str] = field(default_factory=list)  # by dataset index, for readable logged names
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None
     distributed: bool = False  # True under DistributedDataParallel (the model is wrapped)
-    options: dict = field(default_factory=dict)  # method-specific settings from the config
-    dataset_names: list[str] = field(default_factory=list)  # by dataset index, for readable logged names
 
     def dataset_name(self, index: int) -> str:
         return self.dataset_names[index] if index < len(self.dataset_names) else str(index)
@@ -38,13 +52,26 @@ class StepOutput:
     scalars: dict[str, float] = field(default_factory=dict)  # extra values to log (e.g. MGDA task weights)
 
 
-BackwardStep = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, StepContext], StepOutput]
-"""``step(model, images, labels, dataset_index, ctx) -> StepOutput``; images are normalised float N x 3 x H x W."""
+class BackwardStep(Protocol):
+    def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor,
+                 ctx: StepContext) -> StepOutput:
+        """``images``: normalised float N x 3 x H x W; ``labels``: int64 N x H x W (255 ignore)."""
 
 
 def check_dataset_index(dataset_index: torch.Tensor, num_datasets: int) -> None:
     if dataset_index.numel() and (int(dataset_index.min()) < 0 or int(dataset_index.max()) >= num_datasets):
         raise ValueError(f"dataset_index values must lie in [0, {num_datasets}), got {sorted(set(dataset_index.tolist()))}")
+
+
+def cross_entropy_pixels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-pixel cross-entropy N x H x W in fp32, 0 at ignore pixels; valid pixels per image [N])."""
+    pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return pixel_loss, (labels != IGNORE_INDEX).flatten(1).sum(1)
+
+
+def backward(loss: torch.Tensor, ctx: StepContext) -> None:
+    """``loss.backward()``, through the grad scaler when the run has one (fp16)."""
+    (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
 
 
 def global_pixel_mean(loss_sum: torch.Tensor, valid_count: torch.Tensor, ctx: StepContext) -> torch.Tensor:

@@ -3,22 +3,25 @@
 import pytest
 import torch
 
-from baselines_helpers import TinySegNet, make_batch
-from mseg_semantic.baselines.ccsa import ccsa_backward_step, sample_pairs
-from mseg_semantic.baselines.mgda import mgda_backward_step
-from mseg_semantic.training.step import StepContext
+import functools
+
+from gradient_helpers import TinySegNet, ccsa_options, make_batch, mgda_options
+from mseg_semantic.training.gradients.ccsa import ccsa_backward_step, sample_pairs
+from mseg_semantic.training.gradients.mgda import mgda_backward_step
+from mseg_semantic.training.gradients import StepContext
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("step", [mgda_backward_step, ccsa_backward_step], ids=["mgda", "ccsa"])
-def test_step_under_fp16_autocast_and_grad_scaler(step):
+@pytest.mark.parametrize("name", ["mgda", "ccsa"])
+def test_step_under_fp16_autocast_and_grad_scaler(name):
+    step = functools.partial(mgda_backward_step, options=mgda_options()) if name == "mgda" else \
+        functools.partial(ccsa_backward_step, options=ccsa_options(num_pairs=64))
     torch.manual_seed(0)
     model = TinySegNet().cuda()
     images, labels, dataset_index = make_batch(6, [0, 1, 2, 0, 1, 2], size=64)
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
-    ctx = StepContext(num_datasets=3, scaler=scaler, autocast=lambda: torch.autocast("cuda", dtype=torch.float16),
-                      options={"num_pairs": 64} if step is ccsa_backward_step else {})
+    ctx = StepContext(num_datasets=3, scaler=scaler, autocast=lambda: torch.autocast("cuda", dtype=torch.float16))
     out = step(model, images.cuda(), labels.cuda(), dataset_index.cuda(), ctx)
     assert torch.isfinite(out.loss)
     for name, p in model.named_parameters():

@@ -1,11 +1,17 @@
-"""What a training run reports, on rank 0 only: a progress bar, a plain ``train.log``, tensorboard scalars.
+"""What a training run reports, on rank 0 only: ``train.log``, a progress bar, tensorboard and ``metrics.jsonl``.
 
+Every ``print_freq`` iterations (and after the last) the loss, learning rate, per-dataset losses, the method's
+scalars, throughput and memory go to all three sinks: a log line, tensorboard scalars and one JSON object per line
+in ``metrics.jsonl`` (as detectron2's ``metrics.json``; validation results are added by :meth:`write_scalars`).
+Between those iterations nothing is read back from the device, so the host never waits for the GPU.
 Other ranks print warnings and errors only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -16,8 +22,11 @@ from typing import Mapping
 import torch
 from tqdm import tqdm
 
+from mseg_semantic.atomic import atomic_write_text
+
 PACKAGE_LOGGER = "mseg_semantic"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+METRICS_FILE = "metrics.jsonl"
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -74,8 +83,22 @@ def format_duration(seconds: float) -> str:
     return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
 
 
+def _truncated_metrics(path: Path, keep_through: int) -> None:
+    """A resumed run rewrites history from its checkpoint on: drop the lines of later iterations."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["iteration"]) <= keep_through:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 class TrainingReporter:
-    """Progress bar, log lines every ``print_freq`` iterations and tensorboard scalars every iteration."""
+    """Counts iterations on every step (no device reads) and reports every ``print_freq`` iterations."""
 
     def __init__(
         self,
@@ -97,6 +120,7 @@ class TrainingReporter:
         self.log = logging.getLogger(f"{PACKAGE_LOGGER}.training")
         self.writer = None
         self.bar = None
+        self.metrics_path = Path(output_dir) / METRICS_FILE
         self._window_start = time.perf_counter()
         self._window_iters = 0
         self._run_start = self._window_start
@@ -104,6 +128,7 @@ class TrainingReporter:
         self.crops_per_second = float("nan")
         if not enabled:
             return
+        _truncated_metrics(self.metrics_path, start_iteration)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
 
@@ -111,41 +136,48 @@ class TrainingReporter:
         if show_progress:
             self.bar = tqdm(total=max_iters, initial=start_iteration, desc="train", dynamic_ncols=True, file=sys.stderr, smoothing=0.05, mininterval=1.0)
 
-    def iteration(self, iteration: int, loss: float, lr: float, per_dataset_loss: Mapping[str, float], scalars: Mapping[str, float]) -> None:
-        """Report finished iteration ``iteration`` (1-based count of optimizer steps)."""
+    def is_report_iteration(self, iteration: int) -> bool:
+        return iteration % self.print_freq == 0 or iteration == self.max_iters
+
+    def tick(self) -> None:
+        """One more iteration done (called every iteration; reads nothing from the device)."""
         self._window_iters += 1
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.writer is not None:
-            self.writer.add_scalar("loss/total", loss, iteration)
-            for name, value in per_dataset_loss.items():
-                if value == value:  # nan: no pixels of that dataset in this batch
-                    self.writer.add_scalar(f"loss/{name}", value, iteration)
-            self.writer.add_scalar("lr", lr, iteration)
-            for name, value in scalars.items():
-                self.writer.add_scalar(name, value, iteration)
         if self.bar is not None:
             self.bar.update(1)
-        if iteration % self.print_freq == 0 or iteration == self.max_iters:
-            elapsed = now - self._window_start
-            self.crops_per_second = self._window_iters * self.crops_per_iteration / max(elapsed, 1e-9)
-            run_rate = (iteration - self._run_start_iter) / max(now - self._run_start, 1e-9)
-            eta = (self.max_iters - iteration) / max(run_rate, 1e-9)
-            memory = memory_in_use(self.device)
-            if self.bar is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", crops_s=f"{self.crops_per_second:.1f}", refresh=False)
-            per_dataset = " ".join(f"{n}={v:.3f}" for n, v in per_dataset_loss.items() if v == v)
-            memory_text = " ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in memory.items())
-            self.log.info(
-                f"iter {iteration}/{self.max_iters} loss {loss:.4f} lr {lr:.6f} crops/s {self.crops_per_second:.2f} "
-                f"eta {format_duration(eta)} {memory_text} | {per_dataset}"
-            )
-            if self.writer is not None:
-                self.writer.add_scalar("throughput/crops_per_s", self.crops_per_second, iteration)
-                for name, value in memory.items():
-                    self.writer.add_scalar(name, value, iteration)
-            self._window_start, self._window_iters = now, 0
+
+    def write_scalars(self, iteration: int, scalars: Mapping[str, float]) -> None:
+        """Scalars to tensorboard and metrics.jsonl (rank 0), e.g. validation results."""
+        if not self.enabled:
+            return
+        finite = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self.writer is not None:
+            for name, value in finite.items():
+                self.writer.add_scalar(name, value, iteration)
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"iteration": iteration, **finite}, sort_keys=False) + "\n")
+
+    def report(self, iteration: int, loss: float, lr: float, per_dataset_loss: Mapping[str, float], scalars: Mapping[str, float]) -> None:
+        """Finished iteration ``iteration`` (1-based count of optimizer steps) is a report iteration."""
+        now = time.perf_counter()
+        elapsed = now - self._window_start
+        self.crops_per_second = self._window_iters * self.crops_per_iteration / max(elapsed, 1e-9)
+        self._window_start, self._window_iters = now, 0
+        if not self.enabled:
+            return
+        run_rate = (iteration - self._run_start_iter) / max(now - self._run_start, 1e-9)
+        eta = (self.max_iters - iteration) / max(run_rate, 1e-9)
+        memory = memory_in_use(self.device)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", crops_s=f"{self.crops_per_second:.1f}", refresh=False)
+        per_dataset = " ".join(f"{n}={v:.3f}" for n, v in per_dataset_loss.items() if v == v)
+        memory_text = " ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in memory.items())
+        self.log.info(
+            f"iter {iteration}/{self.max_iters} loss {loss:.4f} lr {lr:.6f} crops/s {self.crops_per_second:.2f} "
+            f"eta {format_duration(eta)} {memory_text} | {per_dataset}"
+        )
+        values = {"loss/total": loss, "lr": lr, **{f"loss/{n}": v for n, v in per_dataset_loss.items()}, **scalars,
+                  "throughput/crops_per_s": self.crops_per_second, **memory}
+        self.write_scalars(iteration, values)
 
     def close(self) -> None:
         if self.bar is not None:

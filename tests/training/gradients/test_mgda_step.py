@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -8,10 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from baselines_helpers import TinySegNet, make_batch
-from mseg_semantic.baselines import mgda
-from mseg_semantic.baselines.mgda import gradient_normalizers, min_norm_weights, mgda_backward_step
-from mseg_semantic.training.step import StepContext
+from gradient_helpers import TinySegNet, make_batch, mgda_options
+from mseg_semantic.training.gradients import mgda
+from mseg_semantic.training.gradients.mgda import gradient_normalizers, min_norm_weights, mgda_backward_step
+from mseg_semantic.training.gradients import StepContext
 
 
 def manual_task_gradients(model, images, labels, dataset_index, tasks):
@@ -38,7 +39,7 @@ def test_two_tasks_equal_the_manual_computation():
     reference = copy.deepcopy(model)
     images, labels, dataset_index = make_batch(4, [0, 1, 0, 1])
 
-    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2))
+    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2), mgda_options())
 
     (loss0, loss1), (g0, g1) = manual_task_gradients(reference, images, labels, dataset_index, [0, 1])
     gamma = float(torch.clamp(torch.dot(g1 - g0, g1) / torch.dot(g0 - g1, g0 - g1), 0, 1))
@@ -55,7 +56,7 @@ def test_every_shared_parameter_gets_a_finite_gradient_and_weights_on_the_simple
     torch.manual_seed(1)
     model = TinySegNet()
     images, labels, dataset_index = make_batch(6, [0, 1, 2, 0, 1, 2], seed=1)
-    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=3))
+    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=3), mgda_options())
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
@@ -70,7 +71,7 @@ def test_tasks_absent_from_the_batch_are_dropped():
     reference = copy.deepcopy(model)
     images, labels, dataset_index = make_batch(4, [0, 2, 3, 2], seed=2)
     labels[2] = 255  # dataset 3 is present but has no valid pixel: dropped as well
-    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=5))
+    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=5), mgda_options())
     assert sorted(k for k in out.scalars if k.startswith("mgda/weight/")) == ["mgda/weight/0", "mgda/weight/2"]
     assert out.scalars["mgda/num_tasks"] == 2
     assert [math.isnan(v) for v in out.per_dataset_loss.tolist()] == [False, True, False, True, True]
@@ -85,8 +86,7 @@ def test_normalised_weights_scale_the_raw_task_gradients(normalization):
     model = TinySegNet()
     reference = copy.deepcopy(model)
     images, labels, dataset_index = make_batch(6, [0, 1, 2, 0, 1, 2], seed=3)
-    ctx = StepContext(num_datasets=3, options={"normalization": normalization})
-    out = mgda_backward_step(model, images, labels, dataset_index, ctx)
+    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=3), mgda_options(normalization=normalization))
 
     losses, grads = manual_task_gradients(reference, images, labels, dataset_index, [0, 1, 2])
     gram = torch.stack(grads) @ torch.stack(grads).T
@@ -103,8 +103,8 @@ def test_grad_scaler_leaves_scaled_gradients_and_the_same_weights():
     plain = copy.deepcopy(model)
     images, labels, dataset_index = make_batch(4, [0, 1, 1, 0], seed=4)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    scaled_out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2, scaler=scaler))
-    plain_out = mgda_backward_step(plain, images, labels, dataset_index, StepContext(num_datasets=2))
+    scaled_out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2, scaler=scaler), mgda_options())
+    plain_out = mgda_backward_step(plain, images, labels, dataset_index, StepContext(num_datasets=2), mgda_options())
     torch.testing.assert_close(step_gradient(model), 1024.0 * step_gradient(plain), rtol=1e-4, atol=1e-6)
     assert scaled_out.scalars["mgda/weight/0"] == pytest.approx(plain_out.scalars["mgda/weight/0"], rel=1e-5)
     assert scaled_out.scalars["mgda/grad_norm/0"] == pytest.approx(plain_out.scalars["mgda/grad_norm/0"], rel=1e-4)
@@ -118,8 +118,8 @@ def test_gradients_accumulate_like_backward():
     images, labels, dataset_index = make_batch(4, [0, 1, 0, 1], seed=5)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
-    mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2))
-    mgda_backward_step(fresh, images, labels, dataset_index, StepContext(num_datasets=2))
+    mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2), mgda_options())
+    mgda_backward_step(fresh, images, labels, dataset_index, StepContext(num_datasets=2), mgda_options())
     torch.testing.assert_close(step_gradient(model), step_gradient(fresh) + 1.0)
 
 
@@ -127,7 +127,7 @@ def test_a_batch_without_valid_pixels_leaves_the_gradients_untouched():
     model = TinySegNet()
     images, labels, dataset_index = make_batch(2, [0, 1])
     labels[:] = 255
-    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2))
+    out = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2), mgda_options())
     assert all(p.grad is None for p in model.parameters())
     assert out.scalars["mgda/num_tasks"] == 0 and torch.isnan(out.per_dataset_loss).all()
 
@@ -136,11 +136,9 @@ def test_bad_inputs_are_named():
     model = TinySegNet()
     images, labels, dataset_index = make_batch(2, [0, 3])
     with pytest.raises(ValueError, match=r"dataset_index.*\[0, 2\)"):
-        mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2))
+        mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2), mgda_options())
     with pytest.raises(ValueError, match="normalization 'l1'"):
-        mgda_backward_step(model, images, labels, torch.tensor([0, 1]), StepContext(num_datasets=2, options={"normalization": "l1"}))
-    with pytest.raises(ValueError, match="unknown MGDA options"):
-        mgda_backward_step(model, images, labels, torch.tensor([0, 1]), StepContext(num_datasets=2, options={"normalisation": "l2"}))
+        mgda_backward_step(model, images, labels, torch.tensor([0, 1]), StepContext(num_datasets=2), dataclasses.replace(mgda_options(), normalization="l1"))
 
 
 # ---- two processes (gloo): the same problem and weights on every rank, equal to one process ----
@@ -173,7 +171,7 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
             images, labels, dataset_index = make_batch(4, DDP_DATASETS, seed=7)
             rows = slice(rank * 2, rank * 2 + 2)
             ctx = StepContext(num_datasets=4, distributed=True)
-            out = mgda_backward_step(ddp, images[rows], labels[rows], dataset_index[rows], ctx)
+            out = mgda_backward_step(ddp, images[rows], labels[rows], dataset_index[rows], ctx, mgda_options())
             grads = [p.grad.clone() for p in model.parameters()]
             torch.save({"grads": grads, "scalars": out.scalars, "loss": out.loss, "per_dataset": out.per_dataset_loss,
                         "backward_passes": len(differentiated)}, f"{out_dir}/rank{rank}_{sync_bn}.pt")
@@ -190,7 +188,7 @@ def test_distributed_step_matches_one_process(tmp_path):
 
         model, _ = _ddp_model(sync_bn, wrap=False)
         images, labels, dataset_index = make_batch(4, DDP_DATASETS, seed=7)
-        single = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=4))
+        single = mgda_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=4), mgda_options())
 
         assert ranks[0]["scalars"] == ranks[1]["scalars"]  # bit-identical weights on every rank
         for g0, g1 in zip(ranks[0]["grads"], ranks[1]["grads"]):

@@ -1,7 +1,7 @@
-"""MSeg's sequential float32 training recipe, step by step over the whole image.
+"""MSeg's sequential float32 training recipe, step by step over the whole image (test and benchmark code).
 
 This is the baseline the fused pipeline in :mod:`mseg_semantic.data.transforms` is measured and tested
-against (benchmarks/bench_augment.py, tests/data/test_data_transforms.py); training never uses it.
+against (benchmarks/bench_augment.py, tests/data/test_data_transforms.py); the package never uses it.
 Each step follows MSeg's transform classes: ResizeShort, RandScale, RandRotate, RandomGaussianBlur,
 RandomHorizontalFlip, Crop('rand'), ToTensor, Normalize. Random numbers come from a numpy Generator in the
 same order as :func:`~mseg_semantic.data.transforms.sample_augment_params`, so one seed gives both pipelines
@@ -22,6 +22,14 @@ from mseg_semantic.data.transforms import (
     AugmentParams,
     short_side_size,
 )
+from mseg_semantic.taxonomy import IGNORE_INDEX
+
+
+def augment_config(**values) -> AugmentConfig:
+    """The schema's TRAIN defaults with ``values`` changed (AugmentConfig itself has no defaults)."""
+    from mseg_semantic.config import load_config
+
+    return AugmentConfig.from_config(load_config(None, [f"TRAIN.{k}={v}" for k, v in values.items()]).TRAIN)
 
 
 def sequential_augment(
@@ -56,7 +64,7 @@ def sequential_augment(
         h, w = label.shape
         matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)
         image = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=MEAN_RGB_255)
-        label = cv2.warpAffine(label, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=cfg.ignore_label)
+        label = cv2.warpAffine(label, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=IGNORE_INDEX)
 
     # RandomGaussianBlur
     blur = params.blur if params else bool(rng.random() < cfg.blur_prob)
@@ -75,7 +83,7 @@ def sequential_augment(
     if pad_h or pad_w:
         top, left = pad_h // 2, pad_w // 2
         image = cv2.copyMakeBorder(image, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=MEAN_RGB_255)
-        label = cv2.copyMakeBorder(label, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=cfg.ignore_label)
+        label = cv2.copyMakeBorder(label, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
     h, w = label.shape
     if params:
         crop_top, crop_left = params.crop_top, params.crop_left
@@ -95,18 +103,3 @@ def to_normalized_tensor(image: np.ndarray, label: np.ndarray) -> tuple[torch.Te
         channel.sub_(mean).div_(255.0 * std)
     return tensor, torch.from_numpy(label).long()
 
-
-def sequential_val(image: np.ndarray, label: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """MSeg's validation crop: ResizeShort, then Crop('center') with mean / ignore padding (float32 image)."""
-    h, w = label.shape
-    new_h, new_w = short_side_size(h, w, cfg.short_size)
-    image = cv2.resize(image.astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-    pad_h, pad_w = max(cfg.train_h - new_h, 0), max(cfg.train_w - new_w, 0)
-    if pad_h or pad_w:
-        top, left = pad_h // 2, pad_w // 2
-        image = cv2.copyMakeBorder(image, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=MEAN_RGB_255)
-        label = cv2.copyMakeBorder(label, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=cfg.ignore_label)
-    h, w = label.shape
-    top, left = int((h - cfg.train_h) / 2), int((w - cfg.train_w) / 2)
-    return image[top : top + cfg.train_h, left : left + cfg.train_w], label[top : top + cfg.train_h, left : left + cfg.train_w]

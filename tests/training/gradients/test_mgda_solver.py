@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from mseg_semantic.baselines.mgda import gradient_normalizers, gram_matrix, min_norm_weights, two_point_min_norm
+from mseg_semantic.training.gradients.mgda import gradient_normalizers, gram_matrix, min_norm_weights, two_point_min_norm
 
 
 def gram_of(vectors):

@@ -1,12 +1,13 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines_helpers import TinySegNet, make_batch
-from mseg_semantic.baselines.ccsa import ccsa_backward_step, ccsa_loss, downsample_labels, sample_pairs
-from mseg_semantic.training.step import StepContext
+from gradient_helpers import TinySegNet, ccsa_options, make_batch
+from mseg_semantic.training.gradients.ccsa import ccsa_backward_step, ccsa_loss, downsample_labels, sample_pairs
+from mseg_semantic.training.gradients import StepContext
 
 IGNORE = 255
 
@@ -185,15 +186,15 @@ def test_sampling_rejects_bad_arguments():
 
 # ---- the backward step ----
 
-def ccsa_ctx(**options):
-    return StepContext(num_datasets=3, options={"num_pairs": 64, **options})
+def ccsa_options_64(**options):
+    return ccsa_options(num_pairs=64, **options)
 
 
 def test_step_puts_finite_gradients_in_every_parameter():
     torch.manual_seed(0)
     model = TinySegNet()
     images, labels, dataset_index = make_batch(4, [0, 1, 2, 0], size=32)
-    out = ccsa_backward_step(model, images, labels, dataset_index, ccsa_ctx())
+    out = ccsa_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=3), ccsa_options_64())
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     assert out.scalars["ccsa/pairs_positive"] == 16 and out.scalars["ccsa/pairs_negative"] == 48
@@ -208,7 +209,7 @@ def test_step_with_alpha_zero_is_plain_cross_entropy():
     model = TinySegNet()
     reference = copy.deepcopy(model)
     images, labels, dataset_index = make_batch(4, [0, 1, 0, 1], size=32, seed=1)
-    ccsa_backward_step(model, images, labels, dataset_index, ccsa_ctx(alpha=0.0))
+    ccsa_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=3), ccsa_options_64(alpha=0.0))
     F.cross_entropy(reference(images), labels, ignore_index=IGNORE).backward()
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
@@ -222,7 +223,7 @@ def test_step_equals_the_manual_mixture(normalize):
     images, labels, dataset_index = make_batch(4, [0, 1, 2, 1], size=32, seed=2)
     options = dict(alpha=0.4, margin=0.5, label_downsample="mode", normalize_embeddings=normalize)
     torch.manual_seed(10)
-    out = ccsa_backward_step(model, images, labels, dataset_index, ccsa_ctx(**options))
+    out = ccsa_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=3), ccsa_options_64(**options))
 
     torch.manual_seed(10)  # the same pairs: sampling is the only consumer of the global RNG
     logits, emb = reference(images, return_features=True)
@@ -245,19 +246,17 @@ def test_step_scales_through_the_grad_scaler():
     images, labels, dataset_index = make_batch(2, [0, 1], size=32, seed=3)
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     torch.manual_seed(4)
-    ccsa_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2, scaler=scaler, options={"num_pairs": 32}))
+    ccsa_backward_step(model, images, labels, dataset_index, StepContext(num_datasets=2, scaler=scaler), ccsa_options(num_pairs=32))
     torch.manual_seed(4)
-    ccsa_backward_step(plain, images, labels, dataset_index, StepContext(num_datasets=2, options={"num_pairs": 32}))
+    ccsa_backward_step(plain, images, labels, dataset_index, StepContext(num_datasets=2), ccsa_options(num_pairs=32))
     for p, q in zip(model.parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, 256.0 * q.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_step_rejects_bad_options():
-    model = TinySegNet()
-    images, labels, dataset_index = make_batch(2, [0, 1], size=16)
-    with pytest.raises(ValueError, match="alpha"):
-        ccsa_backward_step(model, images, labels, dataset_index, ccsa_ctx(alpha=1.5))
-    with pytest.raises(ValueError, match="unknown CCSA options"):
-        ccsa_backward_step(model, images, labels, dataset_index, ccsa_ctx(pairs=10))
-    # the section's on/off switch may travel with the options
-    ccsa_backward_step(model, images, labels, dataset_index, ccsa_ctx(use_ccsa=True))
+def test_bad_options_are_refused_where_they_are_built():
+    with pytest.raises(ValueError, match=r"CCSA\.alpha=1\.5: must be <= 1"):
+        ccsa_options(alpha=1.5)  # the config says so first
+    with pytest.raises(ValueError, match="unknown key 'CCSA.pairs'"):
+        ccsa_options(pairs=10)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        dataclasses.replace(ccsa_options(), alpha=1.5)  # and the options themselves, for Python callers

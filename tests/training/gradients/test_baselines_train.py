@@ -8,7 +8,7 @@ import torch
 from mseg_semantic.data.demo_world import generate
 from mseg_semantic.tool.train import main as train_main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATASETS = ["cityscapes-19", "ade20k-150", "mapillary-public65"]
 
 
@@ -73,31 +73,28 @@ def test_ccsa_trains_from_the_demo_config(demo_root, tmp_path):
 )
 def test_baseline_configs_select_their_method(config, method, mapping):
     from mseg_semantic.config import load_config
-    from mseg_semantic.training.run import method_options, plan_run
+    from mseg_semantic.training.gradients import backward_step_for
+    from mseg_semantic.training.run import resolve_run
 
     cfg = load_config(REPO / "config" / "train" / config)
     world_size = 7 if mapping else 1
-    plan = plan_run(cfg, world_size)
-    assert plan.method == method
-    assert (plan.dataset_gpu_mapping is not None) == bool(mapping)
-    options = method_options(cfg, method)
+    setup = resolve_run(cfg, world_size)
+    assert setup.method == method
+    assert (setup.dataset_gpu_mapping is not None) == bool(mapping)
+    options = backward_step_for(method, cfg).keywords["options"]  # typed, bound once
     if method == "ccsa":
-        from mseg_semantic.baselines.ccsa import CCSAOptions
-
-        assert CCSAOptions.from_mapping(options).alpha == 0.25
+        assert options.alpha == 0.25
     else:
-        from mseg_semantic.baselines.mgda import MGDAOptions
-
-        assert MGDAOptions.from_mapping(options).normalization == "none"
+        assert options.normalization == "none"
 
 
 def test_ccsa_with_one_dataset_per_gpu_is_refused():
     """With MSeg's one-dataset-per-GPU mapping no process holds two domains: the contrastive term would be 0."""
     from mseg_semantic.config import ConfigError, load_config
-    from mseg_semantic.training.run import plan_run
+    from mseg_semantic.training.run import resolve_run
 
     mapping = "{" + ", ".join(f"{name}: [{rank}]" for rank, name in enumerate(DATASETS)) + "}"
     cfg = load_config(REPO / "config" / "train" / "demo_ccsa.yaml", [f"dataset_gpu_mapping={mapping}"])
     with pytest.raises(ConfigError, match="dataset_gpu_mapping=null"):
-        plan_run(cfg, world_size=len(DATASETS))
-    assert plan_run(cfg.updated({"dataset_gpu_mapping": None}), world_size=len(DATASETS)).method == "ccsa"
+        resolve_run(cfg, world_size=len(DATASETS))
+    assert resolve_run(cfg.updated({"dataset_gpu_mapping": None}), world_size=len(DATASETS)).method == "ccsa"

@@ -21,9 +21,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from mseg_semantic.training.step import StepContext, StepOutput, check_dataset_index
+from mseg_semantic.model import unwrap_model
+from mseg_semantic.training.gradients.common import StepContext, StepOutput, check_dataset_index, cross_entropy_pixels
 
 __all__ = [
     "NORMALIZATIONS",
@@ -44,10 +44,12 @@ _GRAM_BLOCK = 1 << 22
 
 @dataclass(frozen=True)
 class MGDAOptions:
-    normalization: str = "none"  # MSeg's MGDA used the raw gradients
-    solver_iters: int = 1000  # Frank-Wolfe iterations (at most a few ms for 7 tasks)
-    tolerance: float = 1e-8  # stop when the Frank-Wolfe gap is below this fraction of the largest |g_t|^2
-    away_steps: bool = True  # False: the paper's Algorithm 2 exactly (slower to converge)
+    """The config's MGDA section (its defaults live in the schema)."""
+
+    normalization: str  # none (MSeg's MGDA: the raw gradients) | l2 | loss | loss+
+    solver_iters: int  # Frank-Wolfe iterations (at most a few ms for 7 tasks)
+    tolerance: float  # stop when the Frank-Wolfe gap is below this fraction of the largest |g_t|^2
+    away_steps: bool  # False: the paper's Algorithm 2 exactly (slower to converge)
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
@@ -58,13 +60,9 @@ class MGDAOptions:
             raise ValueError(f"MGDA tolerance must be >= 0, got {self.tolerance}")
 
     @classmethod
-    def from_mapping(cls, options: Mapping) -> "MGDAOptions":
-        """From ``ctx.options`` (the config's MGDA section); unknown keys are an error."""
-        valid = set(cls.__dataclass_fields__)
-        unknown = set(options) - valid
-        if unknown:
-            raise ValueError(f"unknown MGDA options {sorted(unknown)}; valid: {sorted(valid)}")
-        return cls(**dict(options))
+    def from_config(cls, section: Mapping) -> "MGDAOptions":
+        """From the config's MGDA section."""
+        return cls(**{name: section[name] for name in cls.__dataclass_fields__})
 
 
 def two_point_min_norm(v1v1: float, v1v2: float, v2v2: float) -> float:
@@ -191,8 +189,9 @@ def _write_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> Non
             p.grad.add_(piece)
 
 
-def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext) -> StepOutput:
-    """One MGDA step (see :mod:`mseg_semantic.training.step` for the contract).
+def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext,
+                       options: MGDAOptions) -> StepOutput:
+    """One MGDA step (see :mod:`mseg_semantic.training.gradients.common` for the contract).
 
     Task t's loss is the mean cross-entropy over the valid pixels of the batch images from dataset t.
     One forward pass over the whole batch, then one backward pass per task present in the global batch
@@ -214,10 +213,9 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     matrix (fp16 overflow) falls back to uniform weights, leaving the inf/nan in the gradient for the
     scaler to detect and skip.
     """
-    options = MGDAOptions.from_mapping(ctx.options)
     num_datasets = ctx.num_datasets
     check_dataset_index(dataset_index, num_datasets)
-    module = model.module if ctx.distributed else model
+    module = unwrap_model(model)
     params = [p for p in module.parameters() if p.requires_grad]
     # SyncBatchNorm normalises with the global batch's statistics, so a rank's weights also act on the other ranks'
     # losses, and its backward pass exchanges statistics with every rank: then each rank differentiates every task,
@@ -228,8 +226,7 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     with forward_context:
         with ctx.autocast():
             logits = model(images)
-        pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=ctx.ignore_index, reduction="none")
-        valid_per_image = (labels != ctx.ignore_index).flatten(1).sum(1)
+        pixel_loss, valid_per_image = cross_entropy_pixels(logits, labels)
         loss_sums = torch.zeros(num_datasets, device=pixel_loss.device).index_add(0, dataset_index, pixel_loss.flatten(1).sum(1))
         local_counts = torch.zeros(num_datasets, device=pixel_loss.device, dtype=torch.float64).index_add(0, dataset_index, valid_per_image.double())
 

@@ -18,7 +18,16 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from mseg_semantic.training.step import StepContext, StepOutput, check_dataset_index, global_pixel_mean, per_dataset_mean
+from mseg_semantic.taxonomy import IGNORE_INDEX
+from mseg_semantic.training.gradients.common import (
+    StepContext,
+    StepOutput,
+    backward,
+    check_dataset_index,
+    cross_entropy_pixels,
+    global_pixel_mean,
+    per_dataset_mean,
+)
 
 __all__ = [
     "CCSAOptions",
@@ -38,12 +47,14 @@ _NEGATIVE_ROUNDS = 32
 
 @dataclass(frozen=True)
 class CCSAOptions:
-    alpha: float = 0.25  # weight of the contrastive term (MSeg's default)
-    margin: float = 1.0  # negatives closer than this are pushed apart (MSeg: 1)
-    num_pairs: int = 4000  # pairs per batch (MSeg: 1000 positives + 3000 negatives)
-    positive_ratio: float = 0.25  # fraction of the pairs that are same-class (MSeg: 1 positive : 3 negatives)
-    label_downsample: str = "nearest"  # nearest (MSeg) | mode (majority of the block)
-    normalize_embeddings: bool = True  # compare unit vectors, so that the margin has a fixed meaning
+    """The config's CCSA section (its defaults live in the schema; ``use_ccsa`` is the switch, not an option)."""
+
+    alpha: float  # weight of the contrastive term (MSeg: 0.25)
+    margin: float  # negatives closer than this are pushed apart (MSeg: 1)
+    num_pairs: int  # pairs per batch (MSeg: 1000 positives + 3000 negatives)
+    positive_ratio: float  # fraction of the pairs that are same-class (MSeg: 1 positive : 3 negatives)
+    label_downsample: str  # nearest (MSeg) | mode (majority of the block)
+    normalize_embeddings: bool  # compare unit vectors, so that the margin has a fixed meaning
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -58,14 +69,9 @@ class CCSAOptions:
             raise ValueError(f"CCSA label_downsample {self.label_downsample!r} is not valid; use one of {', '.join(DOWNSAMPLE_MODES)}")
 
     @classmethod
-    def from_mapping(cls, options: Mapping) -> "CCSAOptions":
-        """From ``ctx.options`` (the config's CCSA section; its on/off switch ``use_ccsa`` is ignored here)."""
-        values = {k: v for k, v in options.items() if k != "use_ccsa"}
-        valid = set(cls.__dataclass_fields__)
-        unknown = set(values) - valid
-        if unknown:
-            raise ValueError(f"unknown CCSA options {sorted(unknown)}; valid: {sorted(valid)}")
-        return cls(**values)
+    def from_config(cls, section: Mapping) -> "CCSAOptions":
+        """From the config's CCSA section."""
+        return cls(**{name: section[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -95,7 +101,7 @@ def _block_indices(size_in: int, size_out: int, device) -> tuple[torch.Tensor, t
     return indices.clamp_max(size_in - 1), indices < ends[:, None]
 
 
-def downsample_labels(labels: torch.Tensor, size: tuple[int, int], mode: str = "nearest", ignore_index: int = 255) -> torch.Tensor:
+def downsample_labels(labels: torch.Tensor, size: tuple[int, int], mode: str = "nearest", ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """N x H x W integer labels -> N x h x w, for h <= H and w <= W.
 
     ``nearest``: the label at input pixel ``floor(i * H / h)`` (PyTorch's nearest, which MSeg used); an
@@ -163,7 +169,7 @@ def sample_pairs(
     num_pairs: int,
     positive_ratio: float,
     generator: torch.Generator | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> PixelPairs:
     """Cross-domain pixel pairs from a label map at the embedding resolution.
 
@@ -267,8 +273,9 @@ def _gather_pixels(emb: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     return emb[n, :, y, rest - y * w]
 
 
-def ccsa_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext) -> StepOutput:
-    """One CCSA step (see :mod:`mseg_semantic.training.step` for the contract).
+def ccsa_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext,
+                       options: CCSAOptions) -> StepOutput:
+    """One CCSA step (see :mod:`mseg_semantic.training.gradients.common` for the contract).
 
     ``model(images, return_features=True) -> (logits, emb)``. CE is the mean over the global batch's valid
     pixels (as in the plain CE step); the contrastive term uses pairs sampled within this process's batch
@@ -276,16 +283,14 @@ def ccsa_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     contrastive gradients over ranks).
     Embeddings are L2-normalised before the distance unless ``normalize_embeddings`` is false.
     """
-    options = CCSAOptions.from_mapping(ctx.options)
     check_dataset_index(dataset_index, ctx.num_datasets)
     with ctx.autocast():
         logits, emb = model(images, return_features=True)
-    pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=ctx.ignore_index, reduction="none")
-    valid_per_image = (labels != ctx.ignore_index).flatten(1).sum(1)
+    pixel_loss, valid_per_image = cross_entropy_pixels(logits, labels)
     ce = global_pixel_mean(pixel_loss.sum(), valid_per_image.sum(), ctx)  # as in the plain CE step
 
-    labels_ds = downsample_labels(labels, emb.shape[-2:], options.label_downsample, ctx.ignore_index)
-    pairs = sample_pairs(labels_ds, dataset_index, options.num_pairs, options.positive_ratio, ignore_index=ctx.ignore_index)
+    labels_ds = downsample_labels(labels, emb.shape[-2:], options.label_downsample)
+    pairs = sample_pairs(labels_ds, dataset_index, options.num_pairs, options.positive_ratio)
     emb_a = _gather_pixels(emb, pairs.first).float()
     emb_b = _gather_pixels(emb, pairs.second).float()
     if options.normalize_embeddings:
@@ -293,10 +298,7 @@ def ccsa_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     contrastive = ccsa_loss(emb_a, emb_b, pairs.same_class, options.margin)
 
     loss = (1.0 - options.alpha) * ce + options.alpha * contrastive
-    if ctx.scaler is not None:
-        ctx.scaler.scale(loss).backward()
-    else:
-        loss.backward()
+    backward(loss, ctx)
 
     per_dataset_loss = per_dataset_mean(pixel_loss.detach().flatten(1).sum(1), valid_per_image, dataset_index, ctx.num_datasets)
     return StepOutput(

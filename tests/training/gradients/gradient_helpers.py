@@ -29,3 +29,19 @@ def make_batch(num_images: int, dataset_index, num_classes: int = 6, size: int =
     labels = torch.randint(0, num_classes, (num_images, size, size), generator=generator)
     labels[torch.rand(num_images, size, size, generator=generator) < ignore_fraction] = 255
     return images, labels, torch.as_tensor(dataset_index, dtype=torch.long)
+
+
+def mgda_options(**values):
+    """The schema's MGDA section with ``values`` changed, as the trainer builds it."""
+    from mseg_semantic.config import load_config
+    from mseg_semantic.training.gradients.mgda import MGDAOptions
+
+    return MGDAOptions.from_config(load_config(None, [f"MGDA.{k}={v}" for k, v in values.items()]).MGDA)
+
+
+def ccsa_options(**values):
+    """The schema's CCSA section with ``values`` changed, as the trainer builds it."""
+    from mseg_semantic.config import load_config
+    from mseg_semantic.training.gradients.ccsa import CCSAOptions
+
+    return CCSAOptions.from_config(load_config(None, [f"CCSA.{k}={v}" for k, v in values.items()]).CCSA)

@@ -1,0 +1,27 @@
+"""The plain step: cross-entropy over the valid pixels of the global batch (MSeg's training objective)."""
+
+from __future__ import annotations
+
+import torch
+
+from mseg_semantic.training.gradients.common import (
+    StepContext,
+    StepOutput,
+    backward,
+    cross_entropy_pixels,
+    global_pixel_mean,
+    per_dataset_mean,
+)
+
+__all__ = ["ce_backward_step"]
+
+
+def ce_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext) -> StepOutput:
+    """Cross-entropy over the valid (non-ignore) pixels of the *global* batch (see :func:`global_pixel_mean`)."""
+    with ctx.autocast():
+        logits = model(images)
+    pixel_loss, valid_per_image = cross_entropy_pixels(logits, labels)
+    loss = global_pixel_mean(pixel_loss.sum(), valid_per_image.sum(), ctx)
+    backward(loss, ctx)
+    per_dataset = per_dataset_mean(pixel_loss.detach().flatten(1).sum(1), valid_per_image, dataset_index, ctx.num_datasets)
+    return StepOutput(loss=loss.detach(), per_dataset_loss=per_dataset)
