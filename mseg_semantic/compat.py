@@ -11,7 +11,7 @@ Config files (:func:`translate_config_pairs`, called by :func:`mseg_semantic.con
   (the weights and optimizer state always stay fp32, which is what O1/O2 did and O3 lacked);
 - the strings MSeg writes for "not set" (``None``, ``default``, an empty value) -> null;
 - MSeg's single-dataset placeholder (``dataset: single``, ``dataset_gpu_mapping: {single: [...]}``): the
-  mapping is dropped (one dataset is read by every process) and the dataset must be named on the command line.
+  mapping becomes null (one dataset is read by every process) and the dataset must be named on the command line.
 
 Checkpoints (:func:`translate_state_dict`, :func:`translate_meta`, called by :mod:`mseg_semantic.model.loading`)
 - the segmentation head, which MSeg's HRNet indexes by position (``last_layer.0/1/3``), is this project's
@@ -134,16 +134,11 @@ def translate_config_pairs(pairs: Iterable[tuple[tuple[str, str], str, Any]], wh
             precision = _opt_level_to_precision(value, where)
             if precision is not None:
                 out.append((PRECISION_KEY, written, precision))
+        elif (section, key) == ("TRAIN", "dataset_gpu_mapping") and isinstance(value, Mapping) and list(value) == [SINGLE_DATASET_PLACEHOLDER]:
+            out.append(((section, key), written, None))  # "every GPU reads the one dataset": the default
         else:
             out.append(((section, key), written, value))
     return out, dropped
-
-
-def translate_single_dataset(dataset: Any, mapping: Any) -> tuple[Any, Any]:
-    """MSeg's single-dataset configs: ``dataset_gpu_mapping: {single: [...]}`` means "every GPU reads the one dataset"."""
-    if isinstance(mapping, Mapping) and list(mapping) == [SINGLE_DATASET_PLACEHOLDER]:
-        mapping = None
-    return dataset, mapping
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from mseg_semantic.atomic import link_or_copy_atomic, remove_stale_temporaries
-from mseg_semantic.compat import translate_single_dataset
 from mseg_semantic.config import Config, ConfigError, apply_stage, canonical_key, parse_override, stage_names
 from mseg_semantic.data import build_train_loader, check_dataset_gpu_mapping
 from mseg_semantic.data import demo_world
@@ -107,9 +106,8 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
     train = cfg.TRAIN
     if train.model not in MODEL_NAMES:
         raise UnknownNameError(f"TRAIN.model={train.model!r} is not a model{did_you_mean(train.model, MODEL_NAMES)}; valid: {', '.join(MODEL_NAMES)}")
-    _, mapping = translate_single_dataset(datasets, train.dataset_gpu_mapping)
-    # One dataset: every rank reads it, whatever an MSeg mapping says (as MSeg does).
-    mapping = dict(mapping) if mapping and len(datasets) > 1 else None
+    # One dataset: every rank reads it, whatever a mapping says (as MSeg does).
+    mapping = dict(train.dataset_gpu_mapping) if train.dataset_gpu_mapping and len(datasets) > 1 else None
     method = method_of(cfg)
     if method == "ccsa" and mapping is not None:
         raise ConfigError(
