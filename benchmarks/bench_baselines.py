@@ -34,10 +34,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from mseg_semantic.model import build_model
-    from mseg_semantic.training.precision import autocast_factory
-    from mseg_semantic.training.run import backward_step_for
-    from mseg_semantic.training.step import StepContext
+    import functools
+
+    from mseg_semantic.config import load_config
+    from mseg_semantic.model import autocast_context, build_model
+    from mseg_semantic.training.gradients import StepContext, backward_step_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     images = torch.randn(args.batch, 3, args.crop, args.crop, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch, args.crop, args.crop), device=device)
     dataset_index = (torch.arange(args.batch, device=device) % args.datasets).long()
-    autocast = autocast_factory(args.precision, device.type)
+    autocast = functools.partial(autocast_context, args.precision, device.type)
+    cfg = load_config()  # each method's options at their defaults (MSeg's values)
 
     def sync():
         if device.type == "cuda":
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
 
     baseline_ms = None
     for method in args.methods:
-        step = backward_step_for(method)
+        step = backward_step_for(method, cfg)
         ctx = StepContext(num_datasets=args.datasets, autocast=autocast)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mseg_semantic.config import ConfigError, load_config  # noqa: E402
-from mseg_semantic.data import normalize_images  # noqa: E402
-from mseg_semantic.training.run import build_stage, configure_kernels, prepare_data_root  # noqa: E402
+from mseg_semantic.training.checkpoint import Checkpointer  # noqa: E402
 from mseg_semantic.training.distributed import all_gather_objects, init_distributed, shutdown_distributed  # noqa: E402
-from mseg_semantic.training.logging import TrainingReporter, setup_logging  # noqa: E402
 from mseg_semantic.training.loop import LoopSettings, LoopStats, train_loop  # noqa: E402
+from mseg_semantic.training.report import TrainingReporter, setup_logging  # noqa: E402
+from mseg_semantic.training.run import build_stage, configure_kernels, resolve_run, write_demo_world_if_asked  # noqa: E402
 
 
 class GpuBusySampler:
@@ -101,13 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(None, False)  # warnings only: the JSON is the output
     try:
         configure_kernels(info.device, cfg.TRAIN.cpu_threads)
-        prepare_data_root(cfg, info)
-        run = build_stage(cfg, info, None, None)
-        stats = LoopStats()
+        write_demo_world_if_asked(cfg, info)
+        run = build_stage(cfg, info, resolve_run(cfg, info.world_size, info.local_world_size))
         sampler = GpuBusySampler(info.device) if info.device.type == "cuda" else None
         marks: dict[str, float] = {}
 
-        def on_iteration(done: int) -> None:
+        def on_iteration(done: int, stats: LoopStats) -> None:
             if info.device.type == "cuda":
                 torch.cuda.synchronize(info.device)
             if done == args.warmup:
@@ -120,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
                 marks["end"], marks["wait_end"] = time.perf_counter(), stats.data_wait_seconds
 
         with tempfile.TemporaryDirectory() as tmp:
-            settings = LoopSettings(max_iters=total, checkpoint_dir=Path(tmp), checkpoint_every=total + 1, keep_checkpoints=1,
-                                    grad_clip=cfg.TRAIN.grad_clip, channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn)
-            reporter = TrainingReporter(tmp, False, 0, total, run.plan.batch_size, info.device, tensorboard=False)
+            settings = LoopSettings(max_iters=total, checkpoint_every=total + 1, grad_clip=cfg.TRAIN.grad_clip,
+                                    channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn)
+            reporter = TrainingReporter(tmp, False, 0, total, run.setup.batch_size, info.device, print_freq=total, tensorboard=False)
             if args.warmup == 0:
-                on_iteration(0)
-            train_loop(run.model, run.optimizer, run.scheduler, run.scaler, run.loader, run.step, run.step_context,
-                       normalize_images, settings, info, reporter, 0, {}, on_iteration, stats)
+                on_iteration(0, LoopStats())
+            train_loop(run.parts, run.step, run.step_context, Checkpointer(Path(tmp), info, keep=1), settings, info, reporter,
+                       hooks=[on_iteration])
         busy = sampler.stop() if sampler is not None else None
         seconds = marks["end"] - marks["start"]
         if info.device.type == "cuda":
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         everyone = all_gather_objects(mine, info)
         if info.is_main:
             slowest = max(r["seconds"] for r in everyone)
-            crops = run.plan.batch_size * args.iters
+            crops = run.setup.batch_size * args.iters
             busy_values = [r["busy"] for r in everyone if r["busy"] is not None]
             result = {
                 "config": args.config,
@@ -147,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                 "model": cfg.TRAIN.model,
                 "crop": [cfg.TRAIN.train_h, cfg.TRAIN.train_w],
                 "short_size": cfg.TRAIN.short_size,
-                "batch_size": run.plan.batch_size,
-                "precision": run.plan.precision,
+                "batch_size": run.setup.batch_size,
+                "precision": run.setup.precision,
                 "channels_last": cfg.TRAIN.channels_last,
-                "workers_per_rank": run.plan.workers_per_rank,
-                "method": run.plan.method,
+                "workers_per_rank": run.setup.workers_per_rank,
+                "method": run.setup.method,
                 "timed_iterations": args.iters,
                 "seconds": round(slowest, 3),
                 "crops_per_s": round(crops / slowest, 3),
