@@ -1,14 +1,16 @@
 """Safe, idempotent extraction of zip and tar(.gz) archives.
 
 Every member is checked before it is written: absolute paths, ``..`` components, links whose target leaves
-the destination (also by way of other links in the archive), and device/fifo entries are refused. The archive
-is unpacked into a temporary directory beside the destination and moved in only when complete, so a refused or
-interrupted extraction leaves the destination untouched. A marker file records a finished extraction; a second
-call is a no-op.
+the destination (also by way of other links in the archive), and device/fifo entries are refused; so is an
+archive that unpacks to more than :class:`ExtractionLimits` allow (a zip bomb: too many bytes in total, or
+too many per byte of archive). The archive is unpacked into a temporary directory beside the destination and
+moved in only when complete, so a refused, truncated or interrupted extraction leaves the destination
+untouched. A marker file records a finished extraction; a second call is a no-op.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -18,22 +20,61 @@ import stat
 import tarfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from mseg_semantic.atomic import atomic_write_json
+from mseg_semantic.errors import UserError
 
 log = logging.getLogger("mseg_semantic.prepare")
 
+GIB = 1 << 30
 
-class UnsafeArchiveError(RuntimeError):
+
+class UnsafeArchiveError(UserError):
     pass
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(UserError):
+    """A missing, truncated or damaged archive: the message names it and how to get a good copy."""
+
+
+class ArchiveTooLarge(UnsafeArchiveError):
     pass
+
+
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """How much one archive may unpack to: ``max_bytes`` in total, and ``max_ratio`` bytes per byte of archive
+    (the largest real archive, COCO's train2017.zip, unpacks to 18 GB at a ratio of about 1; text and JSON
+    reach 10-20; a zip bomb thousands). Archives unpacking to at most ``floor_bytes`` skip the ratio test."""
+
+    max_bytes: int = 200 * GIB
+    max_ratio: float = 100.0
+    floor_bytes: int = 64 << 20
+
+    def allowed(self, archive_bytes: int) -> int:
+        return min(self.max_bytes, max(self.floor_bytes, int(self.max_ratio * archive_bytes)))
+
+    def check(self, archive: Path, unpacked: int) -> None:
+        size = archive.stat().st_size
+        if unpacked <= self.allowed(size):
+            return
+        if unpacked > self.max_bytes:
+            limit = f"the limit of {self.max_bytes / GIB:g} GiB per archive (raise it with --max-unpacked-gb)"
+        else:
+            limit = (f"{self.max_ratio:g} times its own size of {size} bytes (raise the ratio with --max-ratio if "
+                     f"the archive is genuine)")
+        raise ArchiveTooLarge(f"{archive}: unpacks to more than {unpacked} bytes, over {limit}; a zip bomb? "
+                              f"refusing to extract")
+
+
+def _damaged(archive: Path, exc: BaseException) -> ArchiveError:
+    return ArchiveError(f"{archive}: truncated or damaged archive ({exc or type(exc).__name__}); nothing was extracted. "
+                        f"Download it again (`mseg-prepare download DATASET --force`) or replace the file")
 
 
 @dataclass(frozen=True)
@@ -42,9 +83,14 @@ class MemberFilter:
     include: tuple[str, ...] = ()
     include_suffixes: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    optional_prefixes: tuple[str, ...] = ()
 
     def apply(self, name: str) -> str | None:
         """The path to write for member ``name`` (already validated), or None to skip it."""
+        for prefix in self.optional_prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
         if self.strip_prefix:
             if not name.startswith(self.strip_prefix):
                 return None
@@ -106,7 +152,8 @@ def archive_kind(path: Path) -> str:
             return "tar"
     except OSError:
         pass
-    raise ArchiveError(f"{path}: not a zip or tar archive (truncated download? rerun `mseg-prepare download`)")
+    raise ArchiveError(f"{path}: not a zip or tar archive (a truncated download, or an HTML page?); download it again "
+                       f"(`mseg-prepare download DATASET --force`) or replace the file")
 
 
 def _write_stream(src, dest: Path) -> None:
@@ -115,11 +162,13 @@ def _write_stream(src, dest: Path) -> None:
         shutil.copyfileobj(src, out, 1 << 20)
 
 
-def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
+def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool, limits: ExtractionLimits) -> int:
     count = 0
     root, links = os.path.realpath(tmp), []
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
+        # the directory declares every size, and reading a member stops at its declared size: check before writing
+        limits.check(archive, sum(info.file_size for info in infos))
         for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
             name = _check_member_path(archive, info.filename)
             mode = info.external_attr >> 16
@@ -148,8 +197,9 @@ def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress
     return count
 
 
-def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
+def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool, limits: ExtractionLimits) -> int:
     count = 0
+    unpacked = 0
     root, links = os.path.realpath(tmp), []
     # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
     with tarfile.open(archive, mode="r|*") as tf, tqdm(desc=f"extract {archive.name}", unit="file",
@@ -161,9 +211,10 @@ def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress
                 raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device/fifo; refusing to extract")
             if member.issym():
                 _check_link_target(archive, name, member.linkname, hard=False)
-            if member.islnk():
-                _check_member_path(archive, member.linkname)
-                _check_link_target(archive, name, member.linkname, hard=True)
+            link_source = _check_link_target(archive, name, member.linkname, hard=True) if member.islnk() else None
+            if member.isfile():  # a member's header declares its size; reading stops there
+                unpacked += member.size
+                limits.check(archive, unpacked)
             out_name = member_filter.apply(name) if name else None
             if out_name is None:
                 continue
@@ -176,7 +227,7 @@ def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress
                 os.symlink(member.linkname, dest)
                 links.append((dest, member.name))
             elif member.islnk():
-                source_name = member_filter.apply(_check_member_path(archive, member.linkname))
+                source_name = member_filter.apply(link_source)
                 source = _inside(archive, root, tmp / source_name, member.name) if source_name else None
                 if source is None or not source.is_file():
                     raise UnsafeArchiveError(f"{archive}: hard link {member.name!r} -> {member.linkname!r} does not point to an extracted file")
@@ -216,7 +267,7 @@ def read_marker(marker: Path) -> dict | None:
 
 
 def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: MemberFilter = MemberFilter(),
-                    progress: bool = True, force: bool = False) -> bool:
+                    progress: bool = True, force: bool = False, limits: ExtractionLimits = ExtractionLimits()) -> bool:
     """Unpack ``archive`` into ``dest`` safely; returns False when the marker says it is already done."""
     archive, dest, marker = Path(archive), Path(dest), Path(marker)
     done = read_marker(marker)
@@ -231,8 +282,12 @@ def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: Memb
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    extract = _extract_zip if kind == "zip" else _extract_tar
     try:
-        count = _extract_zip(archive, tmp, member_filter, progress) if kind == "zip" else _extract_tar(archive, tmp, member_filter, progress)
+        try:
+            count = extract(archive, tmp, member_filter, progress, limits)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise _damaged(archive, exc) from None
         _merge_into(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,24 +301,28 @@ def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: Memb
     return True
 
 
-def extract_dataset(spec, root: Path, progress: bool = True, force: bool = False,
-                    delete_archives: bool = False, only_needed_for: tuple[str, ...] | None = None) -> list[str]:
-    """Run the extraction plan of a dataset spec; returns the archives extracted this time.
+def extract_dataset(spec, root: Path, progress: bool = True, force: bool = False, delete_archives: bool = False,
+                    only_needed_for: tuple[str, ...] | None = None,
+                    limits: ExtractionLimits = ExtractionLimits()) -> list[str]:
+    """Run the extraction steps of a dataset spec; returns the archives extracted this time.
 
     A required archive that is missing is an error; an archive needed only for relabeling (ADE20K's full
-    release) or an optional one is skipped with a note. ``only_needed_for``: only the archives needed for
-    those steps, and only those present (the relabel step unpacks an instance archive placed late).
+    release) or an optional one is skipped with a note, and so are the archives of releases not in use.
+    ``only_needed_for``: only the archives needed for those steps, and only those present (the relabel step
+    unpacks an instance archive placed late).
     """
-    from mseg_semantic.prepare.download import find_present
-    from mseg_semantic.prepare.specs import STATE_DIR
+    from mseg_semantic.prepare.specs import archives_in_use, extraction_marker, find_present
 
     root = Path(root)
     top = root / spec.top_dir
+    in_use = {a.filename for a in archives_in_use(spec, root)}
     done: list[str] = []
     for step in spec.extract:
         archive_spec = spec.archive(step.archive)
-        marker = root / STATE_DIR / "extracted" / spec.key / (step.archive.replace("/", "__") + ".json")
+        marker = extraction_marker(root, spec.key, step.archive)
         if archive_spec is not None:
+            if archive_spec.filename not in in_use:
+                continue  # another release of the dataset is the one on disk
             path = find_present(top, archive_spec)
             needed_for = archive_spec.needed_for
         else:  # an archive inside an archive (COCO's panoptic PNG zips)
@@ -282,8 +341,9 @@ def extract_dataset(spec, root: Path, progress: bool = True, force: bool = False
             log.info("%s: %s not present, skipped (%s)", spec.key, step.archive,
                      "needed only for relabel" if needed_for == "relabel" else "optional")
             continue
-        member_filter = MemberFilter(step.strip_prefix, step.include, step.include_suffixes, step.exclude)
-        if extract_archive(path, top / step.dest, marker, member_filter, progress=progress, force=force):
+        member_filter = MemberFilter(step.strip_prefix, step.include, step.include_suffixes, step.exclude,
+                                     step.optional_prefixes)
+        if extract_archive(path, top / step.dest, marker, member_filter, progress=progress, force=force, limits=limits):
             done.append(step.archive)
         if delete_archives and path.exists():
             path.unlink()

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from mseg_semantic.prepare.extract import MemberFilter, UnsafeArchiveError, extract_archive, extract_dataset
+from mseg_semantic.prepare.extract import ArchiveError, MemberFilter, UnsafeArchiveError, extract_archive, extract_dataset
 from mseg_semantic.prepare.specs import get_spec
 
 
@@ -137,5 +137,5 @@ def test_dataset_extraction_merges_archives_and_unpacks_nested_ones(tmp_path):
 
 
 def test_missing_required_archive_names_the_fix(tmp_path):
-    with pytest.raises(RuntimeError, match="mseg-prepare download camvid"):
+    with pytest.raises(ArchiveError, match="mseg-prepare download camvid"):
         extract_dataset(get_spec("camvid"), tmp_path, progress=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from mseg_semantic.prepare.remap import RemapError, camvid_split, remap_dataset
-from mseg_semantic.prepare.tables import TableError, parse_table, available_tables, load_table
+from mseg_semantic.prepare.remap import RemapFailed, camvid_split, remap_dataset
+from mseg_semantic.prepare.tables import TABLE_DIR, TableError, load_table, parse_table
 
 from prepare_helpers import class_id, read_png, write_json, write_png, write_rgb_image
 
@@ -38,7 +38,7 @@ def test_cityscapes_34_to_19(tmp_path):
         write_png(base / f"gtFine/{split}/{city}/{city}_{frame}_gtFine_labelIds.png", raw)
         write_rgb_image(base / f"leftImg8bit/{split}/{city}/{city}_{frame}_leftImg8bit.png", 2, 4)
     report = remap("cityscapes", tmp_path)
-    assert report["splits"] == {"train": 1, "val": 1}
+    assert report["listed"] == {"train": 1, "val": 1}
     expected = np.array([ids("cityscapes-19", None, "road", "sidewalk", "car"),
                          ids("cityscapes-19", "person", "bicycle", None, "sky")], np.uint8)
     out = read_png(base / "gtFine_19cls/train/aachen/aachen_000000_000019_gtFine_labelIds.png")
@@ -53,13 +53,15 @@ def test_unknown_raw_ids_are_reported_not_mapped(tmp_path):
     write_rgb_image(base / "leftImg8bit/train/a/a_1_1_leftImg8bit.png", 1, 2)
     (base / "gtFine/val").mkdir(parents=True)
     out = base / "gtFine_19cls/train/a/a_1_1_gtFine_labelIds.png"
-    with pytest.raises(RemapError, match="1 file"):
+    with pytest.raises(RemapFailed, match="1 of 1 label file"):
         remap("cityscapes", tmp_path)
-    assert not out.exists() and not (tmp_path / "dataset_lists").exists()
+    # issue 13 item 5: the bad file is not written and not listed; the lists of the good ones are written
+    assert not out.exists() and list_lines(tmp_path, "cityscapes-19", "train") == []
     report = (tmp_path / ".mseg_prepare/reports/remap_cityscapes.json").read_text()
     assert "40 (1 px)" in report
-    remap("cityscapes", tmp_path, unknown="ignore")  # reported, written as unlabeled
+    remap("cityscapes", tmp_path, unknown="ignore")  # reported, written as unlabeled, listed
     assert read_png(out).tolist() == [[class_id("cityscapes-19", "road"), U]]
+    assert len(list_lines(tmp_path, "cityscapes-19", "train")) == 1
 
 
 def test_ade20k_151_to_150_in_a_process_pool(tmp_path):
@@ -126,8 +128,10 @@ def test_bdd_and_voc_are_checked_and_listed_in_place(tmp_path):
     assert list_lines(tmp_path, "bdd", "train") == ["seg/images/train/abc-train.jpg seg/labels/train/abc-train_train_id.png"]
     write_png(base / "seg/labels/val/bad_train_id.png", np.array([[19]], np.uint8))
     write_rgb_image(base / "seg/images/val/bad.jpg", 1, 1)
-    with pytest.raises(RemapError):
+    with pytest.raises(RemapFailed):
         remap("bdd", tmp_path)
+    assert (base / "seg/labels/val/bad_train_id.png").is_file()  # a raw label is never removed, only left out
+    assert list_lines(tmp_path, "bdd", "val") == ["seg/images/val/abc-val.jpg seg/labels/val/abc-val_train_id.png"]
 
     voc = tmp_path / "PASCAL_VOC_2012"
     (voc / "ImageSets/Segmentation").mkdir(parents=True)
@@ -157,7 +161,7 @@ def test_camvid_rgb_colour_labels_to_11(tmp_path):
     assert [len(list_lines(tmp_path, "camvid-11", s)) for s in ("train", "val", "test")] == [1, 1, 1]
     write_png(base / "Labels32-RGB/0016E5_08001_L.png", np.array([[[1, 2, 3]]], np.uint8))  # a colour CamVid lacks
     write_rgb_image(base / "701_StillsRaw_full/0016E5_08001.png", 1, 1)
-    with pytest.raises(RemapError, match="1 file"):
+    with pytest.raises(RemapFailed, match="1 of 4 label file"):
         remap("camvid", tmp_path)
 
 
@@ -207,7 +211,7 @@ def test_coco_panoptic_png_and_json_to_133(tmp_path):
     # a segment id in the PNG that segments_info does not describe is reported
     annotation = write_coco(base, "val", "000000000285", np.array([[5, 6]]), [(5, 3)])
     write_json(base / "annotations/panoptic_val2017.json", {"annotations": [annotation]})
-    with pytest.raises(RemapError):
+    with pytest.raises(RemapFailed):
         remap("coco", tmp_path)
     assert "segment 6 not in segments_info" in (tmp_path / ".mseg_prepare/reports/remap_coco.json").read_text()
 
@@ -234,7 +238,7 @@ def test_idd_polygons_rasterised_in_order_then_mapped_to_39(tmp_path):
     assert np.array_equal(out, expected)
     write_json(base / "gtFine/val/0/000123_gtFine_polygons.json",
                {"imgHeight": 6, "imgWidth": 8, "objects": [{"label": "spaceship", "polygon": [[0, 0], [2, 0], [2, 2]]}]})
-    with pytest.raises(RemapError):
+    with pytest.raises(RemapFailed):
         remap("idd", tmp_path, force=True)
     assert "spaceship" in (tmp_path / ".mseg_prepare/reports/remap_idd.json").read_text()
 
@@ -261,7 +265,7 @@ def test_pascal_context_mat_to_60(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- tables
 def test_every_shipped_table_resolves_against_the_taxonomy():
-    pairs = available_tables()
+    pairs = [path.stem.split("_to_") for path in sorted(TABLE_DIR.glob("*_to_*.tsv"))]
     assert len(pairs) == 19
     for source, target in pairs:
         table = load_table(source, target)
