@@ -351,7 +351,7 @@ class ChecksumManifest:
             aside = move_aside(file, f".{expected[0]}-mismatch")
             self._drop(key)
             raise DigestMismatch(f"{file}: {expected[0]} {digests[expected[0]]} differs from the published {expected[1]}; "
-                                 f"the file was moved to {aside}. {hint}".rstrip())
+                                 f"the file was moved to {aside} and is never used again: download it again")
         if entry and entry.get("sha256") != digests["sha256"]:
             if not expected:
                 raise DigestMismatch(

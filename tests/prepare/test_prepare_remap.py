@@ -5,6 +5,8 @@ Expected ids are looked up by class name in the target taxonomy, independently o
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.io
@@ -286,3 +288,58 @@ def test_table_errors_name_the_file_line_and_value(tmp_path):
     path.write_text("source\ta\ntarget\tb\nid\tsource_name\ttarget_name\n0\ty\tq\n1\tx\tq\n")
     with pytest.raises(TableError, match="id 0 is 'x' in taxonomy a"):
         parse_table(path, ["x", "y"], ["q", "r"])
+
+
+# ---------------------------------------------------------------------------------------------- issue 13 item 5, issue 11 item 7
+def _kitti(root, stems_and_labels):
+    for stem, raw in stems_and_labels.items():
+        write_png(root / f"KITTI/training/semantic/{stem}.png", np.array(raw, np.uint8))
+        write_rgb_image(root / f"KITTI/training/image_2/{stem}.png", *np.array(raw).shape)
+
+
+def test_bad_files_are_reported_each_the_rest_written_and_listed_exit_1(tmp_path, capsys):
+    from mseg_semantic.tool.prepare import main
+
+    # 000000_10, 000002_10, 000004_10, 000005_10 are in MSeg's train split
+    _kitti(tmp_path, {"000000_10": [[7, 11]], "000002_10": [[7, 40, 40]], "000004_10": [[35, 7]], "000005_10": [[26, 7]]})
+    assert main(["remap", "kitti", "--root", str(tmp_path), "--workers", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "training/semantic/000002_10.png: values not in kitti-34: 40 (2 px)" in err
+    assert "training/semantic/000004_10.png: values not in kitti-34: 35 (1 px)" in err
+    assert err.strip().splitlines()[-1].startswith("mseg-prepare: error: kitti: 2 of 4 label file(s) bad")
+    report = json.loads((tmp_path / ".mseg_prepare/reports/remap_kitti.json").read_text())
+    assert [(b["file"], b["unknown_values_pixels"]) for b in report["bad_files"]] == [
+        ("training/semantic/000002_10.png", {"40": 2}), ("training/semantic/000004_10.png", {"35": 1})]
+    assert list_lines(tmp_path, "kitti-19", "train") == [
+        "training/image_2/000000_10.png training/label19/000000_10.png",
+        "training/image_2/000005_10.png training/label19/000005_10.png"]
+    assert not (tmp_path / "KITTI/training/label19/000002_10.png").exists()
+    # with --unknown ignore the same files are written (255 there), listed, reported, and the run succeeds
+    assert main(["remap", "kitti", "--root", str(tmp_path), "--workers", "1", "--no-progress", "--unknown", "ignore"]) == 0
+    assert read_png(tmp_path / "KITTI/training/label19/000002_10.png").tolist() == [[class_id("kitti-19", "road"), U, U]]
+    assert len(list_lines(tmp_path, "kitti-19", "train")) == 4
+    report = json.loads((tmp_path / ".mseg_prepare/reports/remap_kitti.json").read_text())
+    assert report["unknown_values_pixels"] == {"40": 2, "35": 1} and report["bad_files"] == []
+
+
+def test_force_leaves_no_stale_label_or_list_line_for_a_file_that_now_fails(tmp_path):
+    _kitti(tmp_path, {"000000_10": [[7, 11]], "000002_10": [[7, 26]]})
+    remap("kitti", tmp_path)
+    stale = tmp_path / "KITTI/training/label19/000002_10.png"
+    assert stale.is_file() and len(list_lines(tmp_path, "kitti-19", "train")) == 2
+    write_png(tmp_path / "KITTI/training/semantic/000002_10.png", np.array([[7, 99]], np.uint8))  # the raw label changed
+    with pytest.raises(RemapFailed, match="1 stale label"):
+        remap("kitti", tmp_path, force=True)
+    assert not stale.exists()
+    assert list_lines(tmp_path, "kitti-19", "train") == ["training/image_2/000000_10.png training/label19/000000_10.png"]
+    report = json.loads((tmp_path / ".mseg_prepare/reports/remap_kitti.json").read_text())
+    assert report["removed_stale_outputs"] == ["training/label19/000002_10.png"]
+
+
+def test_unknown_policy_and_workers_are_checked_flags(tmp_path, capsys):
+    from mseg_semantic.tool.prepare import main
+
+    assert main(["remap", "kitti", "--root", str(tmp_path), "--workers", "0"]) == 2
+    assert "--workers 0: must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: exit 2 naming the valid choices
+        main(["remap", "kitti", "--root", str(tmp_path), "--unknown", "skip"])
