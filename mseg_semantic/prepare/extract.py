@@ -23,6 +23,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -156,91 +157,102 @@ def archive_kind(path: Path) -> str:
                        f"(`mseg-prepare download DATASET --force`) or replace the file")
 
 
-def _write_stream(src, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+@dataclass(frozen=True)
+class Member:
+    """One archive member, zip or tar alike."""
+
+    name: str  # as the archive writes it
+    kind: str  # dir | file | symlink | hardlink | device | other
+    size: int = 0  # declared; reading the member stops there
+    link: str = ""  # target of a symlink or hard link
+    open: Callable[[], BinaryIO] | None = None
 
 
-def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool, limits: ExtractionLimits) -> int:
-    count = 0
+def _zip_members(zf: zipfile.ZipFile) -> Iterator[Member]:
+    for info in zf.infolist():
+        mode = info.external_attr >> 16
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            yield Member(info.filename, "device")
+        elif stat.S_ISLNK(mode):
+            yield Member(info.filename, "symlink", link=zf.read(info).decode("utf-8", "replace"))
+        elif info.is_dir():
+            yield Member(info.filename, "dir")
+        else:
+            yield Member(info.filename, "file", info.file_size, open=lambda info=info: zf.open(info))
+
+
+def _tar_members(tf: tarfile.TarFile) -> Iterator[Member]:
+    for member in tf:
+        if member.isdev():  # character/block device or fifo
+            yield Member(member.name, "device")
+        elif member.issym():
+            yield Member(member.name, "symlink", link=member.linkname)
+        elif member.islnk():
+            yield Member(member.name, "hardlink", link=member.linkname)
+        elif member.isdir():
+            yield Member(member.name, "dir")
+        elif member.isfile():
+            yield Member(member.name, "file", member.size, open=lambda member=member: tf.extractfile(member))
+        else:
+            yield Member(member.name, "other")
+
+
+def _place(archive: Path, tmp: Path, members: Iterable[Member], member_filter: MemberFilter,
+           limits: ExtractionLimits) -> int:
+    """Check each member, then write it under ``tmp``; returns how many were written."""
+    count = unpacked = 0
     root, links = os.path.realpath(tmp), []
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        # the directory declares every size, and reading a member stops at its declared size: check before writing
-        limits.check(archive, sum(info.file_size for info in infos))
-        for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
-            name = _check_member_path(archive, info.filename)
-            mode = info.external_attr >> 16
-            is_link = stat.S_ISLNK(mode)
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-                raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a device/fifo/socket; refusing to extract")
-            target = zf.read(info).decode("utf-8", "replace") if is_link else None
-            if is_link:
-                _check_link_target(archive, name, target, hard=False)
-            out_name = member_filter.apply(name) if name else None
-            if out_name is None:
-                continue
-            dest = _inside(archive, root, tmp / out_name, info.filename)
-            if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-            elif is_link:
-                _check_link_target(archive, out_name, target, hard=False)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(target, dest)
-                links.append((dest, info.filename))
-            else:
-                with zf.open(info) as src:
-                    _write_stream(src, dest)
-            count += 1
+    for member in members:
+        name = _check_member_path(archive, member.name)
+        if member.kind == "device":
+            raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device/fifo/socket; refusing to extract")
+        if member.kind == "symlink":
+            _check_link_target(archive, name, member.link, hard=False)
+        link_source = _check_link_target(archive, name, member.link, hard=True) if member.kind == "hardlink" else None
+        unpacked += member.size
+        limits.check(archive, unpacked)
+        out_name = member_filter.apply(name) if name else None
+        if out_name is None or member.kind == "other":
+            continue
+        dest = _inside(archive, root, tmp / out_name, member.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if member.kind == "dir":
+            dest.mkdir(parents=True, exist_ok=True)
+        elif member.kind == "symlink":
+            _check_link_target(archive, out_name, member.link, hard=False)
+            os.symlink(member.link, dest)
+            links.append((dest, member.name))
+        elif member.kind == "hardlink":
+            source_name = member_filter.apply(link_source)
+            source = _inside(archive, root, tmp / source_name, member.name) if source_name else None
+            if source is None or not source.is_file():
+                raise UnsafeArchiveError(f"{archive}: hard link {member.name!r} -> {member.link!r} does not point to an extracted file")
+            shutil.copyfile(source, dest)
+        else:
+            with member.open() as source_stream, open(dest, "wb") as out:
+                shutil.copyfileobj(source_stream, out, 1 << 20)
+        count += 1
     _check_links(archive, root, links)
     return count
 
 
-def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool, limits: ExtractionLimits) -> int:
-    count = 0
-    unpacked = 0
-    root, links = os.path.realpath(tmp), []
-    # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
-    with tarfile.open(archive, mode="r|*") as tf, tqdm(desc=f"extract {archive.name}", unit="file",
-                                                       disable=not progress, leave=False) as bar:
-        for member in tf:
-            bar.update(1)
-            name = _check_member_path(archive, member.name)
-            if member.isdev():  # character/block device or fifo
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device/fifo; refusing to extract")
-            if member.issym():
-                _check_link_target(archive, name, member.linkname, hard=False)
-            link_source = _check_link_target(archive, name, member.linkname, hard=True) if member.islnk() else None
-            if member.isfile():  # a member's header declares its size; reading stops there
-                unpacked += member.size
-                limits.check(archive, unpacked)
-            out_name = member_filter.apply(name) if name else None
-            if out_name is None:
-                continue
-            dest = _inside(archive, root, tmp / out_name, member.name)
-            if member.isdir():
-                dest.mkdir(parents=True, exist_ok=True)
-            elif member.issym():
-                _check_link_target(archive, out_name, member.linkname, hard=False)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(member.linkname, dest)
-                links.append((dest, member.name))
-            elif member.islnk():
-                source_name = member_filter.apply(link_source)
-                source = _inside(archive, root, tmp / source_name, member.name) if source_name else None
-                if source is None or not source.is_file():
-                    raise UnsafeArchiveError(f"{archive}: hard link {member.name!r} -> {member.linkname!r} does not point to an extracted file")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, dest)
-            elif member.isfile():
-                src = tf.extractfile(member)
-                _write_stream(src, dest)
-            else:
-                continue
-            count += 1
-    _check_links(archive, root, links)
-    return count
+def _unpack(archive: Path, kind: str, tmp: Path, member_filter: MemberFilter, progress: bool, limits: ExtractionLimits) -> int:
+    bar = tqdm(desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False)
+    with bar:
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                # the directory declares every size up front: a bomb is refused before anything is written
+                limits.check(archive, sum(info.file_size for info in zf.infolist()))
+                return _place(archive, tmp, _counted(_zip_members(zf), bar), member_filter, limits)
+        # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
+        with tarfile.open(archive, mode="r|*") as tf:
+            return _place(archive, tmp, _counted(_tar_members(tf), bar), member_filter, limits)
+
+
+def _counted(members: Iterator[Member], bar) -> Iterator[Member]:
+    for member in members:
+        bar.update(1)
+        yield member
 
 
 def _merge_into(src: Path, dest: Path) -> None:
@@ -282,10 +294,9 @@ def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: Memb
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    extract = _extract_zip if kind == "zip" else _extract_tar
     try:
         try:
-            count = extract(archive, tmp, member_filter, progress, limits)
+            count = _unpack(archive, kind, tmp, member_filter, progress, limits)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise _damaged(archive, exc) from None
         _merge_into(tmp, dest)
