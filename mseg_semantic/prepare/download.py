@@ -178,7 +178,7 @@ class Sources:
             self._openers[(source.login, site)] = LOGINS[source.login](self.creds, base=site)
         return self._openers[(source.login, site)]
 
-    def personal_link_names(self) -> str:
+    def personal_link_file_name(self) -> str:
         """The file name at the end of the personal link (say which Mapillary package it is), or ''."""
         if not any(a.personal_url for a in self.spec.archives):
             return ""
@@ -223,9 +223,8 @@ def _archives_wanted(spec: DatasetSpec, root: Path, sources: Sources) -> tuple[A
     wanted = archives_in_use(spec, root)
     top = Path(root) / spec.top_dir
     if spec.releases and not any(find_present(top, a) for a in wanted if spec.release_of(a.filename)):
-        linked = spec.archive(sources.personal_link_names()) if sources.personal_link_names() else None
-        if linked is not None and spec.release_of(linked.filename) is not None:
-            named = spec.release_of(linked.filename)
+        named = spec.release_of(sources.personal_link_file_name())
+        if named is not None:
             wanted = tuple(a for a in spec.archives if spec.release_of(a.filename) in (None, named))
     return wanted
 

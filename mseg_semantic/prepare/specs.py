@@ -128,7 +128,7 @@ _add(DatasetSpec(
                         "no longer served at its old link for everyone. Register at https://groups.csail.mit.edu/vision/datasets/ADE20K/ "
                         "and download the 2016 full release ADE20K_2016_07_26.zip (3.8 GB, folder ADE20K_2016_07_26/images/...); "
                         "today's full release ADE20K_2021_17_01.zip is accepted instead (see `mseg-prepare list`).")),
-        Archive(ADE20K_FULL_2021, needed_for="relabel", size="4 GB",
+        Archive(ADE20K_FULL_2021, needed_for="relabel", size="~4 GB",
                 manual=("Register at https://groups.csail.mit.edu/vision/datasets/ADE20K/ and download the current full "
                         "release ADE20K_2021_17_01.zip (folder ADE20K_2021_17_01/images/ADE/{training,validation}/...).")),
     ),
@@ -156,8 +156,8 @@ _add(DatasetSpec(
     key="bdd", title="BDD100K semantic segmentation (10K images)", role="train", taxonomy="bdd", raw_taxonomy=None,
     relabeled=("bdd-relabeled",), registration="browser",
     archives=(
-        Archive(BDD_IMAGES_10K, size="1.1 GB", manual=_BDD_PORTAL + f"'10K Images' ({BDD_IMAGES_10K})."),
-        Archive(BDD_SEM_SEG_LABELS, size="0.4 GB", manual=_BDD_PORTAL + f"'Segmentation' under Semantic Segmentation ({BDD_SEM_SEG_LABELS})."),
+        Archive(BDD_IMAGES_10K, size="~1 GB", manual=_BDD_PORTAL + f"'10K Images' ({BDD_IMAGES_10K})."),
+        Archive(BDD_SEM_SEG_LABELS, size="~0.5 GB", manual=_BDD_PORTAL + f"'Segmentation' under Semantic Segmentation ({BDD_SEM_SEG_LABELS})."),
         Archive(BDD_SEG_2018, aliases=("bdd100k_seg_2018.zip",), size="1.3 GB", manual=(
             "bdd100k_seg.zip (2018, the file MSeg used) is no longer on the portal; if you have it, put it here.")),
     ),
@@ -232,7 +232,7 @@ _add(DatasetSpec(
         Archive(MAPILLARY_V12, personal_url=True, size="25 GB", manual=(
             _MAPILLARY_REQUEST + f"v1.2 ({MAPILLARY_V12}) and v2.0 ({MAPILLARY_V20}, whose v1.2 labels are used): either works."
             + _MAPILLARY_LINK)),
-        Archive(MAPILLARY_V20, personal_url=True, size="35 GB", manual=(
+        Archive(MAPILLARY_V20, personal_url=True, size="~35 GB", manual=(
             _MAPILLARY_REQUEST + f"v2.0 ({MAPILLARY_V20}); its training/v1.2 and validation/v1.2 labels are used." + _MAPILLARY_LINK)),
         Archive(MAPILLARY_V11, personal_url=True, size="25 GB", manual=(
             f"v1.1 ({MAPILLARY_V11}, the archive MSeg used) is no longer offered; if you have it, put it here.")),
