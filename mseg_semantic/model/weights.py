@@ -5,9 +5,13 @@ Cache: ``$MSEG_CACHE`` (default ``~/.cache/mseg_semantic``), files under ``<cach
   complete, so a file at the target path is always whole. An interrupted download resumes: HTTP with a
   ``Range`` request on ``NAME.pth.part`` (``mseg_semantic.download.fetch``, shared with
   ``mseg-prepare``), Google Drive through gdown's own resume (``NAME.pth.gdown``).
+- Before a digest is recorded the file must be a PyTorch checkpoint (zip with ``data.pkl``, or the legacy
+  pickle format): a login page or a truncated file is moved to ``NAME.pth.invalid`` and never recorded.
 - The SHA-256 of every file is recorded in ``<cache>/weights/checksums.json`` the first time it is seen and
-  checked on every later use; a mismatch is an error that keeps the file and says how to download it again
-  (a fresh download that differs from a published checksum is moved to ``NAME.pth.sha256-mismatch``).
+  checked on every later use, with the one policy of ``mseg_semantic.download.ChecksumManifest``: a file
+  that differs from a published digest is moved to ``NAME.pth.sha256-mismatch``; one that differs from the
+  recorded digest is kept and refused until ``download --force`` (fetch again) or ``verify --rerecord``
+  (trust the file on disk).
 - Offline, the error names the URL and the path to place a hand-downloaded file at.
 
 MSeg's models are HRNetV2-W48; their Google Drive ids and published zero-shot mIoU come from the MSeg release.
@@ -15,19 +19,27 @@ MSeg's models are HRNetV2-W48; their Google Drive ids and published zero-shot mI
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mseg_semantic.atomic import atomic_write_json
-from mseg_semantic.download import DownloadError, fetch, sha256_file
+from mseg_semantic.download import (
+    ChecksumManifest,
+    DigestMismatch,
+    DownloadError,
+    InvalidContent,
+    content_problem,
+    fetch,
+    part_path,
+)
+from mseg_semantic.errors import EXIT_BAD_INPUT, EXIT_CHECKS_FAILED, did_you_mean
 from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS, load_class_names
 
 __all__ = [
     "ChecksumMismatchError",
+    "InvalidWeightsFile",
     "OfflineError",
+    "UnknownWeightsError",
     "WEIGHTS",
     "WeightsEntry",
     "WeightsError",
@@ -126,6 +138,12 @@ WEIGHTS[HRNET_W48_IMAGENET.name] = HRNET_W48_IMAGENET
 class WeightsError(RuntimeError):
     """A weights file could not be found, downloaded or verified; the message says what to do."""
 
+    exit_code = EXIT_CHECKS_FAILED
+
+
+class UnknownWeightsError(WeightsError):
+    exit_code = EXIT_BAD_INPUT
+
 
 class OfflineError(WeightsError):
     """The download source could not be reached."""
@@ -133,6 +151,14 @@ class OfflineError(WeightsError):
 
 class ChecksumMismatchError(WeightsError):
     """A cached file's SHA-256 differs from the recorded (or published) one."""
+
+
+class InvalidWeightsFile(WeightsError):
+    """Not a PyTorch checkpoint (an HTML page, a truncated file); exit 2 when the user placed it."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_CHECKS_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
@@ -146,11 +172,7 @@ def _entry(name: str | WeightsEntry) -> WeightsEntry:
         return name
     entry = WEIGHTS.get(name)
     if entry is None:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(WEIGHTS), n=3)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise WeightsError(f"unknown weights {name!r}{hint}; `mseg-weights list` shows the names")
+        raise UnknownWeightsError(f"unknown weights {name!r}{did_you_mean(name, WEIGHTS)}; `mseg-weights list` shows the names")
     return entry
 
 
@@ -159,69 +181,46 @@ def weights_path(name: str | WeightsEntry, cache: str | Path | None = None) -> P
     return cache_dir(cache) / _entry(name).filename
 
 
-def _manifest_path(directory: Path) -> Path:
-    return directory / "checksums.json"
-
-
-def _read_manifest(directory: Path) -> dict:
-    path = _manifest_path(directory)
-    if not path.exists():
-        return {}
+def _manifest(directory: Path) -> ChecksumManifest:
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise WeightsError(f"{path}: not valid JSON ({error}); fix or delete it (checksums are then re-recorded)")
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path}: expected a JSON object of filename -> record")
-    return data
+        return ChecksumManifest(directory / "checksums.json", directory)
+    except InvalidContent as error:
+        raise InvalidWeightsFile(str(error), error.exit_code) from None
 
 
-def _write_manifest(directory: Path, manifest: dict) -> None:
-    atomic_write_json(_manifest_path(directory), manifest, sort_keys=True)
+def _way_out(entry: WeightsEntry) -> str:
+    return (f"`mseg-weights download {entry.name} --force` downloads it again; if you replaced it on purpose, "
+            f"`mseg-weights verify {entry.name} --rerecord` records the file on disk.")
 
 
-def _record(directory: Path, filename: str, sha256: str, size: int, source: str) -> None:
-    manifest = _read_manifest(directory)
-    manifest[filename] = {
-        "sha256": sha256,
-        "size": size,
-        "source": source,
-        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    _write_manifest(directory, manifest)
+def _check(entry: WeightsEntry, path: Path, *, source: str = "", rerecord: bool = False,
+           content_checked: bool = False, placed_by_user: bool = False) -> str:
+    """The manifest's policy on one cached file; its errors as WeightsErrors."""
+    try:
+        return _manifest(path.parent).check(
+            path, published=f"sha256:{entry.sha256}" if entry.sha256 else None, source=source,
+            rehash=True,  # a checkpoint is checked on every use, not only when its size or mtime changed
+            rerecord=rerecord, content_checked=content_checked, placed_by_user=placed_by_user, hint=_way_out(entry))
+    except InvalidContent as error:
+        raise InvalidWeightsFile(f"{entry.name}: {error}", error.exit_code) from None
+    except DigestMismatch as error:
+        raise ChecksumMismatchError(str(error)) from None
 
 
-def _expected_sha(entry: WeightsEntry, directory: Path) -> str | None:
-    record = _read_manifest(directory).get(entry.filename)
-    return entry.sha256 or (record or {}).get("sha256")
-
-
-def _redownload_hint(entry: WeightsEntry) -> str:
-    return f"`mseg-weights download {entry.name} --force` downloads it again"
-
-
-def verify_weights(name: str | WeightsEntry, cache: str | Path | None = None) -> str:
+def verify_weights(name: str | WeightsEntry, cache: str | Path | None = None, rerecord: bool = False) -> str:
     """Check a cached file against its recorded SHA-256 (recording it if this is the first time); return it.
 
-    Raises :class:`WeightsError` when the file is not in the cache, :class:`ChecksumMismatchError` when it differs.
+    ``rerecord``: forget the recorded digest and record the file on disk (after replacing it on purpose).
+    Raises :class:`WeightsError` when the file is not in the cache, :class:`ChecksumMismatchError` when it
+    differs, :class:`InvalidWeightsFile` when it is not a checkpoint (it is then moved to ``NAME.pth.invalid``).
     """
     entry = _entry(name)
     directory = cache_dir(cache)
     path = directory / entry.filename
     if not path.is_file():
         raise WeightsError(f"{entry.name}: not in the cache ({path}); `mseg-weights download {entry.name}`")
-    actual = sha256_file(path)
-    expected = _expected_sha(entry, directory)
-    if expected is None:
-        _record(directory, entry.filename, actual, path.stat().st_size, "placed by hand")
-        return actual
-    if actual != expected:
-        raise ChecksumMismatchError(
-            f"{path}: SHA-256 {actual} differs from the recorded {expected} (file kept; it may be corrupt or "
-            f"replaced). {_redownload_hint(entry)}; if you replaced it on purpose, delete its entry in "
-            f"{_manifest_path(directory)} and run `mseg-weights verify {entry.name}`."
-        )
-    return actual
+    known = _manifest(directory).get(path) is not None
+    return _check(entry, path, source="" if known else "placed by hand", rerecord=rerecord, placed_by_user=not known)
 
 
 def cached_status(name: str | WeightsEntry, cache: str | Path | None = None) -> str:
@@ -230,7 +229,7 @@ def cached_status(name: str | WeightsEntry, cache: str | Path | None = None) -> 
     directory = cache_dir(cache)
     path = directory / entry.filename
     if path.is_file():
-        recorded = entry.filename in _read_manifest(directory)
+        recorded = _manifest(directory).get(path) is not None
         return "cached" if recorded else "cached (checksum not recorded)"
     partial = list(directory.glob(entry.filename + ".part")) + list(directory.glob(entry.filename + ".gdown*"))
     return "partial" if partial else "missing"
@@ -262,6 +261,13 @@ def _gdrive_download(entry: WeightsEntry, staging: Path, dest: Path, quiet: bool
         ) from error
     if result is None or not staging.is_file():
         raise WeightsError(f"gdown did not produce {staging} for {entry.name} ({url}); try again")
+    problem = content_problem(staging, dest.name)
+    if problem:  # Drive's quota page arrives as a file too
+        aside = dest.with_name(dest.name + ".invalid")
+        os.replace(staging, aside)
+        raise InvalidWeightsFile(f"{entry.name}: Google Drive sent {problem} ({url}); kept as {aside}, nothing recorded. "
+                                 f"Try again later, or download it in a browser and place it at {dest}.")
+    os.replace(staging, dest)
 
 
 def download_weights(
@@ -275,22 +281,18 @@ def download_weights(
     """Download a registry entry into the cache (if not already there) and return its verified path.
 
     ``url`` overrides the entry's source with a direct HTTP(S) link (e.g. a mirror of a manual-only file).
-    ``force`` deletes the cached file and any partial download first.
+    ``force`` downloads again from scratch (the partial files go first; the cached file is replaced, and its
+    digest recorded anew, only once the new copy is complete and is a checkpoint).
     """
     entry = _entry(name)
     directory = cache_dir(cache)
     directory.mkdir(parents=True, exist_ok=True)
     dest = directory / entry.filename
-    part = dest.with_name(dest.name + ".part")
     staging = dest.with_name(dest.name + ".gdown")
 
     if force:
-        for leftover in [dest, part, staging, *directory.glob(staging.name + "*.part")]:
+        for leftover in [part_path(dest), staging, *directory.glob(staging.name + "*.part")]:
             leftover.unlink(missing_ok=True)
-        manifest = _read_manifest(directory)
-        if manifest.pop(entry.filename, None) is not None:
-            # forget the old checksum so that the new file's is recorded; a published one still applies
-            _write_manifest(directory, manifest)
     elif dest.is_file():
         verify_weights(entry, cache)
         return dest
@@ -301,28 +303,20 @@ def download_weights(
         try:
             # one attempt per call: a dropped transfer keeps NAME.pth.part, and the next call resumes it
             fetch(direct, dest, progress=not quiet, timeout=timeout, retries=1)
+        except InvalidContent as error:
+            raise InvalidWeightsFile(f"{entry.name}: {error}") from None
         except DownloadError as error:
             raise OfflineError(_offline_message(entry, direct, dest, error)) from error
     elif entry.gdrive_id:
         source = entry.source
         _gdrive_download(entry, staging, dest, quiet)
-        os.replace(staging, dest)
     else:
         raise WeightsError(
             f"{entry.name} has no direct download link. Download {entry.filename} by hand from "
             f"{entry.manual_url} and place it at {dest}, then run `mseg-weights verify {entry.name}`; or give a "
             f"direct link: `mseg-weights download {entry.name} --url URL`."
         )
-
-    actual = sha256_file(dest)
-    if entry.sha256 and actual != entry.sha256:
-        aside = dest.with_name(dest.name + ".sha256-mismatch")
-        os.replace(dest, aside)
-        raise ChecksumMismatchError(
-            f"{entry.name}: the downloaded file has SHA-256 {actual}, the published one is {entry.sha256} "
-            f"(moved to {aside} for inspection). {_redownload_hint(entry)}."
-        )
-    _record(directory, entry.filename, actual, dest.stat().st_size, source)
+    _check(entry, dest, source=source, rerecord=True, content_checked=True)
     return dest
 
 
@@ -338,7 +332,8 @@ def resolve_weights(name_or_path: str | Path, cache: str | Path | None = None, d
     name = str(name_or_path)
     if name not in WEIGHTS:
         raise FileNotFoundError(
-            f"{name!r} is neither a file nor a released weights name (`mseg-weights list` shows the names)"
+            f"{name!r} is neither a file nor a released weights name{did_you_mean(name, WEIGHTS)} "
+            f"(`mseg-weights list` shows the names)"
         )
     path = weights_path(name, cache)
     if path.is_file():

@@ -24,12 +24,13 @@ from pathlib import Path
 import yaml
 
 from mseg_semantic.download import Secret, redact
+from mseg_semantic.errors import UserError
 
 DEFAULT_CREDENTIALS_FILE = Path("~/.config/mseg_semantic/credentials.yaml")
 FIELDS = ("username", "password", "url")
 
 
-class CredentialsError(ValueError):
+class CredentialsError(UserError):
     pass
 
 

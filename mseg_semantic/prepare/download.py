@@ -1,91 +1,67 @@
-"""Resumable HTTP downloads with SHA-256 bookkeeping, and the two login flows (Cityscapes, WildDash).
+"""Fetch a dataset's archives: public links, the two login flows (Cityscapes, WildDash), personal links, and
+the manual steps when only a person can fetch a file.
 
-A download streams into ``<file>.part`` and resumes it with an HTTP Range request; the finished file is
-renamed into place atomically. Its SHA-256 is recorded in ``<root>/.mseg_prepare/checksums.json`` on the first
-download (or checked against a pinned digest) and checked again whenever the file changes on disk; a
-mismatching file is moved aside to ``<file>.sha256-mismatch``. Secrets never reach a log line or an
-exception: URLs are shown without their query string and every message passes through ``redact``.
+Transfers, content checks and the digest manifest are ``mseg_semantic.download``'s: an archive is recorded in
+``<root>/.mseg_prepare/checksums.json`` only once it is a complete archive of its kind (and matches its
+published digest, where one is known). Secrets never reach a log line or an exception.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import logging
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookiejar import CookieJar
 from pathlib import Path
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from urllib.request import HTTPCookieProcessor, OpenerDirector, Request, build_opener
 
-from mseg_semantic.atomic import atomic_write_json
-from mseg_semantic.download import USER_AGENT, DownloadError, display_url, fetch, redact, sha256_file
-from mseg_semantic.prepare.credentials import Credentials, CredentialsError, Secret, load_credentials
-from mseg_semantic.prepare.specs import CITYSCAPES_BASE, STATE_DIR, WILDDASH_BASE, Archive, DatasetSpec
+from mseg_semantic.download import (
+    USER_AGENT,
+    ChecksumManifest,
+    DownloadError,
+    InvalidContent,
+    display_url,
+    fetch,
+    part_path,
+    redact,
+)
+from mseg_semantic.errors import EXIT_BAD_INPUT, EXIT_CHECKS_FAILED
+from mseg_semantic.prepare.credentials import Credentials, load_credentials
+from mseg_semantic.prepare.specs import STATE_DIR, Archive, DatasetSpec, archives_in_use, find_present
 
 log = logging.getLogger("mseg_semantic.prepare")
 
-class ChecksumMismatch(DownloadError):
-    pass
+ASIDE_SUFFIXES = (".invalid", ".md5-mismatch", ".sha1-mismatch", ".sha256-mismatch")
 
 
 class ManualStepRequired(RuntimeError):
     """A file only a person can fetch; the message says exactly what to do."""
 
+    exit_code = EXIT_CHECKS_FAILED
 
-# ----------------------------------------------------------------------------------------------------------
-# Checksum store
-# ----------------------------------------------------------------------------------------------------------
-class ChecksumStore:
-    """``<root>/.mseg_prepare/checksums.json``: relative path -> {sha256, size, mtime_ns}."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.path = self.root / STATE_DIR / "checksums.json"
-        self.entries: dict[str, dict] = {}
-        if self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except json.JSONDecodeError as exc:
-                raise DownloadError(f"{self.path} is corrupt ({exc}); move it away to re-record checksums") from None
+class LoginRefused(DownloadError):
+    """The site refused the configured credentials: bad input."""
 
-    def key(self, path: Path) -> str:
-        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+    exit_code = EXIT_BAD_INPUT
 
-    def save(self) -> None:
-        atomic_write_json(self.path, self.entries, indent=1, sort_keys=True)
 
-    def check(self, path: Path, pinned: str | None = None, force: bool = False, progress: bool = False) -> str:
-        """Record the digest of ``path`` the first time, compare it afterwards; return the digest.
-
-        A file whose size and mtime match the record is not re-hashed unless ``force``.
-        """
-        key = self.key(path)
-        stat = path.stat()
-        entry = self.entries.get(key)
-        if entry and not force and not pinned and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
-            return entry["sha256"]
-        digest = sha256_file(path, progress=progress)
-        expected = pinned or (entry or {}).get("sha256")
-        if expected and digest != expected:
-            aside = path.with_name(path.name + ".sha256-mismatch")
-            os.replace(path, aside)
-            source = "the published digest" if pinned else f"the digest recorded in {self.path}"
-            raise ChecksumMismatch(
-                f"{key}: SHA-256 {digest} does not match {source} ({expected}); the file was moved to {aside}. "
-                f"Download it again (delete the recorded entry if the archive was legitimately replaced)."
-            )
-        self.entries[key] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        self.save()
-        return digest
+def prepare_manifest(root: Path) -> ChecksumManifest:
+    return ChecksumManifest(Path(root) / STATE_DIR / "checksums.json", root)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Login flows
 # ----------------------------------------------------------------------------------------------------------
+def site_of(url: str) -> str:
+    """scheme://host[:port] of a URL: where its site's login page is."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _cookie_opener() -> OpenerDirector:
     return build_opener(HTTPCookieProcessor(CookieJar()))
 
@@ -95,7 +71,12 @@ def _looks_like_login_form(body: bytes) -> bool:
     return 'type="password"' in text or "type='password'" in text or 'name="password"' in text
 
 
-def cityscapes_login(creds: Credentials, base: str = CITYSCAPES_BASE, timeout: float = 60.0) -> OpenerDirector:
+def _refused(dataset: str, creds: Credentials) -> LoginRefused:
+    return LoginRefused(f"{dataset}: login refused for the configured user (source: {creds.sources.get('username')}); "
+                        f"check the username/password")
+
+
+def cityscapes_login(creds: Credentials, base: str, timeout: float = 60.0) -> OpenerDirector:
     """Cityscapes' login is a plain form post (username, password, submit=Login); the session cookie is kept."""
     username, password = creds.require("username", "password")
     opener = _cookie_opener()
@@ -106,12 +87,11 @@ def cityscapes_login(creds: Credentials, base: str = CITYSCAPES_BASE, timeout: f
     except (HTTPError, URLError, OSError) as exc:
         raise DownloadError(redact(f"cityscapes: login request to {base}/login/ failed ({exc})", username, password)) from None
     if _looks_like_login_form(body):
-        raise DownloadError(f"cityscapes: login refused for the configured user (source: {creds.sources.get('username')}); "
-                            f"check the username/password")
+        raise _refused("cityscapes", creds)
     return opener
 
 
-def wilddash_login(creds: Credentials, base: str = WILDDASH_BASE, timeout: float = 60.0) -> OpenerDirector:
+def wilddash_login(creds: Credentials, base: str, timeout: float = 60.0) -> OpenerDirector:
     """WildDash is a Django site: fetch the CSRF token from the login page, then post the form with it."""
     username, password = creds.require("username", "password")
     opener = _cookie_opener()
@@ -134,14 +114,76 @@ def wilddash_login(creds: Credentials, base: str = WILDDASH_BASE, timeout: float
     except (HTTPError, URLError, OSError) as exc:
         raise DownloadError(redact(f"wilddash: login at {login_url} failed ({exc})", username, password)) from None
     if _looks_like_login_form(body):
-        raise DownloadError(f"wilddash: login refused for the configured user (source: {creds.sources.get('username')}); "
-                            f"check the username/password")
+        raise _refused("wilddash", creds)
     return opener
 
 
 LOGINS = {"cityscapes": cityscapes_login, "wilddash": wilddash_login}
-DEFAULT_LOGIN_BASES = {"cityscapes": CITYSCAPES_BASE, "wilddash": WILDDASH_BASE}
-LOGIN_BASES = dict(DEFAULT_LOGIN_BASES)  # where the login sites are; tests point them at a local server
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Where an archive comes from
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """How to fetch one archive: a URL (with what to show instead of it), or why a person has to."""
+
+    url: str | None
+    shown: str | None = None
+    secrets: tuple = ()
+    login: str | None = None
+    manual_reason: str = ""
+
+
+@dataclass
+class Sources:
+    """Credentials and login sessions of one dataset, loaded and opened only when an archive needs them."""
+
+    spec: DatasetSpec
+    credentials_file: str | None = None
+    _creds: Credentials | None = None
+    _openers: dict = field(default_factory=dict)
+
+    @property
+    def creds(self) -> Credentials:
+        if self._creds is None:
+            self._creds = load_credentials(self.spec.key, self.credentials_file)
+        return self._creds
+
+    def source(self, archive: Archive) -> Source:
+        if archive.personal_url:
+            link = self.creds.get("url")
+            if not link:
+                return Source(None, manual_reason="no personal download link configured")
+            url = link.reveal()
+            if archive.personal_url_suffix:
+                url = url.rstrip("/") + "/" + archive.personal_url_suffix
+            return Source(url, f"<personal link for {self.spec.key}>/{archive.filename}", (link,))
+        if archive.url is None:
+            return Source(None)
+        if archive.login:
+            if not (self.creds.get("username") and self.creds.get("password")):
+                key = self.spec.key
+                return Source(None, manual_reason=(
+                    f"no credentials configured (set MSEG_{key.upper()}_USERNAME / _PASSWORD, or '{key}: {{username, "
+                    f"password}}' in the credentials file, to let mseg-prepare log in)"))
+            return Source(archive.url, None, (self.creds.get("username"), self.creds.get("password")), archive.login)
+        return Source(archive.url)
+
+    def opener(self, source: Source) -> OpenerDirector | None:
+        if source.login is None:
+            return None
+        site = site_of(source.url)
+        if (source.login, site) not in self._openers:  # one login serves every archive of the site
+            self._openers[(source.login, site)] = LOGINS[source.login](self.creds, base=site)
+        return self._openers[(source.login, site)]
+
+    def personal_link_file_name(self) -> str:
+        """The file name at the end of the personal link (say which Mapillary package it is), or ''."""
+        if not any(a.personal_url for a in self.spec.archives):
+            return ""
+        link = self.creds.get("url")
+        return urlsplit(link.reveal()).path.rsplit("/", 1)[-1] if link else ""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -153,13 +195,7 @@ class DownloadResult:
     path: Path | None
     status: str  # "downloaded" | "present" | "skipped (optional)" | "manual"
     sha256: str | None = None
-
-
-def find_present(top: Path, archive: Archive) -> Path | None:
-    for name in archive.names:
-        if (top / name).is_file():
-            return top / name
-    return None
+    manual: str = ""  # the instructions, when status is "manual"
 
 
 def manual_message(spec: DatasetSpec, archive: Archive, root: Path, reason: str = "") -> str:
@@ -169,98 +205,112 @@ def manual_message(spec: DatasetSpec, archive: Archive, root: Path, reason: str 
              f"  1. {archive.manual or 'Download it from ' + display_url(archive.url or '')}",
              f"  2. put it at {target}",
              f"  3. rerun: mseg-prepare all --datasets {spec.key} --root {Path(root).resolve()}"]
+    own = spec.release_of(archive.filename)
+    others = [r for r in spec.releases if r is not own and own is not None]
+    if others:
+        lines.append("  Instead of this release (" + own.name + "), these are accepted too: "
+                     + "; ".join(f"{r.name}: {', '.join(r.archives)} ({r.note})" for r in others))
     return "\n".join(lines)
 
 
+def _way_out(spec: DatasetSpec) -> str:
+    return (f"`mseg-prepare download {spec.key} --force` fetches it again (or asks you to); if you replaced it on "
+            f"purpose, `mseg-prepare download {spec.key} --rerecord` records the file on disk.")
+
+
+def _archives_wanted(spec: DatasetSpec, root: Path, sources: Sources) -> tuple[Archive, ...]:
+    """The archives of the release on disk; with none on disk, the one a personal link names, if any."""
+    wanted = archives_in_use(spec, root)
+    top = Path(root) / spec.top_dir
+    if spec.releases and not any(find_present(top, a) for a in wanted if spec.release_of(a.filename)):
+        named = spec.release_of(sources.personal_link_file_name())
+        if named is not None:
+            wanted = tuple(a for a in spec.archives if spec.release_of(a.filename) in (None, named))
+    return wanted
+
+
+def _note_set_aside(top: Path, archive: Archive, remove: bool) -> None:
+    for name in archive.names:
+        for suffix in ASIDE_SUFFIXES:
+            aside = top / (name + suffix)
+            if aside.is_file():
+                if remove:
+                    aside.unlink()
+                    log.info("removed %s (set aside earlier)", aside)
+                else:
+                    log.info("%s was set aside earlier and is never used; delete it when you no longer need it "
+                             "(`download --force` does)", aside)
+
+
+def _get_archive(spec: DatasetSpec, archive: Archive, root: Path, sources: Sources, manifest: ChecksumManifest, *,
+                 include_optional: bool, progress: bool, recheck: bool, force: bool, rerecord: bool) -> DownloadResult:
+    top = Path(root) / spec.top_dir
+    source = sources.source(archive)
+    _note_set_aside(top, archive, remove=force)
+    present = find_present(top, archive)
+    if present is not None and not (force and source.url):
+        try:
+            digest = manifest.check(present, published=archive.digest, rehash=recheck, rerecord=rerecord or force,
+                                    placed_by_user=source.url is None, hint=_way_out(spec), progress=progress)
+            log.info("%s: %s present (sha256 %s...)", spec.key, present.name, digest[:12])
+            return DownloadResult(archive.filename, present, "present", digest)
+        except InvalidContent as exc:
+            if source.url is None:
+                raise
+            log.warning("%s; downloading it again", exc)
+    if archive.needed_for == "optional" and not include_optional:
+        return DownloadResult(archive.filename, None, "skipped (optional)")
+    if source.url is None:
+        return DownloadResult(archive.filename, None, "manual", manual=manual_message(spec, archive, root, source.manual_reason))
+    dest = top / archive.filename
+    if force:
+        part_path(dest).unlink(missing_ok=True)
+    log.info("%s: downloading %s from %s", spec.key, archive.filename, source.shown or display_url(source.url))
+    try:
+        fetch(source.url, dest, opener=sources.opener(source), progress=progress, secrets=source.secrets,
+              shown_url=source.shown, expected_size=archive.size_bytes)
+    except LoginRefused:
+        raise
+    except DownloadError as exc:
+        message = redact(str(exc), *source.secrets)
+        if archive.manual:
+            return DownloadResult(archive.filename, None, "manual", manual=manual_message(spec, archive, root, message))
+        raise type(exc)(message) from None
+    digest = manifest.check(dest, published=archive.digest, source=source.shown or display_url(source.url),
+                            rerecord=True, content_checked=True, hint=_way_out(spec), progress=progress)
+    return DownloadResult(archive.filename, dest, "downloaded", digest)
+
+
 def download_dataset(spec: DatasetSpec, root: Path, *, credentials_file=None, include_optional: bool = False,
-                     progress: bool = True, recheck: bool = False) -> list[DownloadResult]:
+                     progress: bool = True, recheck: bool = False, force: bool = False,
+                     rerecord: bool = False) -> list[DownloadResult]:
     """Fetch every archive of ``spec`` into ``<root>/<top dir>/`` that is not there yet.
 
-    Archives already present (downloaded earlier or placed by hand) are checksum-checked instead. Raises
-    ``ManualStepRequired`` (after fetching everything else) when a required archive can only be fetched by hand.
+    Archives already present (downloaded earlier or placed by hand) are checked instead (``recheck``: hash
+    them again even when unchanged). ``force``: fetch again whatever can be fetched (the present file is
+    replaced once the new copy is complete), record anew what only a person can fetch. ``rerecord``: trust
+    the files on disk over the digests recorded for them. Raises ``ManualStepRequired`` (after fetching
+    everything else) when an archive the remap needs can only be fetched by hand.
     """
     root = Path(root)
-    top = root / spec.top_dir
-    top.mkdir(parents=True, exist_ok=True)
-    store = ChecksumStore(root)
-    results: list[DownloadResult] = []
-    manual: list[tuple[str, Archive]] = []
-    openers: dict[str, OpenerDirector] = {}
-    creds: Credentials | None = None
-    for archive in spec.archives:
-        present = find_present(top, archive)
-        if present is not None:
-            digest = store.check(present, pinned=archive.sha256, force=recheck, progress=progress)
-            log.info("%s: %s present (sha256 %s...)", spec.key, present.name, digest[:12])
-            results.append(DownloadResult(archive.filename, present, "present", digest))
-            continue
-        if archive.needed_for == "optional" and not include_optional:
-            results.append(DownloadResult(archive.filename, None, "skipped (optional)"))
-            continue
-        url, shown, secrets = archive.url, None, ()
-        if archive.personal_url:
-            creds = creds or load_credentials(spec.key, credentials_file)
-            link = creds.get("url")
-            if not link:
-                manual.append((manual_message(spec, archive, root, "no personal download link configured"), archive))
-                results.append(DownloadResult(archive.filename, None, "manual"))
-                continue
-            base = link.reveal()
-            if archive.personal_url_suffix:
-                base = base.rstrip("/") + "/" + archive.personal_url_suffix
-            url, shown, secrets = base, f"<personal link for {spec.key}>/{archive.filename}", (link,)
-        if url is None:
-            manual.append((manual_message(spec, archive, root), archive))
-            results.append(DownloadResult(archive.filename, None, "manual"))
-            continue
-        opener = None
-        if archive.login:
-            creds = creds or load_credentials(spec.key, credentials_file)
-            if not (creds.get("username") and creds.get("password")):
-                reason = (f"no credentials configured (set MSEG_{spec.key.upper()}_USERNAME / _PASSWORD, "
-                          f"or '{spec.key}: {{username, password}}' in the credentials file, to let mseg-prepare log in)")
-                manual.append((manual_message(spec, archive, root, reason), archive))
-                results.append(DownloadResult(archive.filename, None, "manual"))
-                continue
-            secrets = secrets + (creds.get("username"), creds.get("password"))
-            base = LOGIN_BASES[archive.login]
-            if archive.login not in openers:
-                openers[archive.login] = LOGINS[archive.login](creds, base=base)
-            opener = openers[archive.login]
-            url = url.replace(DEFAULT_LOGIN_BASES[archive.login], base, 1)
-        dest = top / archive.filename
-        log.info("%s: downloading %s from %s", spec.key, archive.filename, shown or display_url(url))
-        try:
-            fetch(url, dest, opener=opener, progress=progress, secrets=secrets, shown_url=shown,
-                  expect_binary=archive.extract)
-        except DownloadError as exc:
-            message = redact(str(exc), *secrets)
-            if archive.manual:
-                manual.append((manual_message(spec, archive, root, message), archive))
-                results.append(DownloadResult(archive.filename, None, "manual"))
-                continue
-            raise DownloadError(message) from None
-        digest = store.check(dest, pinned=archive.sha256, force=True, progress=progress)
-        results.append(DownloadResult(archive.filename, dest, "downloaded", digest))
+    (root / spec.top_dir).mkdir(parents=True, exist_ok=True)
+    sources = Sources(spec, credentials_file)
+    manifest = prepare_manifest(root)
+    results = [_get_archive(spec, archive, root, sources, manifest, include_optional=include_optional,
+                            progress=progress, recheck=recheck, force=force, rerecord=rerecord)
+               for archive in _archives_wanted(spec, root, sources)]
     # only archives the remap needs block the chain; the relabel step asks again for its own
-    blocking = [text for text, archive in manual if archive.needed_for == "remap"]
-    for text, archive in manual:
-        if archive.needed_for == "relabel":
-            log.warning("%s\n  (needed only by `mseg-prepare relabel %s`)", text, spec.key)
-        elif archive.needed_for == "optional":
-            log.info("%s", text)
+    blocking = []
+    for result in results:
+        needed_for = spec.archive(result.archive).needed_for
+        if result.status != "manual":
+            continue
+        if needed_for == "remap":
+            blocking.append(result.manual)
+        elif needed_for == "relabel":
+            log.warning("%s\n  (needed only by `mseg-prepare relabel %s`)", result.manual, spec.key)
+        else:
+            log.info("%s", result.manual)
     if blocking:
         raise ManualStepRequired("\n".join(blocking))
     return results
-
-
-def missing_archives(spec: DatasetSpec, root: Path, needed_for: tuple[str, ...] = ("remap",)) -> list[Archive]:
-    top = Path(root) / spec.top_dir
-    return [a for a in spec.archives if a.needed_for in needed_for and find_present(top, a) is None]
-
-
-__all__ = [
-    "ChecksumMismatch", "ChecksumStore", "DownloadError", "DownloadResult", "ManualStepRequired", "CredentialsError",
-    "Secret", "cityscapes_login", "display_url", "download_dataset", "fetch", "manual_message", "sha256_file",
-    "wilddash_login",
-]

@@ -1,14 +1,16 @@
 """Safe, idempotent extraction of zip and tar(.gz) archives.
 
 Every member is checked before it is written: absolute paths, ``..`` components, links whose target leaves
-the destination (also by way of other links in the archive), and device/fifo entries are refused. The archive
-is unpacked into a temporary directory beside the destination and moved in only when complete, so a refused or
-interrupted extraction leaves the destination untouched. A marker file records a finished extraction; a second
-call is a no-op.
+the destination (also by way of other links in the archive), and device/fifo entries are refused; so is an
+archive that unpacks to more than :class:`ExtractionLimits` allow (a zip bomb: too many bytes in total, or
+too many per byte of archive). The archive is unpacked into a temporary directory beside the destination and
+moved in only when complete, so a refused, truncated or interrupted extraction leaves the destination
+untouched. A marker file records a finished extraction; a second call is a no-op.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -18,22 +20,62 @@ import stat
 import tarfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
 from mseg_semantic.atomic import atomic_write_json
+from mseg_semantic.errors import UserError
 
 log = logging.getLogger("mseg_semantic.prepare")
 
+GIB = 1 << 30
 
-class UnsafeArchiveError(RuntimeError):
+
+class UnsafeArchiveError(UserError):
     pass
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(UserError):
+    """A missing, truncated or damaged archive: the message names it and how to get a good copy."""
+
+
+class ArchiveTooLarge(UnsafeArchiveError):
     pass
+
+
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """How much one archive may unpack to: ``max_bytes`` in total, and ``max_ratio`` bytes per byte of archive
+    (the largest real archive, COCO's train2017.zip, unpacks to 18 GB at a ratio of about 1; text and JSON
+    reach 10-20; a zip bomb thousands). Archives unpacking to at most ``floor_bytes`` skip the ratio test."""
+
+    max_bytes: int = 200 * GIB
+    max_ratio: float = 100.0
+    floor_bytes: int = 64 << 20
+
+    def allowed(self, archive_bytes: int) -> int:
+        return min(self.max_bytes, max(self.floor_bytes, int(self.max_ratio * archive_bytes)))
+
+    def check(self, archive: Path, unpacked: int) -> None:
+        size = archive.stat().st_size
+        if unpacked <= self.allowed(size):
+            return
+        if unpacked > self.max_bytes:
+            limit = f"the limit of {self.max_bytes / GIB:g} GiB per archive (raise it with --max-unpacked-gb)"
+        else:
+            limit = (f"{self.max_ratio:g} times its own size of {size} bytes (raise the ratio with --max-ratio if "
+                     f"the archive is genuine)")
+        raise ArchiveTooLarge(f"{archive}: unpacks to more than {unpacked} bytes, over {limit}; a zip bomb? "
+                              f"refusing to extract")
+
+
+def _damaged(archive: Path, exc: BaseException) -> ArchiveError:
+    return ArchiveError(f"{archive}: truncated or damaged archive ({exc or type(exc).__name__}); nothing was extracted. "
+                        f"Download it again (`mseg-prepare download DATASET --force`) or replace the file")
 
 
 @dataclass(frozen=True)
@@ -42,9 +84,14 @@ class MemberFilter:
     include: tuple[str, ...] = ()
     include_suffixes: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    optional_prefixes: tuple[str, ...] = ()
 
     def apply(self, name: str) -> str | None:
         """The path to write for member ``name`` (already validated), or None to skip it."""
+        for prefix in self.optional_prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
         if self.strip_prefix:
             if not name.startswith(self.strip_prefix):
                 return None
@@ -106,90 +153,106 @@ def archive_kind(path: Path) -> str:
             return "tar"
     except OSError:
         pass
-    raise ArchiveError(f"{path}: not a zip or tar archive (truncated download? rerun `mseg-prepare download`)")
+    raise ArchiveError(f"{path}: not a zip or tar archive (a truncated download, or an HTML page?); download it again "
+                       f"(`mseg-prepare download DATASET --force`) or replace the file")
 
 
-def _write_stream(src, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+@dataclass(frozen=True)
+class Member:
+    """One archive member, zip or tar alike."""
+
+    name: str  # as the archive writes it
+    kind: str  # dir | file | symlink | hardlink | device | other
+    size: int = 0  # declared; reading the member stops there
+    link: str = ""  # target of a symlink or hard link
+    open: Callable[[], BinaryIO] | None = None
 
 
-def _extract_zip(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
-    count = 0
+def _zip_members(zf: zipfile.ZipFile) -> Iterator[Member]:
+    for info in zf.infolist():
+        mode = info.external_attr >> 16
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            yield Member(info.filename, "device")
+        elif stat.S_ISLNK(mode):
+            yield Member(info.filename, "symlink", link=zf.read(info).decode("utf-8", "replace"))
+        elif info.is_dir():
+            yield Member(info.filename, "dir")
+        else:
+            yield Member(info.filename, "file", info.file_size, open=lambda info=info: zf.open(info))
+
+
+def _tar_members(tf: tarfile.TarFile) -> Iterator[Member]:
+    for member in tf:
+        if member.isdev():  # character/block device or fifo
+            yield Member(member.name, "device")
+        elif member.issym():
+            yield Member(member.name, "symlink", link=member.linkname)
+        elif member.islnk():
+            yield Member(member.name, "hardlink", link=member.linkname)
+        elif member.isdir():
+            yield Member(member.name, "dir")
+        elif member.isfile():
+            yield Member(member.name, "file", member.size, open=lambda member=member: tf.extractfile(member))
+        else:
+            yield Member(member.name, "other")
+
+
+def _place(archive: Path, tmp: Path, members: Iterable[Member], member_filter: MemberFilter,
+           limits: ExtractionLimits) -> int:
+    """Check each member, then write it under ``tmp``; returns how many were written."""
+    count = unpacked = 0
     root, links = os.path.realpath(tmp), []
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
-            name = _check_member_path(archive, info.filename)
-            mode = info.external_attr >> 16
-            is_link = stat.S_ISLNK(mode)
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-                raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a device/fifo/socket; refusing to extract")
-            target = zf.read(info).decode("utf-8", "replace") if is_link else None
-            if is_link:
-                _check_link_target(archive, name, target, hard=False)
-            out_name = member_filter.apply(name) if name else None
-            if out_name is None:
-                continue
-            dest = _inside(archive, root, tmp / out_name, info.filename)
-            if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-            elif is_link:
-                _check_link_target(archive, out_name, target, hard=False)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(target, dest)
-                links.append((dest, info.filename))
-            else:
-                with zf.open(info) as src:
-                    _write_stream(src, dest)
-            count += 1
+    for member in members:
+        name = _check_member_path(archive, member.name)
+        if member.kind == "device":
+            raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device/fifo/socket; refusing to extract")
+        if member.kind == "symlink":
+            _check_link_target(archive, name, member.link, hard=False)
+        link_source = _check_link_target(archive, name, member.link, hard=True) if member.kind == "hardlink" else None
+        unpacked += member.size
+        limits.check(archive, unpacked)
+        out_name = member_filter.apply(name) if name else None
+        if out_name is None or member.kind == "other":
+            continue
+        dest = _inside(archive, root, tmp / out_name, member.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if member.kind == "dir":
+            dest.mkdir(parents=True, exist_ok=True)
+        elif member.kind == "symlink":
+            _check_link_target(archive, out_name, member.link, hard=False)
+            os.symlink(member.link, dest)
+            links.append((dest, member.name))
+        elif member.kind == "hardlink":
+            source_name = member_filter.apply(link_source)
+            source = _inside(archive, root, tmp / source_name, member.name) if source_name else None
+            if source is None or not source.is_file():
+                raise UnsafeArchiveError(f"{archive}: hard link {member.name!r} -> {member.link!r} does not point to an extracted file")
+            shutil.copyfile(source, dest)
+        else:
+            with member.open() as source_stream, open(dest, "wb") as out:
+                shutil.copyfileobj(source_stream, out, 1 << 20)
+        count += 1
     _check_links(archive, root, links)
     return count
 
 
-def _extract_tar(archive: Path, tmp: Path, member_filter: MemberFilter, progress: bool) -> int:
-    count = 0
-    root, links = os.path.realpath(tmp), []
-    # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
-    with tarfile.open(archive, mode="r|*") as tf, tqdm(desc=f"extract {archive.name}", unit="file",
-                                                       disable=not progress, leave=False) as bar:
-        for member in tf:
-            bar.update(1)
-            name = _check_member_path(archive, member.name)
-            if member.isdev():  # character/block device or fifo
-                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device/fifo; refusing to extract")
-            if member.issym():
-                _check_link_target(archive, name, member.linkname, hard=False)
-            if member.islnk():
-                _check_member_path(archive, member.linkname)
-                _check_link_target(archive, name, member.linkname, hard=True)
-            out_name = member_filter.apply(name) if name else None
-            if out_name is None:
-                continue
-            dest = _inside(archive, root, tmp / out_name, member.name)
-            if member.isdir():
-                dest.mkdir(parents=True, exist_ok=True)
-            elif member.issym():
-                _check_link_target(archive, out_name, member.linkname, hard=False)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(member.linkname, dest)
-                links.append((dest, member.name))
-            elif member.islnk():
-                source_name = member_filter.apply(_check_member_path(archive, member.linkname))
-                source = _inside(archive, root, tmp / source_name, member.name) if source_name else None
-                if source is None or not source.is_file():
-                    raise UnsafeArchiveError(f"{archive}: hard link {member.name!r} -> {member.linkname!r} does not point to an extracted file")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, dest)
-            elif member.isfile():
-                src = tf.extractfile(member)
-                _write_stream(src, dest)
-            else:
-                continue
-            count += 1
-    _check_links(archive, root, links)
-    return count
+def _unpack(archive: Path, kind: str, tmp: Path, member_filter: MemberFilter, progress: bool, limits: ExtractionLimits) -> int:
+    bar = tqdm(desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False)
+    with bar:
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                # the directory declares every size up front: a bomb is refused before anything is written
+                limits.check(archive, sum(info.file_size for info in zf.infolist()))
+                return _place(archive, tmp, _counted(_zip_members(zf), bar), member_filter, limits)
+        # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
+        with tarfile.open(archive, mode="r|*") as tf:
+            return _place(archive, tmp, _counted(_tar_members(tf), bar), member_filter, limits)
+
+
+def _counted(members: Iterator[Member], bar) -> Iterator[Member]:
+    for member in members:
+        bar.update(1)
+        yield member
 
 
 def _merge_into(src: Path, dest: Path) -> None:
@@ -216,7 +279,7 @@ def read_marker(marker: Path) -> dict | None:
 
 
 def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: MemberFilter = MemberFilter(),
-                    progress: bool = True, force: bool = False) -> bool:
+                    progress: bool = True, force: bool = False, limits: ExtractionLimits = ExtractionLimits()) -> bool:
     """Unpack ``archive`` into ``dest`` safely; returns False when the marker says it is already done."""
     archive, dest, marker = Path(archive), Path(dest), Path(marker)
     done = read_marker(marker)
@@ -232,7 +295,10 @@ def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: Memb
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        count = _extract_zip(archive, tmp, member_filter, progress) if kind == "zip" else _extract_tar(archive, tmp, member_filter, progress)
+        try:
+            count = _unpack(archive, kind, tmp, member_filter, progress, limits)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise _damaged(archive, exc) from None
         _merge_into(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,24 +312,28 @@ def extract_archive(archive: Path, dest: Path, marker: Path, member_filter: Memb
     return True
 
 
-def extract_dataset(spec, root: Path, progress: bool = True, force: bool = False,
-                    delete_archives: bool = False, only_needed_for: tuple[str, ...] | None = None) -> list[str]:
-    """Run the extraction plan of a dataset spec; returns the archives extracted this time.
+def extract_dataset(spec, root: Path, progress: bool = True, force: bool = False, delete_archives: bool = False,
+                    only_needed_for: tuple[str, ...] | None = None,
+                    limits: ExtractionLimits = ExtractionLimits()) -> list[str]:
+    """Run the extraction steps of a dataset spec; returns the archives extracted this time.
 
     A required archive that is missing is an error; an archive needed only for relabeling (ADE20K's full
-    release) or an optional one is skipped with a note. ``only_needed_for``: only the archives needed for
-    those steps, and only those present (the relabel step unpacks an instance archive placed late).
+    release) or an optional one is skipped with a note, and so are the archives of releases not in use.
+    ``only_needed_for``: only the archives needed for those steps, and only those present (the relabel step
+    unpacks an instance archive placed late).
     """
-    from mseg_semantic.prepare.download import find_present
-    from mseg_semantic.prepare.specs import STATE_DIR
+    from mseg_semantic.prepare.specs import archives_in_use, extraction_marker, find_present
 
     root = Path(root)
     top = root / spec.top_dir
+    in_use = {a.filename for a in archives_in_use(spec, root)}
     done: list[str] = []
     for step in spec.extract:
         archive_spec = spec.archive(step.archive)
-        marker = root / STATE_DIR / "extracted" / spec.key / (step.archive.replace("/", "__") + ".json")
+        marker = extraction_marker(root, spec.key, step.archive)
         if archive_spec is not None:
+            if archive_spec.filename not in in_use:
+                continue  # another release of the dataset is the one on disk
             path = find_present(top, archive_spec)
             needed_for = archive_spec.needed_for
         else:  # an archive inside an archive (COCO's panoptic PNG zips)
@@ -282,8 +352,9 @@ def extract_dataset(spec, root: Path, progress: bool = True, force: bool = False
             log.info("%s: %s not present, skipped (%s)", spec.key, step.archive,
                      "needed only for relabel" if needed_for == "relabel" else "optional")
             continue
-        member_filter = MemberFilter(step.strip_prefix, step.include, step.include_suffixes, step.exclude)
-        if extract_archive(path, top / step.dest, marker, member_filter, progress=progress, force=force):
+        member_filter = MemberFilter(step.strip_prefix, step.include, step.include_suffixes, step.exclude,
+                                     step.optional_prefixes)
+        if extract_archive(path, top / step.dest, marker, member_filter, progress=progress, force=force, limits=limits):
             done.append(step.archive)
         if delete_archives and path.exists():
             path.unlink()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mseg_semantic.atomic import atomic_write_json
-from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
+from mseg_semantic.errors import EXIT_CHECKS_FAILED
+from mseg_semantic.prepare.extract import ExtractionLimits
+from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, archives_in_use, find_present, get_spec, release_in_use
 
 log = logging.getLogger("mseg_semantic.prepare")
 
@@ -26,6 +28,12 @@ class Options:
     include_optional: bool = False
     delete_archives: bool = False
     records_dir: str | None = None
+    relabel_mode: str = "checked"
+    limits: ExtractionLimits = field(default_factory=ExtractionLimits)
+
+
+class VerifyFailed(RuntimeError):
+    exit_code = EXIT_CHECKS_FAILED
 
 
 def steps_for(spec: DatasetSpec) -> list[str]:
@@ -61,18 +69,20 @@ def run_step(key: str, step: str, root: Path, options: Options) -> dict:
     if step == "extract":
         from mseg_semantic.prepare.extract import extract_dataset
 
-        return {"extracted": extract_dataset(spec, root, progress=options.progress, delete_archives=options.delete_archives)}
+        return {"extracted": extract_dataset(spec, root, progress=options.progress, delete_archives=options.delete_archives,
+                                             limits=options.limits)}
     if step == "remap":
         from mseg_semantic.prepare.remap import remap_dataset
 
         report = remap_dataset(key, root, workers=options.workers, unknown=options.unknown, progress=options.progress)
-        return {"splits": report["splits"]}
+        return {"listed": report["listed"]}
     if step == "relabel":
         from mseg_semantic.prepare.relabel import relabel_dataset
 
-        report = relabel_dataset(key, root, workers=options.workers, records_dir=options.records_dir, progress=options.progress)
-        return {name: {k: part[k] for k in ("applied", "not_found", "mismatch", "image_not_in_list")}
-                for name, part in report["targets"].items()}
+        report = relabel_dataset(key, root, workers=options.workers, records_dir=options.records_dir,
+                                 progress=options.progress, mode=options.relabel_mode)
+        fields = ("applied", "not_found", "mismatch", "image_not_in_list", "pixels_differing_between_modes")
+        return {"mode": report["mode"], **{name: {k: part[k] for k in fields} for name, part in report["targets"].items()}}
     if step == "verify":
         from mseg_semantic.prepare.verify import verify_dataset
 
@@ -83,25 +93,25 @@ def run_step(key: str, step: str, root: Path, options: Options) -> dict:
     raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
 
 
-class VerifyFailed(RuntimeError):
-    pass
-
-
-def describe_plan(keys: list[str], root: Path, force: bool = False) -> list[str]:
+def step_status_lines(keys: list[str], root: Path, force: bool = False) -> list[str]:
+    """Per dataset: which steps are done and which are to do, and, before its download, each archive's state."""
     lines = []
     for key in keys:
         spec = get_spec(key)
-        states = []
-        for step in steps_for(spec):
-            states.append(f"{step}:{'done' if is_done(root, key, step) and not force else 'todo'}")
+        states = [f"{step}:{'done' if is_done(root, key, step) and not force else 'todo'}" for step in steps_for(spec)]
         lines.append(f"{key:15s} [{spec.role}, {spec.registration}] " + " -> ".join(states))
-        if not is_done(root, key, "download") or force:
-            top = Path(root) / spec.top_dir
-            for archive in spec.archives:
-                where = "present" if any((top / n).is_file() for n in archive.names) else (
-                    "download" if archive.url or archive.personal_url else "manual")
-                lines.append(f"    {archive.filename:45s} {archive.size:>8s}  {where}"
-                             + ("" if archive.needed_for == "remap" else f" ({archive.needed_for})"))
+        if is_done(root, key, "download") and not force:
+            continue
+        release = release_in_use(spec, root)
+        if release is not None:
+            others = ", ".join(r.name for r in spec.releases if r is not release)
+            lines.append(f"    release {release.name} (also accepted: {others})")
+        top = Path(root) / spec.top_dir
+        for archive in archives_in_use(spec, root):
+            where = "present" if find_present(top, archive) else (
+                "download" if archive.url or archive.personal_url else "manual")
+            lines.append(f"    {archive.filename:45s} {archive.size:>8s}  {where}"
+                         + ("" if archive.needed_for == "remap" else f" ({archive.needed_for})"))
     return lines
 
 

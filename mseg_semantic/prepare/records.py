@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mseg_semantic.atomic import atomic_write_bytes
+from mseg_semantic.errors import UserError
 
 RECORDS_DIR = Path(__file__).resolve().parent / "data" / "relabeling"
 
@@ -29,7 +30,7 @@ RECORD_DATASETS = {
 HEADER = ("split", "original_class", "new_class", "segment_list", "entry")
 
 
-class RecordsError(ValueError):
+class RecordsError(UserError):
     pass
 
 

@@ -1,14 +1,18 @@
 """Remap raw labels to each dataset's semseg taxonomy, in parallel over files, and write the split lists.
 
-Each dataset has a *plan*: for every split, the (image, raw label source, output label) triples, paths
-relative to the dataset directory ``<root>/catalog.DATASET_DIRS[taxonomy]``. A process pool converts the
-files (one uint8 PNG per image, ids 0..K-1, 255 = unlabeled), each written atomically; outputs that already
-exist are kept unless ``force``, so an interrupted run resumes. A raw id (or colour, or polygon label) that
-the source taxonomy does not have is reported and the file is not written (``unknown="ignore"`` writes it
-with 255 there instead). Datasets distributed in their semseg taxonomy (bdd, voc2012: kind "check") are only
-checked, never rewritten: an id out of range fails the file, or with "ignore" is reported and left as it is
-(the training converter then refuses it unless told to ignore it too). The list files go to the catalog's
-paths only when every file succeeded.
+For each dataset, :func:`find_remap_jobs` lists the files to convert: for every split, (image, raw label
+source, output label) paths relative to the dataset directory ``<root>/catalog.DATASET_DIRS[taxonomy]``. A
+process pool converts them (one uint8 PNG per image, ids 0..K-1, 255 = unlabeled), each written atomically;
+outputs that already exist are kept unless ``force``, so an interrupted run resumes.
+
+A raw id (or colour, or polygon label) that the source taxonomy does not have is never mapped silently (MSeg
+wrote class 0 there). With ``unknown="error"`` (default) the file is a *bad file*: reported with its values
+and pixel counts, not written (an output an earlier run left for it is removed), and left out of the lists,
+while every other file is written and listed, and the run ends in :class:`RemapFailed` (exit 1). With
+``unknown="ignore"`` those pixels become 255, the file is written and listed, and the values are reported.
+Datasets distributed in their semseg taxonomy (bdd, voc2012: kind "check") are only checked, never rewritten:
+with "ignore" an out-of-range id is reported and left as it is (the training converter then refuses it unless
+told to ignore it too).
 """
 
 from __future__ import annotations
@@ -24,19 +28,29 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
+from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
+from mseg_semantic.errors import EXIT_CHECKS_FAILED, UserError
 from mseg_semantic.prepare import formats
+from mseg_semantic.prepare.layouts import MAPILLARY_SPLITS, bdd_layout, mapillary_annotation_dir
 from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
 from mseg_semantic.prepare.tables import IGNORE, RemapTable, load_table
 
 log = logging.getLogger("mseg_semantic.prepare")
 
 SPLITS_DIR = Path(__file__).resolve().parent / "data" / "splits"
+UNKNOWN_POLICIES = ("error", "ignore")
+SHOWN_ON_STDERR = 20
 
 
-class RemapError(RuntimeError):
-    pass
+class RemapError(UserError):
+    """The raw data is not where it should be (not extracted yet, a list file missing)."""
+
+
+class RemapFailed(RuntimeError):
+    """Some files could not be converted; the others are written and listed, the report names every one."""
+
+    exit_code = EXIT_CHECKS_FAILED
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,9 @@ class Job:
 
 
 @dataclass
-class Plan:
+class RemapJobs:
+    """The files of one dataset to convert, and how."""
+
     kind: str  # converter: ids | colors | palette_or_rgb | coco | polygons | pascal_mat | check
     table: RemapTable | None  # None: labels already in the semseg taxonomy (kind "check")
     jobs: list[Job]
@@ -58,7 +74,7 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Plans, one per dataset
+# The files of each dataset
 # ----------------------------------------------------------------------------------------------------------
 def _rel(path: Path, base: Path) -> str:
     return path.relative_to(base).as_posix()
@@ -81,7 +97,7 @@ def _pairs_from_labels(base: Path, split: str, labels: list[Path], image_of: Cal
     return jobs
 
 
-def plan_ade20k(base: Path) -> Plan:
+def ade20k_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs: list[Job] = []
     for split, sub in (("train", "training"), ("val", "validation")):
@@ -89,22 +105,21 @@ def plan_ade20k(base: Path) -> Plan:
         labels = sorted((base / "annotations" / sub).glob("*.png"))
         jobs += _pairs_from_labels(base, split, labels, lambda p, s=sub: base / "images" / s / (p.stem + ".jpg"),
                                    lambda p, s=sub: base / "annotations_semseg150" / s / p.name, problems)
-    return Plan("ids", load_table("ade20k-151", "ade20k-150"), jobs, problems)
+    return RemapJobs("ids", load_table("ade20k-151", "ade20k-150"), jobs, problems)
 
 
-def plan_bdd(base: Path) -> Plan:
+def bdd_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs: list[Job] = []
+    layout = bdd_layout(base)  # today's 10K images + sem_seg masks, or MSeg's bdd100k_seg.zip
     for split in ("train", "val"):
-        _require_dir(base / "seg" / "labels" / split, "BDD seg labels")
-        labels = sorted((base / "seg" / "labels" / split).glob("*_train_id.png"))
-        jobs += _pairs_from_labels(base, split, labels,
-                                   lambda p, s=split: base / "seg" / "images" / s / (p.name[: -len("_train_id.png")] + ".jpg"),
-                                   lambda p: p, problems)
-    return Plan("check", None, jobs, problems)
+        _require_dir(layout.label_dir(base, split), f"BDD {layout.release} labels")
+        labels = sorted(layout.label_dir(base, split).glob("*" + layout.label_suffix))
+        jobs += _pairs_from_labels(base, split, labels, lambda p, s=split: layout.image_of(base, s, p), lambda p: p, problems)
+    return RemapJobs("check", None, jobs, problems)
 
 
-def plan_cityscapes(base: Path) -> Plan:
+def cityscapes_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs: list[Job] = []
     for split in ("train", "val"):
@@ -114,10 +129,10 @@ def plan_cityscapes(base: Path) -> Plan:
             base, split, labels,
             lambda p, s=split: base / "leftImg8bit" / s / p.parent.name / (p.name.replace("_gtFine_labelIds.png", "_leftImg8bit.png")),
             lambda p, s=split: base / "gtFine_19cls" / s / p.parent.name / p.name, problems)
-    return Plan("ids", load_table("cityscapes-34", "cityscapes-19"), jobs, problems)
+    return RemapJobs("ids", load_table("cityscapes-34", "cityscapes-19"), jobs, problems)
 
 
-def plan_coco(base: Path) -> Plan:
+def coco_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs: list[Job] = []
     for split in ("train", "val"):
@@ -138,10 +153,10 @@ def plan_coco(base: Path) -> Plan:
                 continue
             out = base / "semantic_annotations133" / f"{split}2017" / (Path(file_name).stem + ".png")
             jobs.append(Job(split, _rel(image, base), _rel(png, base), _rel(out, base), tuple(segments[file_name])))
-    return Plan("coco", load_table("coco-panoptic-201", "coco-panoptic-133"), jobs, problems)
+    return RemapJobs("coco", load_table("coco-panoptic-201", "coco-panoptic-133"), jobs, problems)
 
 
-def plan_idd(base: Path) -> Plan:
+def idd_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs: list[Job] = []
     for split in ("train", "val"):
@@ -152,21 +167,22 @@ def plan_idd(base: Path) -> Plan:
             lambda p, s=split: base / "leftImg8bit" / s / p.parent.name / p.name.replace("_gtFine_polygons.json", "_leftImg8bit.png"),
             lambda p, s=split: base / "gtFine39" / s / p.parent.name / p.name.replace("_gtFine_polygons.json", "_gtFine_labelids.png"),
             problems)
-    return Plan("polygons", load_table("idd-40", "idd-39"), jobs, problems)
+    return RemapJobs("polygons", load_table("idd-40", "idd-39"), jobs, problems)
 
 
-def plan_mapillary(base: Path) -> Plan:
+def mapillary_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs: list[Job] = []
-    for split, sub in (("train", "training"), ("val", "validation")):
-        _require_dir(base / sub / "labels", "Mapillary labels")
-        labels = sorted((base / sub / "labels").glob("*.png"))
+    for split, sub in MAPILLARY_SPLITS:
+        label_dir = mapillary_annotation_dir(base, sub, "labels")  # v1.1/v1.2: SUB/labels; v2.0: SUB/v1.2/labels
+        _require_dir(label_dir, "Mapillary Vistas v1.x labels")
+        labels = sorted(label_dir.glob("*.png"))
         jobs += _pairs_from_labels(base, split, labels, lambda p, s=sub: base / s / "images" / (p.stem + ".jpg"),
                                    lambda p, s=sub: base / f"{s}_semseg65" / "labels" / p.name, problems)
-    return Plan("palette_or_rgb", load_table("mapillary-public66", "mapillary-public65"), jobs, problems)
+    return RemapJobs("palette_or_rgb", load_table("mapillary-public66", "mapillary-public65"), jobs, problems)
 
 
-def plan_sunrgbd(base: Path) -> Plan:
+def sunrgbd_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs: list[Job] = []
     # the archive calls the raw 38-class labels label37/; MSeg's scripts rename it label38/
@@ -177,7 +193,7 @@ def plan_sunrgbd(base: Path) -> Plan:
         jobs += _pairs_from_labels(base, split, labels,
                                    lambda p, s=sub: base / "image" / s / f"img-{int(p.stem):06d}.jpg",
                                    lambda p, s=sub: base / "semseg-label37" / s / p.name, problems)
-    return Plan("ids", load_table("sunrgbd-38", "sunrgbd-37"), jobs, problems)
+    return RemapJobs("ids", load_table("sunrgbd-38", "sunrgbd-37"), jobs, problems)
 
 
 def camvid_split(stem: str) -> str:
@@ -191,7 +207,7 @@ def camvid_split(stem: str) -> str:
     return "train"
 
 
-def plan_camvid(base: Path) -> Plan:
+def camvid_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     _require_dir(base / "Labels32-RGB", "CamVid colour labels")
     jobs = []
@@ -204,14 +220,14 @@ def plan_camvid(base: Path) -> Plan:
             continue
         jobs += _pairs_from_labels(base, split, [label], lambda p: base / "701_StillsRaw_full" / (stem + ".png"),
                                    lambda p: base / "semseg11" / p.name, problems)
-    return Plan("colors", load_table("camvid-32", "camvid-11"), jobs, problems)
+    return RemapJobs("colors", load_table("camvid-32", "camvid-11"), jobs, problems)
 
 
 def read_id_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def plan_kitti(base: Path) -> Plan:
+def kitti_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     _require_dir(base / "training" / "semantic", "KITTI semantic labels")
     val = set(read_id_list(SPLITS_DIR / "kitti-19_val.txt"))
@@ -220,10 +236,10 @@ def plan_kitti(base: Path) -> Plan:
         split = "val" if label.stem in val else "train"
         jobs += _pairs_from_labels(base, split, [label], lambda p: base / "training" / "image_2" / p.name,
                                    lambda p: base / "training" / "label19" / p.name, problems)
-    return Plan("ids", load_table("kitti-34", "kitti-19"), jobs, problems)
+    return RemapJobs("ids", load_table("kitti-34", "kitti-19"), jobs, problems)
 
 
-def plan_pascal_context(base: Path) -> Plan:
+def pascal_context_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs = []
     for split in ("train", "val"):
@@ -237,10 +253,10 @@ def plan_pascal_context(base: Path) -> Plan:
                 continue
             jobs += _pairs_from_labels(base, split, [mat], lambda p: base / "JPEGImages" / f"{p.stem}.jpg",
                                        lambda p: base / "Segmentation_GT_60cls" / f"{p.stem}.png", problems)
-    return Plan("pascal_mat", load_table("pascal-context-460", "pascal-context-60"), jobs, problems)
+    return RemapJobs("pascal_mat", load_table("pascal-context-460", "pascal-context-60"), jobs, problems)
 
 
-def plan_voc2012(base: Path) -> Plan:
+def voc2012_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     val_file = base / "ImageSets" / "Segmentation" / "val.txt"
     if not val_file.is_file():
@@ -251,10 +267,10 @@ def plan_voc2012(base: Path) -> Plan:
     for label in sorted((base / "SegmentationClassAug").glob("*.png")):
         split = "val" if label.stem in val else "train"
         jobs += _pairs_from_labels(base, split, [label], lambda p: base / "JPEGImages" / f"{p.stem}.jpg", lambda p: p, problems)
-    return Plan("check", None, jobs, problems)
+    return RemapJobs("check", None, jobs, problems)
 
 
-def plan_scannet(base: Path) -> Plan:
+def scannet_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     jobs = []
     for split in ("train", "val"):
@@ -270,10 +286,10 @@ def plan_scannet(base: Path) -> Plan:
                                        lambda p: p.parent.parent / "label20" / p.name, problems)
     if not jobs:
         raise RemapError(f"no ScanNet frames found under {base}; run `mseg-prepare extract scannet` first")
-    return Plan("ids", load_table("scannet-41", "scannet-20"), jobs, problems)
+    return RemapJobs("ids", load_table("scannet-41", "scannet-20"), jobs, problems)
 
 
-def plan_wilddash(base: Path) -> Plan:
+def wilddash_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     _require_dir(base / "wd_val_01", "WildDash wd_val_01")
 
@@ -284,22 +300,22 @@ def plan_wilddash(base: Path) -> Plan:
 
     labels = sorted((base / "wd_val_01").glob("*_labelIds.png"))
     jobs = _pairs_from_labels(base, "val", labels, image_of, lambda p: base / "wd_val_19class" / p.name, problems)
-    return Plan("ids", load_table("wilddash-34", "wilddash-19"), jobs, problems)
+    return RemapJobs("ids", load_table("wilddash-34", "wilddash-19"), jobs, problems)
 
 
-PLANNERS: dict[str, Callable[[Path], Plan]] = {
-    "ade20k": plan_ade20k, "bdd": plan_bdd, "cityscapes": plan_cityscapes, "coco": plan_coco, "idd": plan_idd,
-    "mapillary": plan_mapillary, "sunrgbd": plan_sunrgbd, "camvid": plan_camvid, "kitti": plan_kitti,
-    "pascal-context": plan_pascal_context, "voc2012": plan_voc2012, "scannet": plan_scannet, "wilddash": plan_wilddash,
+JOB_FINDERS: dict[str, Callable[[Path], RemapJobs]] = {
+    "ade20k": ade20k_jobs, "bdd": bdd_jobs, "cityscapes": cityscapes_jobs, "coco": coco_jobs, "idd": idd_jobs,
+    "mapillary": mapillary_jobs, "sunrgbd": sunrgbd_jobs, "camvid": camvid_jobs, "kitti": kitti_jobs,
+    "pascal-context": pascal_context_jobs, "voc2012": voc2012_jobs, "scannet": scannet_jobs, "wilddash": wilddash_jobs,
 }
 
 
-def make_plan(spec: DatasetSpec, root: Path) -> Plan:
+def find_remap_jobs(spec: DatasetSpec, root: Path) -> RemapJobs:
     from mseg_semantic.taxonomy import load_class_names
 
-    plan = PLANNERS[spec.key](Path(root) / DATASET_DIRS[spec.taxonomy])
-    plan.num_classes = len(load_class_names(spec.taxonomy))
-    return plan
+    found = JOB_FINDERS[spec.key](Path(root) / DATASET_DIRS[spec.taxonomy])
+    found.num_classes = len(load_class_names(spec.taxonomy))
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -355,24 +371,34 @@ def convert(kind: str, table: RemapTable | None, source: Path, extra: tuple, num
     return label, unknown_ids
 
 
-def _remap_one(job: Job) -> tuple[str, str, dict]:
-    """(status, message, unknown) with status written | kept | failed."""
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # written | kept | checked | unknown (values the taxonomy lacks; not written) | failed (unreadable)
+    message: str = ""
+    unknown: dict = field(default_factory=dict)  # value -> pixels (also for written files, with --unknown ignore)
+
+    @property
+    def bad(self) -> bool:
+        return self.status in ("unknown", "failed")
+
+
+def _remap_one(job: Job) -> Outcome:
     base = Path(_CTX["base"])
     kind = _CTX["kind"]
     out = base / job.output
     if kind != "check" and out.is_file() and not _CTX["force"]:
-        return "kept", "", {}
+        return Outcome("kept")
     try:
         label, unknown = convert(kind, _CTX["table"], base / job.source, job.extra, _CTX["num_classes"])
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        return "failed", f"{job.source}: {exc}", {}
+        return Outcome("failed", f"{job.source}: {exc}")
     if unknown and _CTX["unknown"] == "error":
-        shown = ", ".join(f"{k} ({v} px)" for k, v in list(unknown.items())[:8])
-        return "failed", f"{job.source}: raw values not in {_CTX['source_taxonomy']}: {shown}", unknown
+        shown = ", ".join(f"{k} ({v} px)" for k, v in unknown.items())
+        return Outcome("unknown", f"{job.source}: values not in {_CTX['source_taxonomy']}: {shown}", unknown)
     if kind == "check":
-        return "written", "", unknown
+        return Outcome("checked", "", unknown)
     formats.write_label(out, label)
-    return "written", "", unknown
+    return Outcome("written", "", unknown)
 
 
 def run_jobs(jobs: list[Job], context: dict, workers: int, progress: bool, desc: str, fn=_remap_one) -> list:
@@ -401,39 +427,87 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def remove_stale_outputs(base: Path, kind: str, bad: list[Job]) -> list[str]:
+    """Outputs an earlier run wrote for files that fail now: removed, so no stale label outlives its list line.
+    A "check" dataset's output is its raw label and is never touched."""
+    if kind == "check":
+        return []
+    removed = []
+    for job in bad:
+        output = base / job.output
+        if output.is_file():
+            output.unlink()
+            removed.append(job.output)
+    return removed
+
+
+def write_split_lists(root: Path, taxonomy: str, jobs: list[Job], listed: list[bool]) -> dict[str, int]:
+    """One list per split that has files, with the listed ones; returns split -> lines written."""
+    counts: dict[str, int] = {}
+    for split in sorted({job.split for job in jobs}):
+        pairs = [(j.image, j.output) for j, keep in zip(jobs, listed) if keep and j.split == split]
+        write_list_file(default_list_file(root, taxonomy, split), pairs)
+        counts[split] = len(pairs)
+    return counts
+
+
+def _unknown_totals(outcomes: list[Outcome]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for outcome in outcomes:
+        for value, count in outcome.unknown.items():
+            totals[str(value)] = totals.get(str(value), 0) + count
+    return totals
+
+
+def _announce_bad_files(key: str, bad: list[tuple[Job, Outcome]], report_path: Path) -> None:
+    for _, outcome in bad[:SHOWN_ON_STDERR]:
+        log.warning("%s: bad label, left out of the lists: %s", key, outcome.message)
+    if len(bad) > SHOWN_ON_STDERR:
+        log.warning("%s: ... and %d more bad labels, every one in %s", key, len(bad) - SHOWN_ON_STDERR, report_path)
+
+
 def remap_dataset(key: str, root: Path, workers: int | None = None, unknown: str = "error", force: bool = False,
                   progress: bool = True) -> dict:
-    """Remap one dataset; returns the report (also written to ``<root>/.mseg_prepare/reports/remap_<key>.json``)."""
-    if unknown not in ("error", "ignore"):
-        raise ValueError(f"unknown={unknown!r}; valid: 'error' (report, do not write) or 'ignore' (report, write 255)")
+    """Remap one dataset; returns the report (also written to ``<root>/.mseg_prepare/reports/remap_<key>.json``).
+
+    Raises :class:`RemapFailed` after writing every good file and the lists when files were bad.
+    """
+    if unknown not in UNKNOWN_POLICIES:
+        raise UserError(f"unknown={unknown!r}; valid: 'error' (report, leave the file out) or 'ignore' (report, write 255)")
     spec = get_spec(key)
     root = Path(root)
-    plan = make_plan(spec, root)
+    found = find_remap_jobs(spec, root)
     base = root / DATASET_DIRS[spec.taxonomy]
-    context = {"base": str(base), "kind": plan.kind, "table": plan.table, "num_classes": plan.num_classes,
+    context = {"base": str(base), "kind": found.kind, "table": found.table, "num_classes": found.num_classes,
                "force": force, "unknown": unknown, "source_taxonomy": spec.raw_taxonomy or spec.taxonomy}
     started = time.time()
-    results = run_jobs(plan.jobs, context, workers or default_workers(), progress, f"remap {key}")
-    failed = [message for (status, message, _) in results if status == "failed"]
-    unknown_total: dict[str, int] = {}
-    for _, _, found in results:
-        for value, count in found.items():
-            unknown_total[str(value)] = unknown_total.get(str(value), 0) + count
-    counts = {split: sum(1 for j in plan.jobs if j.split == split) for split in sorted({j.split for j in plan.jobs})}
+    outcomes: list[Outcome] = run_jobs(found.jobs, context, workers or default_workers(), progress, f"remap {key}")
+    bad = [(job, outcome) for job, outcome in zip(found.jobs, outcomes) if outcome.bad]
+    removed = remove_stale_outputs(base, found.kind, [job for job, _ in bad])
+    listed = write_split_lists(root, spec.taxonomy, found.jobs, [not outcome.bad for outcome in outcomes])
+    statuses = [outcome.status for outcome in outcomes]
     report = {
-        "dataset": key, "taxonomy": spec.taxonomy, "files": len(plan.jobs), "splits": counts,
-        "written": sum(1 for r in results if r[0] == "written"), "kept": sum(1 for r in results if r[0] == "kept"),
-        "failed": len(failed), "failures": failed[:200], "problems": plan.problems[:200],
-        "unknown_values_pixels": unknown_total, "unknown_policy": unknown, "seconds": round(time.time() - started, 1),
+        "dataset": key, "taxonomy": spec.taxonomy, "files": len(found.jobs), "listed": listed,
+        **{status: statuses.count(status) for status in ("written", "kept", "checked")},
+        "bad_files": [{"file": job.source, "output": job.output, "problem": outcome.message,
+                       "unknown_values_pixels": {str(k): v for k, v in outcome.unknown.items()}} for job, outcome in bad],
+        "removed_stale_outputs": removed, "problems": found.problems,
+        "unknown_values_pixels": _unknown_totals(outcomes), "unknown_policy": unknown,
+        "seconds": round(time.time() - started, 1),
     }
     report_path = write_report(root, f"remap_{key}", report)
-    if failed or plan.problems:
-        first = (failed or plan.problems)[0]
-        raise RemapError(f"{key}: {len(failed)} file(s) failed, {len(plan.problems)} problem(s) in the raw data "
-                         f"(first: {first}); details in {report_path}")
-    for split in counts:
-        pairs = [(j.image, j.output) for j in plan.jobs if j.split == split]
-        write_list_file(default_list_file(root, spec.taxonomy, split), pairs)
-    log.info("%s: %s labels remapped to %s (%s), lists in %s", key, len(plan.jobs), spec.taxonomy,
-             ", ".join(f"{s} {n}" for s, n in counts.items()), root / "dataset_lists" / spec.taxonomy / "list")
+    if bad or found.problems:
+        _announce_bad_files(key, bad, report_path)
+        first = bad[0][1].message if bad else found.problems[0]
+        stale = f"; {len(removed)} stale label(s) from an earlier run removed" if removed else ""
+        raise RemapFailed(f"{key}: {len(bad)} of {len(found.jobs)} label file(s) bad and left out of the lists, "
+                          f"{len(found.problems)} problem(s) in the raw data (first: {first}); the other "
+                          f"{len(found.jobs) - len(bad)} are written and listed{stale}; every one in {report_path}")
+    repaired = sum(1 for outcome in outcomes if outcome.unknown)
+    if repaired:
+        done = "left as they are (never rewritten here)" if found.kind == "check" else "written as 255"
+        log.warning("%s: %d file(s) had values not in %s, %s (--unknown ignore); values in %s", key, repaired,
+                    spec.raw_taxonomy or spec.taxonomy, done, report_path)
+    log.info("%s: %s labels remapped to %s (%s), lists in %s", key, len(found.jobs), spec.taxonomy,
+             ", ".join(f"{s} {n}" for s, n in listed.items()), root / "dataset_lists" / spec.taxonomy / "list")
     return report

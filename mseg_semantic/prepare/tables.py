@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mseg_semantic.errors import UserError, did_you_mean
+
 IGNORE = 255
 UNKNOWN = -1  # lookup value of an id the source taxonomy does not have
 TABLE_DIR = Path(__file__).resolve().parent / "data" / "remap"
 
 
-class TableError(ValueError):
+class TableError(UserError):
     pass
 
 
@@ -112,11 +114,7 @@ def parse_table(path: Path, source_names: list[str] | None = None, target_names:
         elif tname in target_ids:
             mapping[sid] = target_ids[tname]
         else:
-            from difflib import get_close_matches
-
-            close = get_close_matches(tname, target_ids, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TableError(f"{path}:{lineno}: target class {tname!r} is not in taxonomy {target}{hint}")
+            raise TableError(f"{path}:{lineno}: target class {tname!r} is not in taxonomy {target}{did_you_mean(tname, target_ids)}")
         if has_color:
             try:
                 rgb = [int(v) for v in cells[columns.index("source_color")].split()]
@@ -136,11 +134,3 @@ def parse_table(path: Path, source_names: list[str] | None = None, target_names:
 @lru_cache(maxsize=None)
 def load_table(source: str, target: str) -> RemapTable:
     return parse_table(table_path(source, target))
-
-
-def available_tables() -> list[tuple[str, str]]:
-    pairs = []
-    for path in sorted(TABLE_DIR.glob("*_to_*.tsv")):
-        source, target = path.stem.split("_to_")
-        pairs.append((source, target))
-    return pairs

@@ -2,9 +2,14 @@
 
     mseg-weights list
     mseg-weights download mseg-3m-1080p          # into $MSEG_CACHE (default ~/.cache/mseg_semantic)/weights
+    mseg-weights download mseg-3m-1080p --force  # fetch again; the cached file is replaced once the new one is whole
     mseg-weights download hrnet_w48_imagenet --url https://mirror/hrnetv2_w48_imagenet_pretrained.pth
     mseg-weights verify mseg-3m-1080p            # SHA-256 against the one recorded at download
+    mseg-weights verify mseg-3m-1080p --rerecord # trust the file on disk (you replaced it on purpose)
     mseg-weights path mseg-3m-1080p              # print the cached file's path (exit 1 if not downloaded)
+
+Exit codes: 0 ok; 1 a download failed, a file is missing or differs from its digest; 2 bad input (an unknown
+name, a file placed by hand that is not a checkpoint).
 """
 
 from __future__ import annotations
@@ -12,15 +17,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mseg_semantic.errors import EXIT_CHECKS_FAILED
 from mseg_semantic.model.weights import (
     WEIGHTS,
-    WeightsError,
     cache_dir,
     cached_status,
     download_weights,
     verify_weights,
     weights_path,
 )
+from mseg_semantic.tool.cli import add_debug_flag, run_tool
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -45,7 +51,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    digest = verify_weights(args.name, args.cache_dir)
+    digest = verify_weights(args.name, args.cache_dir, rerecord=args.rerecord)
     print(f"{weights_path(args.name, args.cache_dir)}: OK sha256={digest}")
     return 0
 
@@ -55,23 +61,27 @@ def _path(args: argparse.Namespace) -> int:
     print(path)
     if not path.is_file():
         print(f"{args.name}: not downloaded yet; `mseg-weights download {args.name}`", file=sys.stderr)
-        return 1
+        return EXIT_CHECKS_FAILED
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mseg-weights", description=__doc__.split("\n")[0])
     parser.add_argument("--cache-dir", default=None, help="cache root (default: $MSEG_CACHE or ~/.cache/mseg_semantic)")
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="released weights and their cache status").set_defaults(run=_list)
     download = sub.add_parser("download", help="download into the cache (resumes; verifies an existing file)")
     download.add_argument("name")
-    download.add_argument("--force", action="store_true", help="delete the cached file and download again")
+    download.add_argument("--force", action="store_true",
+                          help="download again from scratch; the cached file is replaced once the new one is complete")
     download.add_argument("--url", default=None, help="a direct HTTP(S) link to use instead of the registry's source")
     download.add_argument("--quiet", action="store_true", help="no progress output")
     download.set_defaults(run=_download)
     verify = sub.add_parser("verify", help="check the cached file's SHA-256 (records it the first time)")
     verify.add_argument("name")
+    verify.add_argument("--rerecord", action="store_true",
+                        help="forget the recorded SHA-256 and record the file on disk (after replacing it on purpose)")
     verify.set_defaults(run=_verify)
     path = sub.add_parser("path", help="print the cached file's path")
     path.add_argument("name")
@@ -81,11 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except WeightsError as error:
-        print(f"mseg-weights: {error}", file=sys.stderr)
-        return 1
+    return run_tool("mseg-weights", lambda: args.run(args), args.debug)
 
 
 if __name__ == "__main__":

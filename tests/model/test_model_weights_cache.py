@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import socket
 import threading
@@ -14,11 +15,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 
 from mseg_semantic.model import weights as W
 from mseg_semantic.tool import weights as cli
 
-PAYLOAD = bytes(range(256)) * 40  # 10240 bytes
+
+def _checkpoint_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(3000, dtype=torch.float32)}, buffer)  # a real checkpoint, ~13 KB
+    return buffer.getvalue()
+
+
+PAYLOAD = _checkpoint_bytes()
+LOGIN_PAGE = b"<!DOCTYPE html><html><form><input type='password' name='password'></form></html>"
+
+
+def _damaged(data: bytes) -> bytes:
+    """The same checkpoint with one byte of tensor data flipped: still a valid zip, another digest."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
 REFERENCE_TSV = Path("/work/shared/reference/mseg_released_models.tsv")
 
 
@@ -28,6 +44,7 @@ class _Server:
         self.ranges: list[str | None] = []
         self.honour_range = True
         self.cut_after: int | None = None  # send only this many bytes of the body, then close
+        self.content_type = "application/octet-stream"
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,6 +64,7 @@ class _Server:
                         return
                     body, status = body[start:], 206
                 self.send_response(status)
+                self.send_header("Content-Type", server.content_type)
                 self.send_header("Content-Length", str(len(body)))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
@@ -150,12 +168,12 @@ def test_complete_partial_file_is_accepted_on_416(server, tmp_path):
 def test_corrupted_file_is_an_error_that_keeps_it(server, tmp_path):
     entry = _entry(url=server.url)
     path = W.download_weights(entry, tmp_path, quiet=True)
-    path.write_bytes(b"x" + PAYLOAD[1:])
+    path.write_bytes(_damaged(PAYLOAD))
     with pytest.raises(W.ChecksumMismatchError, match=r"--force"):
         W.verify_weights(entry, tmp_path)
     with pytest.raises(W.ChecksumMismatchError):
         W.download_weights(entry, tmp_path, quiet=True)
-    assert path.read_bytes()[:1] == b"x"  # kept for inspection
+    assert path.read_bytes() == _damaged(PAYLOAD)  # kept for inspection
     W.download_weights(entry, tmp_path, force=True, quiet=True)
     assert path.read_bytes() == PAYLOAD
     assert W.verify_weights(entry, tmp_path) == hashlib.sha256(PAYLOAD).hexdigest()
@@ -250,8 +268,10 @@ def test_cli(monkeypatch, server, tmp_path, capsys):
     listing = capsys.readouterr().out
     assert any(line.startswith("tiny-test") and line.endswith("cached") for line in listing.splitlines())
     assert "mseg-3m-480p" in listing and "missing (manual download)" in listing
-    assert cli.main(base + ["download", "mseg-3m"]) == 1
-    assert "unknown weights 'mseg-3m'" in capsys.readouterr().err
+    # a name typo is bad input: exit 2 with one line (was 1 before the shared CLI policy, issue 11 item 3)
+    assert cli.main(base + ["download", "mseg-3m"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown weights 'mseg-3m'" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_registry_matches_the_released_models_table():
@@ -270,3 +290,64 @@ def test_registry_matches_the_released_models_table():
         published = {d: float(row[d]) for d in W.ZERO_SHOT_DATASETS if row[d]}
         assert entry.zero_shot_miou == published, row["name"]
         assert entry.harmonic_mean == (float(row["harmonic_mean"]) if row["harmonic_mean"] else None)
+
+
+# ---------------------------------------------------------------------------------------------- issue 11 item 5
+def test_login_page_served_as_octet_stream_is_never_recorded(server, tmp_path, capsys):
+    server.payload = LOGIN_PAGE  # no text/html content type: only the content tells
+    with pytest.raises(W.InvalidWeightsFile, match="HTML page") as caught:
+        W.download_weights(_entry(url=server.url), tmp_path, quiet=True)
+    assert caught.value.exit_code == 1  # the server's fault, not the user's input
+    weights = tmp_path / "weights"
+    assert not (weights / "tiny.pth").exists() and (weights / "tiny.pth.invalid").read_bytes() == LOGIN_PAGE
+    assert not (weights / "checksums.json").exists() or "tiny.pth" not in _manifest(tmp_path)
+    server.payload = PAYLOAD  # the way out: simply download again
+    assert W.download_weights(_entry(url=server.url), tmp_path, quiet=True).read_bytes() == PAYLOAD
+
+
+def test_truncated_file_placed_by_hand_is_refused_and_moved_aside(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(W.WEIGHTS, "tiny-test", _entry(manual_url="https://example.org/tiny"))
+    dest = W.weights_path("tiny-test", tmp_path)
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(PAYLOAD[: len(PAYLOAD) // 2])
+    assert cli.main(["--cache-dir", str(tmp_path), "verify", "tiny-test"]) == 2  # bad input: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated or damaged" in err and "tiny.pth.invalid" in err
+    assert not dest.exists() and not (dest.parent / "checksums.json").exists()  # nothing recorded
+    dest.write_bytes(PAYLOAD)  # the complete file placed later is recorded, not refused
+    assert W.verify_weights("tiny-test", tmp_path) == hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_rerecord_trusts_a_file_replaced_on_purpose(server, tmp_path):
+    entry = _entry(url=server.url)
+    path = W.download_weights(entry, tmp_path, quiet=True)
+    replacement = _damaged(PAYLOAD)
+    path.write_bytes(replacement)
+    with pytest.raises(W.ChecksumMismatchError, match="--rerecord"):
+        W.verify_weights(entry, tmp_path)
+    assert W.verify_weights(entry, tmp_path, rerecord=True) == hashlib.sha256(replacement).hexdigest()
+    assert W.verify_weights(entry, tmp_path) == hashlib.sha256(replacement).hexdigest()
+
+
+def test_force_discards_a_stale_part_and_keeps_the_old_file_until_the_new_one_is_whole(server, tmp_path):
+    entry = _entry(url=server.url)
+    path = W.download_weights(entry, tmp_path, quiet=True)
+    part = path.with_name("tiny.pth.part")
+    part.write_bytes(b"bytes of some other file")  # resuming this would corrupt the download
+    server.cut_after = 100
+    with pytest.raises(W.OfflineError):
+        W.download_weights(entry, tmp_path, force=True, quiet=True)
+    assert path.read_bytes() == PAYLOAD  # the cached file survives a failed forced download
+    assert part.read_bytes() == PAYLOAD[:100]  # the stale part was dropped: the new one starts at 0
+    server.cut_after = None
+    assert W.download_weights(entry, tmp_path, force=True, quiet=True).read_bytes() == PAYLOAD
+
+
+def test_failed_download_names_the_part_only_when_there_is_one(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(W.OfflineError) as caught:
+        W.download_weights(_entry(url=f"http://127.0.0.1:{port}/tiny.pth"), tmp_path, quiet=True, timeout=5)
+    assert "resume from" not in str(caught.value) and "try again" in str(caught.value)
+    assert caught.value.exit_code == 1  # a network failure is not bad input

@@ -1,10 +1,14 @@
-"""A local HTTP server (Range requests, a Cityscapes-like and a WildDash-like login) and tiny raw-data writers."""
+"""A local HTTP server (Range requests, a Cityscapes-like and a WildDash-like login), tiny archives and tiny
+raw-data writers."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -100,6 +104,40 @@ def http_server():
     yield server
     server.shutdown()
     server.server_close()
+
+
+# ------------------------------------------------------------------ tiny archives
+def zip_bytes(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tar_bytes(files: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, palette: list[int] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    img = Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)
+    if palette is not None:
+        img.putpalette(palette)
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpg_bytes(height: int, width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------ tiny raw data

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from mseg_semantic.prepare.extract import MemberFilter, UnsafeArchiveError, extract_archive, extract_dataset
+from mseg_semantic.prepare.extract import ArchiveError, MemberFilter, UnsafeArchiveError, extract_archive, extract_dataset
 from mseg_semantic.prepare.specs import get_spec
 
 
@@ -137,5 +137,75 @@ def test_dataset_extraction_merges_archives_and_unpacks_nested_ones(tmp_path):
 
 
 def test_missing_required_archive_names_the_fix(tmp_path):
-    with pytest.raises(RuntimeError, match="mseg-prepare download camvid"):
+    with pytest.raises(ArchiveError, match="mseg-prepare download camvid"):
         extract_dataset(get_spec("camvid"), tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- issue 11 items 3, 5, 7
+def test_hard_link_to_an_absolute_path_is_called_a_hard_link(tmp_path):
+    archive = make_tar(tmp_path / "bad.tar.gz", [("hl", "hard", "/etc/passwd")])
+    with pytest.raises(UnsafeArchiveError) as info:
+        extract_archive(archive, tmp_path / "dest", tmp_path / "m.json", progress=False)
+    assert "hard link 'hl' -> '/etc/passwd' points outside the destination" in str(info.value)
+    assert "absolute path" not in str(info.value)  # it is not a member with an absolute path
+
+
+def _zeros_zip(path, megabytes):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("zeros.bin", "w") as member:
+        for _ in range(megabytes):
+            member.write(bytes(1 << 20))
+    return path
+
+
+def test_zip_bomb_is_refused_before_anything_is_written_and_the_limit_can_be_raised(tmp_path, capsys):
+    from mseg_semantic.tool.prepare import main
+
+    top = tmp_path / "WildDash"
+    top.mkdir()
+    bomb = _zeros_zip(top / "wd_val_01.zip", 100)  # ~100 KB that unpacks to 100 MiB: a ratio of ~1000
+    assert bomb.stat().st_size < 200_000
+    assert main(["extract", "wilddash", "--root", str(tmp_path), "--no-progress", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bomb) in err and "--max-ratio" in err and "zip bomb" in err
+    assert not (top / "zeros.bin").exists() and not list(top.glob(".mseg_extract_tmp*"))
+    assert main(["extract", "wilddash", "--root", str(tmp_path), "--no-progress", "-q", "--max-ratio", "2000"]) == 0
+    assert (top / "zeros.bin").stat().st_size == 100 << 20
+
+
+def test_total_size_limit_applies_to_streamed_tar_members(tmp_path):
+    from mseg_semantic.prepare.extract import ArchiveTooLarge, ExtractionLimits
+
+    archive = make_tar(tmp_path / "big.tar.gz", [("a.bin", "file", bytes(3000)), ("b.bin", "file", bytes(3000))])
+    limits = ExtractionLimits(max_bytes=5000, max_ratio=1e9, floor_bytes=0)
+    with pytest.raises(ArchiveTooLarge, match="--max-unpacked-gb"):
+        extract_archive(archive, tmp_path / "dest", tmp_path / "m.json", progress=False, limits=limits)
+    assert not (tmp_path / "dest" / "a.bin").exists()
+
+
+@pytest.mark.parametrize("name,cut", [("sun_rgbd.tgz", 60), ("sun_rgbd.tgz", 2000)])
+def test_truncated_tgz_is_bad_input_with_one_line(tmp_path, capsys, name, cut):
+    from mseg_semantic.tool.prepare import main
+
+    top = tmp_path / "SUNRGBD"
+    top.mkdir()
+    full = make_tar(tmp_path / "full.tgz", [("SUNRGBD/image/a.jpg", "file", os.urandom(6000))]).read_bytes()
+    (top / name).write_bytes(full[:-cut])
+    assert main(["extract", "sunrgbd", "--root", str(tmp_path), "--no-progress", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mseg-prepare: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "truncated or damaged" in err and "--force" in err and name in err
+    assert not list(top.glob("SUNRGBD")) and not list(top.glob(".mseg_extract_tmp*"))
+
+
+def test_truncated_plain_tar_is_bad_input_too(tmp_path):
+    from mseg_semantic.prepare.extract import ArchiveError
+
+    with tarfile.open(tmp_path / "full.tar", "w") as tf:
+        data = os.urandom(5000)
+        info = tarfile.TarInfo("a.bin")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes((tmp_path / "full.tar").read_bytes()[:3000])
+    with pytest.raises(ArchiveError, match="truncated or damaged"):
+        extract_archive(cut, tmp_path / "dest", tmp_path / "m.json", progress=False)

@@ -61,6 +61,7 @@ def test_coco_segments_move_and_bad_records_are_reported(tmp_path):
     assert (part["applied"], part["not_found"], part["mismatch"], part["image_not_in_list"]) == (2, 1, 1, 1)
     assert statuses(report, rel) == [("000000000139_7.png", "mismatch"), ("000000000139_99.png", "not_found"),
                                      ("000000000999_5.png", "image_not_in_list")]
+    assert part["pixels_differing_between_modes"] == 0  # pure segments: MSeg's output is the same
     lines = (tmp_path / "dataset_lists" / rel / "list" / "val.txt").read_text().split()
     assert lines == ["images/val2017/000000000139.jpg", "semantic_relabeled133/val2017/000000000139.png"]
     with pytest.raises(RelabelError, match="--strict"):
@@ -93,6 +94,8 @@ def test_cityscapes_rider_polygons_become_the_record_class(tmp_path):
         expected[1:4, 1:4] = class_id(rel, "motorcyclist")
         assert np.array_equal(out, expected), rel
         assert statuses(report, rel) == [("seqvalcity_valcity_000000_000019_leftImg8bit_0.jpg", "mismatch")]
+        # MSeg applied that road-polygon record anyway: the whole 6 x 8 val image would have become person
+        assert report["targets"][rel]["pixels_differing_between_modes"] == 48
 
 
 def test_idd_polygon_records(tmp_path):
@@ -104,7 +107,7 @@ def test_idd_polygon_records(tmp_path):
         write_rgb_image(base / f"leftImg8bit/{split}/7/000123_leftImg8bit.png", 4, 6)
     remap_dataset("idd", tmp_path, workers=1, progress=False)
     records = write_records(tmp_path / "rec", [("idd", "train", "rider_other", "bicyclist", ["seq7_000123_leftImg8bit_1.jpg"])])
-    relabel("idd", tmp_path, records)
+    assert relabel("idd", tmp_path, records)["targets"]["idd-39-relabeled"]["pixels_differing_between_modes"] == 0
     rel = "idd-39-relabeled"
     out = read_png(base / "gtFine39_relabeled/train/7/000123_gtFine_labelids.png")
     assert out[1:3, 1:3].tolist() == [[class_id(rel, "bicyclist")] * 2] * 2
@@ -129,7 +132,8 @@ def test_ade20k_instances_come_from_the_resized_blue_channel(tmp_path):
     seg[:, 0:4, 2] = 70  # instance 70 covers the left two challenge columns
     seg[:, 4:12, 2] = 3
     write_png(tmp_path / "ADE20K/ADE20K_2016_07_26/images/training/a/abbey/ADE_train_00000001_seg.png", seg)
-    relabel("ade20k", tmp_path, records)
+    report = relabel("ade20k", tmp_path, records)
+    assert report["targets"]["ade20k-150-relabeled"]["pixels_differing_between_modes"] == 0  # instance = fence region
     rel = "ade20k-150-relabeled"
     out = read_png(base / "annotations_semseg150_relabeled/training/ADE_train_00000001.png")
     guard, fence_r, wall_r = (class_id(rel, n) for n in ("guard_rail", "fence", "wall"))
@@ -150,6 +154,7 @@ def test_bdd_and_sunrgbd_segments_are_class_regions(tmp_path):
     assert read_png(base / "seg_relabeled/labels/train/0a0a-train_train_id.png").tolist() == [
         [class_id(rel, "bicyclist"), class_id(rel, "road"), class_id(rel, "bicyclist")]]
     assert statuses(report, rel) == [(f"0a0a-val_{road}.jpg", "mismatch")]
+    assert report["targets"][rel]["pixels_differing_between_modes"] == 0
 
     sun = tmp_path / "SUNRGBD"
     for sub in ("train", "test"):
@@ -158,7 +163,7 @@ def test_bdd_and_sunrgbd_segments_are_class_regions(tmp_path):
     remap_dataset("sunrgbd", tmp_path, workers=1, progress=False)
     chair37 = class_id("sunrgbd-37", "chair")
     records = write_records(tmp_path / "rec2", [("sunrgbd", "val", "chair_other", "armchair", [f"img-000001_{chair37}.jpg"])])
-    relabel("sunrgbd", tmp_path, records)
+    assert relabel("sunrgbd", tmp_path, records)["targets"]["sunrgbd-37-relabeled"]["pixels_differing_between_modes"] == 0
     rel = "sunrgbd-37-relabeled"
     assert read_png(sun / "semseg-relabeled37/test/00000001.png").tolist() == [[class_id(rel, "armchair"), class_id(rel, "wall")]]
     assert read_png(sun / "semseg-relabeled37/train/00000001.png").tolist() == [[class_id(rel, "chair_other"), class_id(rel, "wall")]]
@@ -177,7 +182,8 @@ def test_mapillary_segments_are_instance_ids(tmp_path):
         write_rgb_image(base / f"{sub}/images/img_{split}.jpg", 1, 3)
     remap_dataset("mapillary", tmp_path, workers=1, progress=False)
     records = write_records(tmp_path / "rec", [("mapillary-public65", "train", "dog", "cat", ["mapillary_img_train_257.jpg"])])
-    relabel("mapillary", tmp_path, records, workers=2)
+    report = relabel("mapillary", tmp_path, records, workers=2)
+    assert report["targets"]["mapillary-public65-relabeled"]["pixels_differing_between_modes"] == 0
     rel = "mapillary-public65-relabeled"
     assert read_png(base / "training_semseg65_relabeled/labels/img_train.png").tolist() == [
         [class_id(rel, "dog"), class_id(rel, "cat"), class_id(rel, "road")]]

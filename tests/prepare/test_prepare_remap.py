@@ -5,12 +5,14 @@ Expected ids are looked up by class name in the target taxonomy, independently o
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.io
 
-from mseg_semantic.prepare.remap import RemapError, camvid_split, remap_dataset
-from mseg_semantic.prepare.tables import TableError, parse_table, available_tables, load_table
+from mseg_semantic.prepare.remap import RemapFailed, camvid_split, remap_dataset
+from mseg_semantic.prepare.tables import TABLE_DIR, TableError, load_table, parse_table
 
 from prepare_helpers import class_id, read_png, write_json, write_png, write_rgb_image
 
@@ -38,7 +40,7 @@ def test_cityscapes_34_to_19(tmp_path):
         write_png(base / f"gtFine/{split}/{city}/{city}_{frame}_gtFine_labelIds.png", raw)
         write_rgb_image(base / f"leftImg8bit/{split}/{city}/{city}_{frame}_leftImg8bit.png", 2, 4)
     report = remap("cityscapes", tmp_path)
-    assert report["splits"] == {"train": 1, "val": 1}
+    assert report["listed"] == {"train": 1, "val": 1}
     expected = np.array([ids("cityscapes-19", None, "road", "sidewalk", "car"),
                          ids("cityscapes-19", "person", "bicycle", None, "sky")], np.uint8)
     out = read_png(base / "gtFine_19cls/train/aachen/aachen_000000_000019_gtFine_labelIds.png")
@@ -53,13 +55,15 @@ def test_unknown_raw_ids_are_reported_not_mapped(tmp_path):
     write_rgb_image(base / "leftImg8bit/train/a/a_1_1_leftImg8bit.png", 1, 2)
     (base / "gtFine/val").mkdir(parents=True)
     out = base / "gtFine_19cls/train/a/a_1_1_gtFine_labelIds.png"
-    with pytest.raises(RemapError, match="1 file"):
+    with pytest.raises(RemapFailed, match="1 of 1 label file"):
         remap("cityscapes", tmp_path)
-    assert not out.exists() and not (tmp_path / "dataset_lists").exists()
+    # issue 13 item 5: the bad file is not written and not listed; the lists of the good ones are written
+    assert not out.exists() and list_lines(tmp_path, "cityscapes-19", "train") == []
     report = (tmp_path / ".mseg_prepare/reports/remap_cityscapes.json").read_text()
     assert "40 (1 px)" in report
-    remap("cityscapes", tmp_path, unknown="ignore")  # reported, written as unlabeled
+    remap("cityscapes", tmp_path, unknown="ignore")  # reported, written as unlabeled, listed
     assert read_png(out).tolist() == [[class_id("cityscapes-19", "road"), U]]
+    assert len(list_lines(tmp_path, "cityscapes-19", "train")) == 1
 
 
 def test_ade20k_151_to_150_in_a_process_pool(tmp_path):
@@ -126,8 +130,10 @@ def test_bdd_and_voc_are_checked_and_listed_in_place(tmp_path):
     assert list_lines(tmp_path, "bdd", "train") == ["seg/images/train/abc-train.jpg seg/labels/train/abc-train_train_id.png"]
     write_png(base / "seg/labels/val/bad_train_id.png", np.array([[19]], np.uint8))
     write_rgb_image(base / "seg/images/val/bad.jpg", 1, 1)
-    with pytest.raises(RemapError):
+    with pytest.raises(RemapFailed):
         remap("bdd", tmp_path)
+    assert (base / "seg/labels/val/bad_train_id.png").is_file()  # a raw label is never removed, only left out
+    assert list_lines(tmp_path, "bdd", "val") == ["seg/images/val/abc-val.jpg seg/labels/val/abc-val_train_id.png"]
 
     voc = tmp_path / "PASCAL_VOC_2012"
     (voc / "ImageSets/Segmentation").mkdir(parents=True)
@@ -157,7 +163,7 @@ def test_camvid_rgb_colour_labels_to_11(tmp_path):
     assert [len(list_lines(tmp_path, "camvid-11", s)) for s in ("train", "val", "test")] == [1, 1, 1]
     write_png(base / "Labels32-RGB/0016E5_08001_L.png", np.array([[[1, 2, 3]]], np.uint8))  # a colour CamVid lacks
     write_rgb_image(base / "701_StillsRaw_full/0016E5_08001.png", 1, 1)
-    with pytest.raises(RemapError, match="1 file"):
+    with pytest.raises(RemapFailed, match="1 of 4 label file"):
         remap("camvid", tmp_path)
 
 
@@ -207,7 +213,7 @@ def test_coco_panoptic_png_and_json_to_133(tmp_path):
     # a segment id in the PNG that segments_info does not describe is reported
     annotation = write_coco(base, "val", "000000000285", np.array([[5, 6]]), [(5, 3)])
     write_json(base / "annotations/panoptic_val2017.json", {"annotations": [annotation]})
-    with pytest.raises(RemapError):
+    with pytest.raises(RemapFailed):
         remap("coco", tmp_path)
     assert "segment 6 not in segments_info" in (tmp_path / ".mseg_prepare/reports/remap_coco.json").read_text()
 
@@ -234,7 +240,7 @@ def test_idd_polygons_rasterised_in_order_then_mapped_to_39(tmp_path):
     assert np.array_equal(out, expected)
     write_json(base / "gtFine/val/0/000123_gtFine_polygons.json",
                {"imgHeight": 6, "imgWidth": 8, "objects": [{"label": "spaceship", "polygon": [[0, 0], [2, 0], [2, 2]]}]})
-    with pytest.raises(RemapError):
+    with pytest.raises(RemapFailed):
         remap("idd", tmp_path, force=True)
     assert "spaceship" in (tmp_path / ".mseg_prepare/reports/remap_idd.json").read_text()
 
@@ -261,7 +267,7 @@ def test_pascal_context_mat_to_60(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- tables
 def test_every_shipped_table_resolves_against_the_taxonomy():
-    pairs = available_tables()
+    pairs = [path.stem.split("_to_") for path in sorted(TABLE_DIR.glob("*_to_*.tsv"))]
     assert len(pairs) == 19
     for source, target in pairs:
         table = load_table(source, target)
@@ -282,3 +288,58 @@ def test_table_errors_name_the_file_line_and_value(tmp_path):
     path.write_text("source\ta\ntarget\tb\nid\tsource_name\ttarget_name\n0\ty\tq\n1\tx\tq\n")
     with pytest.raises(TableError, match="id 0 is 'x' in taxonomy a"):
         parse_table(path, ["x", "y"], ["q", "r"])
+
+
+# ---------------------------------------------------------------------------------------------- issue 13 item 5, issue 11 item 7
+def _kitti(root, stems_and_labels):
+    for stem, raw in stems_and_labels.items():
+        write_png(root / f"KITTI/training/semantic/{stem}.png", np.array(raw, np.uint8))
+        write_rgb_image(root / f"KITTI/training/image_2/{stem}.png", *np.array(raw).shape)
+
+
+def test_bad_files_are_reported_each_the_rest_written_and_listed_exit_1(tmp_path, capsys):
+    from mseg_semantic.tool.prepare import main
+
+    # 000000_10, 000002_10, 000004_10, 000005_10 are in MSeg's train split
+    _kitti(tmp_path, {"000000_10": [[7, 11]], "000002_10": [[7, 40, 40]], "000004_10": [[35, 7]], "000005_10": [[26, 7]]})
+    assert main(["remap", "kitti", "--root", str(tmp_path), "--workers", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "training/semantic/000002_10.png: values not in kitti-34: 40 (2 px)" in err
+    assert "training/semantic/000004_10.png: values not in kitti-34: 35 (1 px)" in err
+    assert err.strip().splitlines()[-1].startswith("mseg-prepare: error: kitti: 2 of 4 label file(s) bad")
+    report = json.loads((tmp_path / ".mseg_prepare/reports/remap_kitti.json").read_text())
+    assert [(b["file"], b["unknown_values_pixels"]) for b in report["bad_files"]] == [
+        ("training/semantic/000002_10.png", {"40": 2}), ("training/semantic/000004_10.png", {"35": 1})]
+    assert list_lines(tmp_path, "kitti-19", "train") == [
+        "training/image_2/000000_10.png training/label19/000000_10.png",
+        "training/image_2/000005_10.png training/label19/000005_10.png"]
+    assert not (tmp_path / "KITTI/training/label19/000002_10.png").exists()
+    # with --unknown ignore the same files are written (255 there), listed, reported, and the run succeeds
+    assert main(["remap", "kitti", "--root", str(tmp_path), "--workers", "1", "--no-progress", "--unknown", "ignore"]) == 0
+    assert read_png(tmp_path / "KITTI/training/label19/000002_10.png").tolist() == [[class_id("kitti-19", "road"), U, U]]
+    assert len(list_lines(tmp_path, "kitti-19", "train")) == 4
+    report = json.loads((tmp_path / ".mseg_prepare/reports/remap_kitti.json").read_text())
+    assert report["unknown_values_pixels"] == {"40": 2, "35": 1} and report["bad_files"] == []
+
+
+def test_force_leaves_no_stale_label_or_list_line_for_a_file_that_now_fails(tmp_path):
+    _kitti(tmp_path, {"000000_10": [[7, 11]], "000002_10": [[7, 26]]})
+    remap("kitti", tmp_path)
+    stale = tmp_path / "KITTI/training/label19/000002_10.png"
+    assert stale.is_file() and len(list_lines(tmp_path, "kitti-19", "train")) == 2
+    write_png(tmp_path / "KITTI/training/semantic/000002_10.png", np.array([[7, 99]], np.uint8))  # the raw label changed
+    with pytest.raises(RemapFailed, match="1 stale label"):
+        remap("kitti", tmp_path, force=True)
+    assert not stale.exists()
+    assert list_lines(tmp_path, "kitti-19", "train") == ["training/image_2/000000_10.png training/label19/000000_10.png"]
+    report = json.loads((tmp_path / ".mseg_prepare/reports/remap_kitti.json").read_text())
+    assert report["removed_stale_outputs"] == ["training/label19/000002_10.png"]
+
+
+def test_unknown_policy_and_workers_are_checked_flags(tmp_path, capsys):
+    from mseg_semantic.tool.prepare import main
+
+    assert main(["remap", "kitti", "--root", str(tmp_path), "--workers", "0"]) == 2
+    assert "--workers 0: must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: exit 2 naming the valid choices
+        main(["remap", "kitti", "--root", str(tmp_path), "--unknown", "skip"])
