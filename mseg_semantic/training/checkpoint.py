@@ -194,19 +194,20 @@ class Checkpointer:
         written with.
         """
         unwrap_model(parts.model).load_state_dict(state[TRAINING_MODEL_KEY])
+        lr_tensors = [group["lr"] for group in parts.optimizer.param_groups]  # a CUDA graph reads these very tensors
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.scheduler.max_iters = max_iters
         parts.scheduler.power = schedule["power"]
         parts.scheduler.base_lrs = [schedule["base_lr"] for _ in parts.optimizer.param_groups]
-        for group, lr in zip(parts.optimizer.param_groups, parts.scheduler.get_lr()):
+        for group, lr, built in zip(parts.optimizer.param_groups, parts.scheduler.get_lr(), lr_tensors):
             group["momentum"] = schedule["momentum"]
             group["weight_decay"] = schedule["weight_decay"]
             group["initial_lr"] = schedule["base_lr"]
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
+            if isinstance(built, torch.Tensor):
+                group["lr"] = built.fill_(float(lr))
             else:
-                group["lr"] = lr
+                group["lr"] = float(lr)
         if parts.scaler is not None and state.get("scaler"):
             parts.scaler.load_state_dict(state["scaler"])
         parts.extra.update(state.get("extra") or {})

@@ -27,6 +27,7 @@ from mseg_semantic.training.distributed import DistInfo, all_reduce_max, all_red
 from mseg_semantic.training.gradients import BackwardStep, StepContext, StepOutput
 from mseg_semantic.training.preemption import Preempted, PreemptionSignal
 from mseg_semantic.training.report import TrainingReporter
+from mseg_semantic.training.speed import GraphedStep
 
 log = logging.getLogger("mseg_semantic.training")
 
@@ -46,6 +47,7 @@ class LoopSettings:
     grad_clip: float | None = None
     channels_last: bool = False
     freeze_bn: bool = False
+    cuda_graphs: bool = False  # replay the step as one CUDA graph (captured on the first batch; eager off CUDA)
 
 
 @dataclass
@@ -84,10 +86,11 @@ class _NonFiniteWatch:
     Every rank reaches the same verdict (the flags are reduced over ranks), so every rank raises together.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, has_scaler: bool, info: DistInfo):
-        # the fused optimizer skips a flagged update on the device; a grad scaler flags it itself (inf grads)
+    def __init__(self, optimizer: torch.optim.Optimizer, flagged_elsewhere: bool, info: DistInfo):
+        # the fused optimizer skips a flagged update on the device; a grad scaler (inf gradients) and the graphed
+        # step (inside the graph) set the flag themselves
         self.on_device = bool(optimizer.defaults.get("fused"))
-        self.flag_optimizer = self.on_device and not has_scaler
+        self.flag_optimizer = self.on_device and not flagged_elsewhere
         self.optimizer = optimizer
         self.info = info
         self.first_bad = torch.full((1,), -1, dtype=torch.int64, device=info.device) if self.on_device else None
@@ -160,7 +163,8 @@ def train_loop(
     stats = LoopStats()
     model, optimizer, scheduler, scaler = parts.model, parts.optimizer, parts.scheduler, parts.scaler
     params = [p for p in model.parameters() if p.requires_grad]
-    watch = _NonFiniteWatch(optimizer, scaler is not None, info)
+    watch = _NonFiniteWatch(optimizer, scaler is not None or settings.cuda_graphs, info)
+    graphed: GraphedStep | None = None
     set_train_mode(model, settings.freeze_bn)
     batches = iter(parts.loader)
     started = time.perf_counter()
@@ -176,19 +180,27 @@ def train_loop(
         labels = batch["label"].to(info.device, non_blocking=True).long()
         dataset_index = batch["dataset_index"].to(info.device, non_blocking=True)
 
-        optimizer.zero_grad(set_to_none=True)
-        out = backward_step(model, images, labels, dataset_index, step_context)
         done = iteration + 1
-        watch.after_backward(out, done, checkpoints, step_context)
-        if settings.grad_clip is not None:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
+        if settings.cuda_graphs:
+            if graphed is None:
+                example = {"image": images, "label": labels, "dataset_index": dataset_index}
+                graphed = GraphedStep(model, optimizer, backward_step, step_context, settings.grad_clip, example,
+                                      capture=info.device.type == "cuda")
+            out = graphed(images, labels, dataset_index)
+            watch.after_backward(out, done, checkpoints, step_context)
         else:
-            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            out = backward_step(model, images, labels, dataset_index, step_context)
+            watch.after_backward(out, done, checkpoints, step_context)
+            if settings.grad_clip is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
         scheduler.step()
         stats.iterations += 1
         reporter.tick()

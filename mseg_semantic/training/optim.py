@@ -36,7 +36,7 @@ class PolyLR(torch.optim.lr_scheduler.LRScheduler):
     _get_closed_form_lr = get_lr
 
 
-def build_sgd(params: Iterable[torch.nn.Parameter], base_lr: float, momentum: float, weight_decay: float,
+def build_sgd(params: Iterable[torch.nn.Parameter], base_lr: float | torch.Tensor, momentum: float, weight_decay: float,
               fused: bool = False) -> torch.optim.SGD:
     """One parameter group, as MSeg trains HRNet (no backbone/head learning-rate split).
 

@@ -33,7 +33,7 @@ from mseg_semantic.data import demo_world
 from mseg_semantic.errors import UnknownNameError, did_you_mean
 from mseg_semantic.model import MODEL_NAMES, autocast_context, build_model, load_weights, save_weights, unwrap_model
 from mseg_semantic.model.weights import resolve_weights
-from mseg_semantic.taxonomy import build_taxonomy_converter
+from mseg_semantic.taxonomy import build_taxonomy_converter, taxonomy_names
 from mseg_semantic.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME, Checkpointer, TrainingParts, load_checkpoint
 from mseg_semantic.training.distributed import DistInfo, barrier, broadcast_object, per_rank_batch_size, prepare_model
 from mseg_semantic.training.gradients import BackwardStep, StepContext, backward_step_for
@@ -42,6 +42,7 @@ from mseg_semantic.training.loop import LoopSettings, recalibrate_batchnorm, tra
 from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, make_grad_scaler
 from mseg_semantic.training.preemption import PreemptionSignal
 from mseg_semantic.training.report import TrainingReporter, setup_logging
+from mseg_semantic.training.speed import compile_regions, inductor_cache_dir
 
 log = logging.getLogger("mseg_semantic.training")
 
@@ -81,6 +82,11 @@ def training_datasets(cfg: Config) -> list[str]:
         raise ConfigError("DATA.dataset is empty: name the training dataset(s), e.g. dataset=[ade20k-150,bdd] or dataset=ade20k-150")
     if "single" in names:
         raise ConfigError("DATA.dataset is MSeg's placeholder 'single': name the dataset on the command line, e.g. dataset=ade20k-150")
+    known = taxonomy_names()
+    trainable = taxonomy_names(role="train")
+    for name in map(str, names):
+        if name not in known:
+            raise UnknownNameError(f"DATA.dataset: unknown dataset {name!r}{did_you_mean(name, trainable)}; training datasets: {', '.join(trainable)}")
     return [str(n) for n in names]
 
 
@@ -114,6 +120,15 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
             "CCSA.use_ccsa=True with TRAIN.dataset_gpu_mapping: with one dataset per GPU no process sees two domains, so the "
             "contrastive term would always be zero; set dataset_gpu_mapping=null to mix datasets in every batch"
         )
+    if train.compile and method == "mgda":
+        raise ConfigError("TRAIN.compile=True with DATA.use_mgda=True: MGDA differentiates each task through the same graph "
+                          "(retain_graph), which compiled regions do not support; set compile=False")
+    if train.cuda_graphs:
+        refusal = ("one process (use TRAIN.compile under torchrun)" if world_size > 1 else
+                   "precision fp32 or bf16 (fp16's loss scaler decides on the host)" if train.precision == "fp16" else
+                   "the cross-entropy step (MGDA and CCSA decide on the host)" if method != "ce" else None)
+        if refusal:
+            raise ConfigError(f"TRAIN.cuda_graphs=True needs {refusal}; set cuda_graphs=False")
     model_taxonomy = model_taxonomy_of(cfg, datasets)
     converter = build_taxonomy_converter(model_taxonomy, datasets, [])  # unknown or test-only dataset names fail here
     if mapping is not None:
@@ -194,8 +209,14 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
     model.to(info.device)
     if train.channels_last:
         model.to(memory_format=torch.channels_last)
+    if train.cuda_graphs and info.device.type != "cuda":
+        raise ConfigError("TRAIN.cuda_graphs=True needs a CUDA device; none is visible")
+    if train.compile:
+        log.info(f"compiling {len(compile_regions(model))} model regions (cache: {inductor_cache_dir()})")
     model = prepare_model(model, info, train.sync_bn)
-    optimizer = build_sgd(model.parameters(), train.base_lr, train.momentum, train.weight_decay, fused=info.device.type == "cuda")
+    # a CUDA graph replays the update with the learning rate it reads from a device tensor
+    base_lr = torch.tensor(train.base_lr, device=info.device) if train.cuda_graphs else train.base_lr
+    optimizer = build_sgd(model.parameters(), base_lr, train.momentum, train.weight_decay, fused=info.device.type == "cuda")
     if optimizer.defaults.get("fused"):
         # a skipped first update must not leave the momentum buffers uninitialised (zeros: the same first step)
         for group in optimizer.param_groups:
@@ -209,7 +230,7 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
     context = StepContext(
         num_datasets=len(setup.datasets),
         dataset_names=list(setup.datasets),
-        autocast=functools.partial(autocast_context, setup.precision, info.device.type),
+        autocast=functools.partial(autocast_context, setup.precision, info.device.type, cache_enabled=not train.cuda_graphs),
         scaler=scaler,
         distributed=info.distributed,
     )
@@ -305,7 +326,7 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
         f"method {setup.method}, device {info.device}, output {output_dir}"
     )
     settings = LoopSettings(max_iters=setup.max_iters, checkpoint_every=cfg.TRAIN.checkpoint_every, grad_clip=cfg.TRAIN.grad_clip,
-                            channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn)
+                            channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn, cuda_graphs=cfg.TRAIN.cuda_graphs)
     reporter = TrainingReporter(output_dir, info.is_main, start, setup.max_iters, setup.batch_size, info.device,
                                 cfg.TRAIN.print_freq, cfg.TRAIN.tensorboard, show_progress=sys.stderr.isatty())
     try:

@@ -84,3 +84,9 @@ def test_verify_reports_every_problem_with_its_file(writable_world, capsys):
 def test_verify_cli_names_a_missing_list(tmp_path, capsys):
     assert main(["verify", "--dataset", "kitti-19", "--split", "val", "--data-root", str(tmp_path)]) == 2
     assert "kitti-19" in capsys.readouterr().err
+
+
+def test_mseg_data_reports_an_unwritable_output_in_one_line(capsys):
+    assert main(["demo", "--out", "/sys/mseg-demo-world"]) == 2  # nobody may write there, root included
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == ["mseg-data demo: error: /sys/mseg-demo-world: Operation not permitted"]

@@ -288,3 +288,36 @@ def test_cuda_bf16_channels_last_forward_backward():
     assert logits.shape == (2, 7, 129, 129)
     logits.float().mean().backward()
     assert model.conv1.weight.grad is not None
+
+
+def test_upsampled_branches_keep_the_autocast_dtype_so_no_sum_is_promoted(monkeypatch):
+    """CUDA's autocast computes bilinear upsampling in fp32; the fusion sums and ReLUs that receive an upsampled
+    branch must still run in bf16 (they were promoted to fp32 before). Emulated on the CPU: interpolation is given
+    CUDA's policy, and every add/relu output is checked."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    interpolate = F.interpolate
+
+    def as_cuda_autocast(x, *args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return interpolate(x.float(), *args, **kwargs)
+
+    class Fp32Sums(TorchDispatchMode):
+        found = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.__name__.split(".")[0] in ("add", "relu", "relu_") and out.dtype == torch.float32 and out.dim() == 4:
+                Fp32Sums.found += 1
+            return out
+
+    monkeypatch.setattr(hrnet_module.F, "interpolate", as_cuda_autocast)
+    model = build_model("hrnet_tiny", num_classes=4).train()
+    with Fp32Sums(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(1, 3, 64, 64))
+    assert Fp32Sums.found == 0
+    assert logits.dtype == torch.float32  # the final logits are upsampled in fp32 for the loss
+    monkeypatch.setattr(hrnet_module, "_upsample", lambda x, size, align_corners: as_cuda_autocast(x, size=size, mode="bilinear", align_corners=align_corners))
+    with Fp32Sums(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(1, 3, 64, 64))
+    assert Fp32Sums.found > 0  # the check sees the promotion the plain interpolation causes

@@ -1,0 +1,117 @@
+"""Opt-in ways to spend less time per step on a GPU: regional ``torch.compile`` and a CUDA-graph step.
+
+Both keep what is computed; they change how it is launched. ``TRAIN.compile`` compiles the repeated HRNet modules
+(every high-resolution module, stage 1 and the head: a handful of distinct graphs cover almost every forward op),
+which fuses BatchNorm, ReLU, the fusion sums and the casts between them; compiled code is cached on disk, so only
+the first run on a machine pays the compile time. ``TRAIN.cuda_graphs`` captures the whole step (forward,
+backward, clipping and the fused SGD update, whose learning rate is a device tensor) once and replays it: for a
+fixed crop and batch the host then issues one launch per iteration instead of thousands, which is what small
+models and small per-GPU batches need.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from mseg_semantic.model.hrnet import HighResolutionModule
+from mseg_semantic.training.gradients import BackwardStep, StepContext, StepOutput
+
+__all__ = ["GraphedStep", "compile_regions", "inductor_cache_dir"]
+
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled kernels persist: ``$TORCHINDUCTOR_CACHE_DIR``, else ``$MSEG_CACHE/inductor`` (``~/.cache/mseg_semantic``)."""
+    if os.environ.get(INDUCTOR_CACHE_ENV):
+        return Path(os.environ[INDUCTOR_CACHE_ENV])
+    root = os.environ.get("MSEG_CACHE") or Path.home() / ".cache" / "mseg_semantic"
+    path = Path(root).expanduser() / "inductor"
+    os.environ[INDUCTOR_CACHE_ENV] = str(path)  # read by inductor when it first compiles
+    return path
+
+
+def compile_regions(model: torch.nn.Module) -> list[str]:
+    """Compile the repeated regions of an HRNet in place (parameter names unchanged); returns their names."""
+    inductor_cache_dir()
+    compiled = []
+    for name, module in model.named_modules():
+        if isinstance(module, HighResolutionModule) or name in ("layer1", "head"):
+            module.compile(dynamic=False)
+            compiled.append(name)
+    return compiled
+
+
+class GraphedStep:
+    """One training step on static input buffers: zero the gradients, the backward step, clip, fused SGD update.
+
+    ``capture=True`` (CUDA) records it as a CUDA graph after a few warm-up steps (cuDNN autotuning, lazy buffers);
+    the warm-up's effect on the weights, BatchNorm statistics and optimizer state is undone, so the run trains
+    exactly the iterations it counts. ``capture=False`` runs the same step eagerly (how the CPU tests check it).
+    A non-finite loss sets the optimizer's ``found_inf`` inside the step, so that update is skipped on the device.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, backward_step: BackwardStep,
+                 ctx: StepContext, grad_clip: float | None, example: dict[str, torch.Tensor], capture: bool):
+        if not optimizer.defaults.get("fused"):
+            raise ValueError("a graphed step needs the fused optimizer (its update reads found_inf on the device)")
+        self.model, self.optimizer, self.backward_step, self.ctx, self.grad_clip = model, optimizer, backward_step, ctx, grad_clip
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.images = example["image"].clone()
+        self.labels = example["label"].clone()
+        self.dataset_index = example["dataset_index"].clone()
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=self.images.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: StepOutput | None = None
+        for p in self.params:
+            p.grad = torch.zeros_like(p)  # static gradient buffers: zeroed, never replaced
+        if capture:
+            self._capture()
+
+    def _step(self) -> StepOutput:
+        for p in self.params:
+            p.grad.zero_()
+        out = self.backward_step(self.model, self.images, self.labels, self.dataset_index, self.ctx)
+        self.found_inf.copy_(torch.logical_not(torch.isfinite(out.loss)).to(torch.float32))
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.optimizer.found_inf = self.found_inf
+        self.optimizer.step()
+        return out
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        state = list(self.model.state_dict().values())
+        for group in self.optimizer.param_groups:
+            state += [self.optimizer.state[p]["momentum_buffer"] for p in group["params"] if "momentum_buffer" in self.optimizer.state[p]]
+        return state
+
+    def _capture(self) -> None:
+        saved = [t.detach().clone() for t in self._snapshot()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._step()
+        with torch.no_grad():  # undo the warm-up in place: the graph keeps pointing at these tensors
+            for tensor, value in zip(self._snapshot(), saved):
+                tensor.copy_(value)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor) -> StepOutput:
+        self.images.copy_(images, non_blocking=True)
+        self.labels.copy_(labels, non_blocking=True)
+        self.dataset_index.copy_(dataset_index, non_blocking=True)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.out = self._step()
+        return self.out
+

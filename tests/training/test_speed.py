@@ -1,0 +1,112 @@
+"""TRAIN.compile and TRAIN.cuda_graphs: the same numbers, fewer launches. The capture itself needs CUDA; everything
+around it (static buffers, the in-graph non-finite flag, the tensor learning rate, the refusals) runs here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mseg_semantic.config import ConfigError, load_config
+from mseg_semantic.model import build_model
+from mseg_semantic.training.run import resolve_run
+from mseg_semantic.training.speed import GraphedStep, compile_regions
+from test_loop import _model, _poisoned, _run
+
+DEMO = ["dataset=[cityscapes-19,ade20k-150]", "batch_size=4", "max_iters=10"]
+
+
+def test_the_graphed_step_trains_exactly_like_the_fused_eager_loop(tmp_path):
+    graphed, _ = _run(tmp_path / "graphed", max_iters=5, fused=True, checkpoint_every=100, print_freq=5, model=_model(), grad_clip=0.5,
+                      **{"cuda_graphs": True})
+    eager, _ = _run(tmp_path / "eager", max_iters=5, fused=True, checkpoint_every=100, print_freq=5, model=_model(), grad_clip=0.5)
+    for a, b in zip(graphed.parameters(), eager.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_non_finite_loss_inside_the_graphed_step_skips_that_update(tmp_path):
+    from mseg_semantic.training.loop import NonFiniteLossError
+
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteLossError, match="at iteration 1; that update was skipped"):
+        _run(tmp_path, max_iters=4, fused=True, print_freq=2, checkpoint_every=100, step=_poisoned(1), model=model, cuda_graphs=True)
+    changed = [not torch.equal(a, b) for a, b in zip(model.parameters(), before)]
+    assert any(changed)  # iteration 2 was applied, iteration 1 was not (momentum from 1 would differ)
+
+
+def test_a_graphed_step_needs_the_fused_optimizer():
+    model = _model()
+    with pytest.raises(ValueError, match="fused optimizer"):
+        GraphedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, None,
+                    {"image": torch.zeros(1), "label": torch.zeros(1), "dataset_index": torch.zeros(1)}, capture=False)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["cuda_graphs=True", "precision=fp16"], "precision fp32 or bf16"),
+    (["cuda_graphs=True", "use_mgda=True"], "the cross-entropy step"),
+    (["compile=True", "use_mgda=True"], "compile=False"),
+])
+def test_unsupported_combinations_are_refused_naming_the_keys(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_run(load_config(None, DEMO + overrides))
+
+
+def test_cuda_graphs_under_torchrun_are_refused():
+    with pytest.raises(ConfigError, match="one process"):
+        resolve_run(load_config(None, DEMO + ["cuda_graphs=True"]), world_size=2)
+
+
+@pytest.mark.slow
+def test_regional_compile_keeps_outputs_gradients_and_parameter_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch.manual_seed(0)
+    eager = build_model("hrnet_tiny", 5)
+    compiled = build_model("hrnet_tiny", 5)
+    compiled.load_state_dict(eager.state_dict())
+    regions = compile_regions(compiled)
+    assert regions == ["layer1", "stage2.0", "stage3.0", "stage4.0", "head"]
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints stay interchangeable
+    x = torch.randn(2, 3, 40, 48)
+    outputs = [m(x) for m in (compiled, eager)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    for out in outputs:
+        out.square().mean().backward()
+    relative = {name: float((a.grad - b.grad).norm() / b.grad.norm()) for (name, a), b in zip(compiled.named_parameters(), eager.parameters())}
+    relative.pop("head.conv.bias")  # analytically zero (a bias before BatchNorm): its value is rounding noise
+    worst = max(relative, key=relative.get)
+    assert relative[worst] < 1e-3, (worst, relative[worst])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_captured_graph_replays_the_eager_step_and_undoes_its_warm_up():
+    from test_loop import CountingLoader
+    from mseg_semantic.training.gradients import StepContext
+    from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
+    from mseg_semantic.training.optim import build_sgd
+
+    def make():
+        model = _model().cuda()
+        optimizer = build_sgd(model.parameters(), torch.tensor(0.01, device="cuda"), 0.9, 1e-4, fused=True)
+        for p in model.parameters():
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return model, optimizer
+
+    batches = [{k: v.cuda() for k, v in b.items()} for _, b in zip(range(4), iter(CountingLoader()))]
+    for b in batches:
+        b["image"] = b["image"].float() / 255
+        b["label"] = b["label"].long()
+    ctx = StepContext(num_datasets=2)
+    model, optimizer = make()
+    initial = [p.detach().clone() for p in model.parameters()]
+    graphed = GraphedStep(model, optimizer, ce_backward_step, ctx, None, batches[0], capture=True)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), initial))  # the warm-up left no trace
+    reference, ref_opt = make()
+    reference.load_state_dict(model.state_dict())
+    for batch in batches:
+        graphed(batch["image"], batch["label"], batch["dataset_index"])
+        ref_opt.zero_grad(set_to_none=True)
+        ce_backward_step(reference, batch["image"], batch["label"], batch["dataset_index"], ctx)
+        ref_opt.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
