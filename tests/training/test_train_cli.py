@@ -154,3 +154,31 @@ def test_config_errors_name_the_key_and_exit_2(world, tmp_path, capsys, monkeypa
     monkeypatch.delenv("WORLD_SIZE")
     assert main(["--config", str(config), f"resume={weights_only}", f"output_dir={tmp_path / 'resumed'}"]) == EXIT_CONFIG_ERROR
     assert f"weights={weights_only}" in capsys.readouterr().err  # resume= needs a training checkpoint
+
+
+def test_a_resume_applies_or_refuses_each_changed_key_and_config_yaml_is_the_truth(world, tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", world, train={"max_iters": 4, "checkpoint_every": 2})
+    out = tmp_path / "run"
+    first = run_train(config, f"output_dir={out}", "max_iters=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (out / "model_final.pth").unlink()  # keep training this run
+    saved = (out / "config.yaml").read_text()
+
+    # a key that defines the run: refused, naming the key and both values; config.yaml untouched
+    refused = run_train(config, f"output_dir={out}", "max_iters=4", "seed=7")
+    assert refused.returncode == EXIT_CONFIG_ERROR
+    assert "TRAIN.seed is 7 but the run in this output_dir was started with 0" in refused.stderr
+    assert (out / "config.yaml").read_text() == saved
+
+    # schedule keys take effect from the resumed iteration, the log says so, config.yaml records them
+    resumed = run_train(config, f"output_dir={out}", "max_iters=4", "base_lr=0.05", "momentum=0.5", "weights=/elsewhere.pth")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resume: TRAIN.base_lr changed from 0.01 to 0.05; takes effect" in resumed.stderr
+    assert "resume: TRAIN.momentum changed from 0.9 to 0.5; takes effect" in resumed.stderr
+    assert "TRAIN.weights='/elsewhere.pth' is not used when resuming" in resumed.stderr
+    recorded = yaml.safe_load((out / "config.yaml").read_text())["TRAIN"]
+    assert (recorded["base_lr"], recorded["momentum"], recorded["weights"]) == (0.05, 0.5, None)
+    last = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["momentum"] == 0.5
+    logged = next(line for line in resumed.stderr.splitlines() if "iter 3/4 loss" in line)
+    assert f"lr {0.05 * (1 - 3 / 4) ** 0.9:.6f}" in logged  # the poly curve of the new base_lr, at iteration 3
