@@ -125,12 +125,18 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def prepare_model(model: torch.nn.Module, info: DistInfo, sync_bn: bool) -> torch.nn.Module:
-    """SyncBatchNorm (GPUs, several ranks, ``sync_bn``) and DistributedDataParallel when distributed."""
+def with_sync_batchnorm(model: torch.nn.Module, info: DistInfo, sync_bn: bool) -> torch.nn.Module:
+    """BatchNorm -> SyncBatchNorm for several ranks on GPUs with ``sync_bn`` (SyncBatchNorm is CUDA-only, so CPU runs
+    keep per-process BatchNorm); parameter names do not change."""
+    if info.distributed and sync_bn and info.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def wrap_distributed(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel when there are several ranks."""
     if not info.distributed:
         return model
-    if sync_bn and info.device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 

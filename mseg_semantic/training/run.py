@@ -35,7 +35,7 @@ from mseg_semantic.model import MODEL_NAMES, autocast_context, build_model, load
 from mseg_semantic.model.weights import resolve_weights
 from mseg_semantic.taxonomy import build_taxonomy_converter, taxonomy_names
 from mseg_semantic.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME, Checkpointer, TrainingParts, load_checkpoint
-from mseg_semantic.training.distributed import DistInfo, barrier, broadcast_object, per_rank_batch_size, prepare_model
+from mseg_semantic.training.distributed import DistInfo, barrier, broadcast_object, per_rank_batch_size, with_sync_batchnorm, wrap_distributed
 from mseg_semantic.training.gradients import BackwardStep, StepContext, backward_step_for
 from mseg_semantic.training.lock import OutputDirLock
 from mseg_semantic.training.loop import LoopSettings, recalibrate_batchnorm, train_loop
@@ -211,9 +211,10 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
         model.to(memory_format=torch.channels_last)
     if train.cuda_graphs and info.device.type != "cuda":
         raise ConfigError("TRAIN.cuda_graphs=True needs a CUDA device; none is visible")
-    if train.compile:
+    model = with_sync_batchnorm(model, info, train.sync_bn)
+    if train.compile:  # after SyncBatchNorm (the compiled regions trace the modules they will run), before DDP
         log.info(f"compiling {len(compile_regions(model))} model regions (cache: {inductor_cache_dir()})")
-    model = prepare_model(model, info, train.sync_bn)
+    model = wrap_distributed(model, info)
     # a CUDA graph replays the update with the learning rate it reads from a device tensor
     base_lr = torch.tensor(train.base_lr, device=info.device) if train.cuda_graphs else train.base_lr
     optimizer = build_sgd(model.parameters(), base_lr, train.momentum, train.weight_decay, fused=info.device.type == "cuda")
