@@ -220,3 +220,64 @@ def test_run_builds_a_set_valued_converter_for_partial_label():
     assert setup.loss == "partial_label" and setup.method == "mgda" and setup.converter.set_valued
     assert len(setup.converter.label_sets.set_codes) == 3  # cityscapes rider, bdd person, bdd rider
     assert not resolve_run(load_config(None, ["dataset=[cityscapes-19,bdd]"])).converter.set_valued
+
+
+# ---- whole runs ------------------------------------------------------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    from mseg_semantic.data.demo_world import generate
+
+    root = tmp_path_factory.mktemp("partial_demo_world")
+    generate(root, seed=0, counts={"train": 3, "val": 1}, heldout_counts={"val": 1})
+    return root
+
+
+def tiny_train(config: str, demo_root, output_dir, *extra, max_iters: int = 2) -> int:
+    from mseg_semantic.tool.train import main as train_main
+
+    overrides = [f"data_root={demo_root}", "generate_demo_world=False", f"output_dir={output_dir}", "model=hrnet_tiny",
+                 "train_h=48", "train_w=48", "short_size=64", "batch_size=3", f"max_iters={max_iters}", "workers=0",
+                 "checkpoint_every=1", "print_freq=1", "precise_bn_iters=0", "tensorboard=False", *extra]
+    return train_main(["--config", str(REPO / "config" / "train" / config), *overrides])
+
+
+def test_partial_label_demo_trains_and_resumes(demo_root, tmp_path):
+    output_dir = tmp_path / "partial"
+    assert tiny_train("demo_partial.yaml", demo_root, output_dir) == 0
+    final = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["meta"]["loss"] == "partial_label" and final["meta"]["num_classes"] == 194
+    assert all(torch.isfinite(v).all() for v in final["state_dict"].values() if v.is_floating_point())
+    assert "loss partial_label" in (output_dir / "train.log").read_text()
+    assert tiny_train("demo_partial.yaml", demo_root, output_dir, f"resume={output_dir / 'checkpoints' / 'last.pth'}", max_iters=3) == 0
+    assert "resuming from" in (output_dir / "train.log").read_text()
+    assert torch.load(output_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=False)["iteration"] == 3
+
+
+def test_the_crosswalk_example_trains_a_class_only_mapillary_labels(demo_root, tmp_path, monkeypatch):
+    """docs/training.md's worked example: a user taxonomy file adds `crosswalk`; the run's model has 195 classes."""
+    from mseg_semantic.taxonomy import catalog
+
+    monkeypatch.setattr(catalog, "_user", {})
+    monkeypatch.setattr(catalog, "_user_files", {})
+    monkeypatch.chdir(REPO)  # the config names the taxonomy file relative to the repository
+    output_dir = tmp_path / "crosswalk"
+    assert tiny_train("demo_crosswalk.yaml", demo_root, output_dir) == 0
+    final = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["meta"]["num_classes"] == 195 and final["meta"]["train_datasets"][2] == "mapillary-public65-crosswalk"
+    assert tiny_train("demo_crosswalk.yaml", demo_root, tmp_path / "bad", "taxonomy_files=[missing.tsv]") == 2
+
+
+def test_release_config_is_msegs_unrelabeled_recipe_with_the_partial_label_loss():
+    from mseg_semantic.training.run import resolve_run
+
+    partial = load_config(REPO / "config/train/1080_release/mseg-unrelabeled-partial.yaml")
+    plain = load_config(REPO / "config/train/1080_release/mseg-unrelabeled.yaml")
+    differences = {(section, key) for section, keys in partial.to_dict().items() if section != "STAGES"
+                   for key, value in keys.items() if plain.to_dict()[section][key] != value}
+    assert differences == {("TRAIN", "loss")}
+    setup = resolve_run(partial, world_size=7)
+    assert setup.loss == "partial_label" and setup.max_iters == 200_000 and len(setup.converter.label_sets.set_codes) == 30
