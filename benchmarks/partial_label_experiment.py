@@ -9,7 +9,7 @@ evaluated (1) zero-shot on the held-out camvid-11 exactly as `make demo` does (c
 universal taxonomy on the val splits of the three relabeled datasets (the fine truth), pooled, for the classes the
 datasets disagree on (riders, guard rails) and their neighbours.
 
-  python benchmarks/partial_label_experiment.py [--iters 600] [--out output/partial_label_experiment]
+  python benchmarks/partial_label_experiment.py [--iters 600] [--seed 0] [--out output/partial_label_experiment]
 
 Writes <out>/results.json and <out>/results.md and prints the table (about 12 minutes on an idle 2-core CPU).
 """
@@ -45,7 +45,7 @@ def train(run: str, args: argparse.Namespace) -> Path:
     _, config, datasets = RUNS[run]
     output_dir = args.out / run
     overrides = [f"output_dir={output_dir}", f"max_iters={args.iters}", f"dataset=[{','.join(datasets)}]",
-                 f"data_root={args.data_root}", "tensorboard=False"]
+                 f"data_root={args.data_root}", f"seed={args.seed}", "tensorboard=False"]
     code = train_main(["--config", str(REPO / "config" / "train" / config), *overrides])
     if code != 0:
         raise SystemExit(f"training {run} failed with exit code {code}")
@@ -95,7 +95,8 @@ def markdown(results: dict) -> str:
     load = results["load"]
     lines.append("")
     lines.append(f"camvid-11: zero-shot, val (24 images), as `make demo`. Universal classes: IoU pooled over the val splits "
-                 f"of {', '.join(RELABELED)} (fine truth). {results['iters']} iterations each; wall {results['wall_s']:.0f} s; "
+                 f"of {', '.join(RELABELED)} (fine truth). {results['iters']} iterations each, seed {results['seed']}; "
+                 f"wall {results['wall_s']:.0f} s; "
                  f"load average {load['before']} before, {load['after']} after ({load['cpus']} CPUs).")
     return "\n".join(lines) + "\n"
 
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("output/partial_label_experiment"))
     parser.add_argument("--data-root", default="output/demo_data")
     parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=sorted(RUNS))
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and data stream of all three runs (another seed "
+                        "shows the run-to-run variation; use another --out)")
     args = parser.parse_args(argv)
     from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             "universal_affected_mean": sum(known) / len(known) if known else None,
             "relabeled_val_miou": {d: m["miou"] for d, m in zip(RELABELED, fine)},
         }
-    results = {"iters": args.iters, "runs": runs, "wall_s": round(time.perf_counter() - started, 1),
+    results = {"iters": args.iters, "seed": args.seed, "runs": runs, "wall_s": round(time.perf_counter() - started, 1),
                "load": {"before": load_before, "after": load_average(), "cpus": os.cpu_count()},
                "data": "SYNTHETIC demo world (mseg_semantic/data/demo_world.py)"}
     table = markdown(results)
