@@ -322,7 +322,9 @@ def read_taxonomy_file(path: str | os.PathLike) -> tuple[list[Taxonomy], Validat
 
 
 def format_taxonomy(tax: Taxonomy) -> str:
-    """The file text of one block (inverse of parse_taxonomy_text)."""
+    """The file text of one block (inverse of parse_taxonomy_text); an extension is written resolved (whole)."""
+    if tax.extends:
+        raise ValueError(f"taxonomy {tax.name!r} extends {tax.extends!r} and is not resolved yet (resolve_extensions)")
     out = [f"taxonomy\t{tax.name}", f"role\t{tax.role}"]
     if tax.role in ("train", "test") and tax.maps_to != DEFAULT_UNIVERSAL:
         out.append(f"maps_to\t{tax.maps_to}")

@@ -139,6 +139,19 @@ def test_set_valued_converter_writes_codes_and_keeps_one_hot_maps():
         build_taxonomy_converter("naive", None, None, set_valued=True)
 
 
+def test_codes_past_255_make_the_labels_uint16(tmp_path):
+    """A label space whose set codes pass 255 travels as uint16 (int16 in a batch), like the naive taxonomy."""
+    classes = "".join(f"{i}\tc{i}\n" for i in range(250))
+    rows = "".join(f"{k}\tpair{k}\tc{2 * k}, c{2 * k + 1}\n" for k in range(8))
+    add_taxonomy_file(write(tmp_path, f"taxonomy\twide\nrole\tuniversal\nid\tname\n{classes}\n"
+                                      f"taxonomy\twide-a\nrole\ttrain\nmaps_to\twide\nid\tname\tuniversal\n{rows}"))
+    conv = TaxonomyConverter(["wide-a"], [], set_valued=True)
+    codes = conv.transform_label(np.arange(8, dtype=np.uint8), "wide-a")
+    assert codes.dtype == np.uint16 and codes.tolist() == [250, 251, 252, 253, 254, 256, 257, 258]
+    assert conv.label_sets.members[256] == (10, 11)
+    assert TaxonomyConverter(["wide-a"], []).transform_label(np.arange(8, dtype=np.uint8), "wide-a").dtype == np.uint8
+
+
 # ---- user files ----------------------------------------------------------------------------------------------------
 
 SETS_FILE = """\
