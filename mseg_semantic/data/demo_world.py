@@ -1,22 +1,29 @@
 """A small, seeded, SYNTHETIC multi-dataset world in MSeg's on-disk format (the demo's and the tests' data).
 
 No real dataset can be downloaded here, so this draws procedural street scenes (sky, buildings, road with lane
-markings and curbs, sidewalk, grass, trees, fences, poles with signs, cars, people, bicycles). Every object
-class has its own colour family and texture, the same in every dataset, so a universal class looks the same
-everywhere. Each dataset labels a scene only in its own taxonomy, as the real ones do:
+markings, zebra crossings and curbs, sidewalk, grass, trees, fences, guard rails, poles with signs, cars, people,
+bicycles and motorcycles, some ridden). Every object class has its own colour family and texture, the same in
+every dataset, so a universal class looks the same everywhere. Each dataset labels a scene only in its own
+taxonomy, as the real ones do, with the granularity conflicts that make MSeg's datasets disagree (the ones MSeg's
+relabeling records fix):
 
-- cityscapes-19: everything; curbs are 'sidewalk', lane markings 'road'.
-- ade20k-150: trees are 'tree', grass 'grass', and a traffic sign is a 'signboard', which MSeg's universal
-  taxonomy leaves unlabeled (so ADE teaches nothing about signs, as in MSeg).
-- mapillary-public65: its finer classes: 'Curb', 'Lane Marking - General', 'Traffic Sign (Front)'.
-- camvid-11 (held out, val/test only): 'Tree', 'Column_Pole', 'SignSymbol', 'Pedestrian', bicycles are
-  'Bicyclist'; it has no class for grass, which is 255.
+- cityscapes-19: curbs are 'sidewalk', lane markings and crossings 'road'; bicyclists AND motorcyclists are
+  'rider' (MSeg's one-hot target: bicyclist); guard rails are unlabeled (Cityscapes' 19 classes leave them out).
+- ade20k-150: trees are 'tree', grass 'grass', motorcycles 'minibike'; a traffic sign is a 'signboard', which
+  MSeg's universal taxonomy leaves unlabeled; riders are 'person'; guard rails are 'fence'.
+- mapillary-public65: its finer classes: 'Curb', 'Lane Marking - General', 'Lane Marking - Crosswalk',
+  'Traffic Sign (Front)', 'Bicyclist', 'Motorcyclist', 'Guard Rail'.
+- the `-relabeled` versions of the three (the same images): the fine truth in each relabeled taxonomy, which is
+  what MSeg's relabeling produced (bicyclist / motorcyclist / guard_rail wherever the taxonomy has them).
+- camvid-11 (held out, val/test only): 'Tree', 'Column_Pole', 'SignSymbol', 'Pedestrian', 'Bicyclist' (the
+  rider and the bicycle); no class for grass, guard rails or motorcycles (CamVid's MotorcycleScooter is
+  unlabeled in MSeg's camvid-11, and its Fence receives only MSeg's `fence`), which are 255.
 
 Training through the universal taxonomy merges these into one label space, which is what lets one model serve
 camvid-11 zero-shot. Datasets differ in image size and aspect, scene statistics and a slight colour cast.
 
 Layout under ``out_dir`` (``data_root=out_dir`` works with :mod:`mseg_semantic.data.catalog` unchanged):
-``<DATASET_DIRS[name]>/synthetic/{images,labels}/<split>/NNNNNN.{jpg,png}`` and
+``<DATASET_DIRS[name]>/synthetic/{images,labels,labels_relabeled}/<split>/NNNNNN.{jpg,png}`` and
 ``dataset_lists/<name>/list/<split>.txt``; ``README.txt`` says SYNTHETIC; ``DEMO_WORLD.json`` marks a complete
 world (generator version, seed, counts) so a second call with the same arguments does nothing.
 """
@@ -38,28 +45,57 @@ from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
 from mseg_semantic.errors import UserError
 from mseg_semantic.taxonomy import load_class_names
 
-GENERATOR_VERSION = 2  # bump whenever the generated images or labels change
+GENERATOR_VERSION = 3  # bump whenever the generated images or labels change
 MARKER = "DEMO_WORLD.json"
 DEMO_TRAIN_DATASETS = ("cityscapes-19", "ade20k-150", "mapillary-public65")
+RELABELED_SUFFIX = "-relabeled"
+# the same images as the training datasets, labelled with the fine truth in MSeg's relabeled taxonomies
+DEMO_RELABELED_DATASETS = tuple(name + RELABELED_SUFFIX for name in DEMO_TRAIN_DATASETS)
 DEMO_TEST_DATASETS = ("camvid-11",)
 
 # The objects the generator draws (index = world id) and what each dataset calls them (None: unlabeled, 255).
+# bicyclist / motorcyclist are the person riding (the vehicle under them is bicycle / motorcycle).
 WORLD_CLASSES = ("sky", "building", "road", "lane_marking", "curb", "sidewalk", "terrain", "vegetation",
-                 "fence", "pole", "traffic_sign", "car", "person", "bicycle")
+                 "fence", "pole", "traffic_sign", "car", "person", "bicycle",
+                 "bicyclist", "motorcyclist", "motorcycle", "guard_rail", "crosswalk")
 DATASET_CLASS_NAMES: dict[str, dict[str, str | None]] = {
     "cityscapes-19": {"sky": "sky", "building": "building", "road": "road", "lane_marking": "road", "curb": "sidewalk",
                       "sidewalk": "sidewalk", "terrain": "terrain", "vegetation": "vegetation", "fence": "fence",
-                      "pole": "pole", "traffic_sign": "traffic sign", "car": "car", "person": "person", "bicycle": "bicycle"},
+                      "pole": "pole", "traffic_sign": "traffic sign", "car": "car", "person": "person", "bicycle": "bicycle",
+                      "bicyclist": "rider", "motorcyclist": "rider", "motorcycle": "motorcycle", "guard_rail": None,
+                      "crosswalk": "road"},
     "ade20k-150": {"sky": "sky", "building": "building", "road": "road", "lane_marking": "road", "curb": "sidewalk",
                    "sidewalk": "sidewalk", "terrain": "grass", "vegetation": "tree", "fence": "fence", "pole": "pole",
-                   "traffic_sign": "signboard", "car": "car", "person": "person", "bicycle": "bicycle"},
+                   "traffic_sign": "signboard", "car": "car", "person": "person", "bicycle": "bicycle",
+                   "bicyclist": "person", "motorcyclist": "person", "motorcycle": "minibike", "guard_rail": "fence",
+                   "crosswalk": "road"},
     "mapillary-public65": {"sky": "Sky", "building": "Building", "road": "Road", "lane_marking": "Lane Marking - General",
                            "curb": "Curb", "sidewalk": "Sidewalk", "terrain": "Terrain", "vegetation": "Vegetation",
                            "fence": "Fence", "pole": "Pole", "traffic_sign": "Traffic Sign (Front)", "car": "Car",
-                           "person": "Person", "bicycle": "Bicycle"},
+                           "person": "Person", "bicycle": "Bicycle", "bicyclist": "Bicyclist", "motorcyclist": "Motorcyclist",
+                           "motorcycle": "Motorcycle", "guard_rail": "Guard Rail", "crosswalk": "Lane Marking - Crosswalk"},
+    "cityscapes-19-relabeled": {"sky": "sky", "building": "building", "road": "road", "lane_marking": "road",
+                                "curb": "sidewalk_pavement", "sidewalk": "sidewalk_pavement", "terrain": "terrain",
+                                "vegetation": "vegetation", "fence": "fence", "pole": "pole", "traffic_sign": "traffic_sign",
+                                "car": "car", "person": "person", "bicycle": "bicycle", "bicyclist": "bicyclist",
+                                "motorcyclist": "motorcyclist", "motorcycle": "motorcycle", "guard_rail": None,
+                                "crosswalk": "road"},
+    "ade20k-150-relabeled": {"sky": "sky", "building": "building", "road": "road", "lane_marking": "road",
+                             "curb": "sidewalk_pavement", "sidewalk": "sidewalk_pavement", "terrain": "terrain",
+                             "vegetation": "vegetation", "fence": "fence", "pole": "pole", "traffic_sign": None,
+                             "car": "car", "person": "person", "bicycle": "bicycle", "bicyclist": "bicyclist",
+                             "motorcyclist": "motorcyclist", "motorcycle": "motorcycle", "guard_rail": "guard_rail",
+                             "crosswalk": "road"},
+    "mapillary-public65-relabeled": {"sky": "sky", "building": "building", "road": "road", "lane_marking": "road",
+                                     "curb": "sidewalk_pavement", "sidewalk": "sidewalk_pavement", "terrain": "terrain",
+                                     "vegetation": "vegetation", "fence": "fence", "pole": "pole",
+                                     "traffic_sign": "traffic_sign", "car": "car", "person": "person", "bicycle": "bicycle",
+                                     "bicyclist": "bicyclist", "motorcyclist": "motorcyclist", "motorcycle": "motorcycle",
+                                     "guard_rail": "guard_rail", "crosswalk": "road"},
     "camvid-11": {"sky": "Sky", "building": "Building", "road": "Road", "lane_marking": "Road", "curb": "Sidewalk",
                   "sidewalk": "Sidewalk", "terrain": None, "vegetation": "Tree", "fence": "Fence", "pole": "Column_Pole",
-                  "traffic_sign": "SignSymbol", "car": "Car", "person": "Pedestrian", "bicycle": "Bicyclist"},
+                  "traffic_sign": "SignSymbol", "car": "Car", "person": "Pedestrian", "bicycle": "Bicyclist",
+                  "bicyclist": "Bicyclist", "motorcyclist": None, "motorcycle": None, "guard_rail": None, "crosswalk": "Road"},
 }
 _W = {name: i for i, name in enumerate(WORLD_CLASSES)}
 
@@ -78,13 +114,21 @@ class Style:
     terrain_prob: float  # chance that grass lies beyond the sidewalks
     fence_prob: float
     cast: tuple[float, float, float]
+    riders: tuple[int, int] = (0, 0)  # people riding a bicycle or a motorcycle on the road
+    motorcycles: tuple[int, int] = (0, 0)  # parked beside the road
+    guard_rail_prob: float = 0.0
+    crossing_prob: float = 0.0
 
 
 STYLES: dict[str, Style] = {
-    "cityscapes-19": Style(((128, 256),), (2, 5), (1, 4), (0, 2), (1, 3), (1, 3), 0.9, 0.4, 0.4, (1.0, 1.0, 1.0)),
-    "ade20k-150": Style(((160, 160), (144, 192), (192, 144)), (0, 2), (0, 3), (0, 1), (2, 5), (0, 2), 0.6, 0.8, 0.5, (1.04, 1.0, 0.95)),
-    "mapillary-public65": Style(((144, 192), (108, 192)), (1, 4), (0, 3), (0, 2), (1, 4), (1, 3), 0.75, 0.6, 0.4, (0.96, 1.0, 1.04)),
-    "camvid-11": Style(((144, 192),), (1, 4), (1, 3), (0, 2), (1, 3), (1, 2), 0.85, 0.4, 0.4, (1.03, 1.0, 0.97)),
+    "cityscapes-19": Style(((128, 256),), (2, 5), (1, 4), (0, 2), (1, 3), (1, 3), 0.9, 0.4, 0.4, (1.0, 1.0, 1.0),
+                           (1, 3), (0, 1), 0.3, 0.4),
+    "ade20k-150": Style(((160, 160), (144, 192), (192, 144)), (0, 2), (0, 3), (0, 1), (2, 5), (0, 2), 0.6, 0.8, 0.5, (1.04, 1.0, 0.95),
+                        (1, 2), (0, 1), 0.35, 0.3),
+    "mapillary-public65": Style(((144, 192), (108, 192)), (1, 4), (0, 3), (0, 2), (1, 4), (1, 3), 0.75, 0.6, 0.4, (0.96, 1.0, 1.04),
+                                (1, 3), (0, 1), 0.35, 0.4),
+    "camvid-11": Style(((144, 192),), (1, 4), (1, 3), (0, 2), (1, 3), (1, 2), 0.85, 0.4, 0.4, (1.03, 1.0, 0.97),
+                       (1, 2), (0, 1), 0.3, 0.4),
 }
 DEFAULT_COUNTS = {"train": 60, "val": 20}
 HELDOUT_COUNTS = {"val": 24, "test": 24}
@@ -93,9 +137,13 @@ HELDOUT_COUNTS = {"val": 24, "test": 24}
 _BUILDING_COLORS = ((182, 160, 128), (150, 150, 158), (160, 92, 72), (205, 192, 168), (128, 112, 100))
 _CAR_COLORS = ((190, 30, 35), (30, 65, 170), (225, 225, 230), (235, 190, 40), (40, 140, 150))
 _SHIRT_COLORS = ((220, 60, 160), (240, 140, 20), (60, 200, 220), (150, 60, 210), (230, 230, 80))
+_JACKET_COLORS = ((40, 40, 44), (70, 36, 30), (34, 48, 70))  # motorcyclists: dark leather
+_HELMET_COLORS = ((250, 250, 250), (250, 215, 0), (0, 190, 90))  # bicyclists: small bright helmets
+_MOTORCYCLE_COLORS = ((150, 20, 25), (25, 25, 30), (20, 60, 140), (200, 200, 205))
 _NOISE = np.zeros(256, np.float32)
 for _name, _amp in {"sky": 2, "building": 6, "road": 7, "lane_marking": 3, "curb": 4, "sidewalk": 4, "terrain": 16,
-                    "vegetation": 22, "fence": 6, "pole": 3, "traffic_sign": 2, "car": 3, "person": 4, "bicycle": 3}.items():
+                    "vegetation": 22, "fence": 6, "pole": 3, "traffic_sign": 2, "car": 3, "person": 4, "bicycle": 3,
+                    "bicyclist": 4, "motorcyclist": 3, "motorcycle": 3, "guard_rail": 2, "crosswalk": 3}.items():
     _NOISE[_W[_name]] = _amp
 
 
@@ -199,7 +247,38 @@ def _paint_ground(c: _Canvas, rng: np.random.Generator, w: int, h: int, horizon:
         xa = vx + ((road_l + road_r) / 2 - vx) * a ** 1.5
         xb = vx + ((road_l + road_r) / 2 - vx) * b ** 1.5
         c.line((xa, ya), (xb, yb), "lane_marking", (232, 232, 220), int(1 + 4 * b ** 1.5))
+    if rng.random() < style.crossing_prob:
+        _paint_crossing(c, rng, street)
+    if rng.random() < style.guard_rail_prob:
+        _paint_guard_rail(c, rng, street)
     return street
+
+
+def _paint_crossing(c: _Canvas, rng: np.random.Generator, street: _Street) -> None:
+    """A zebra crossing: white bars across the road, in perspective (Mapillary's 'Lane Marking - Crosswalk')."""
+    near = rng.uniform(0.3, 0.75)
+    y0, y1 = street.horizon + street.ground * near, street.horizon + street.ground * near * 1.18
+    (l0, r0), (l1, r1) = street.road_span(y0), street.road_span(y1)
+    bars = int(rng.integers(6, 10))
+    for k in range(bars):
+        a, b = (k + 0.2) / bars, (k + 0.7) / bars
+        c.poly([(l0 + (r0 - l0) * a, y0), (l0 + (r0 - l0) * b, y0), (l1 + (r1 - l1) * b, y1), (l1 + (r1 - l1) * a, y1)],
+               "crosswalk", (238, 238, 232))
+
+
+def _paint_guard_rail(c: _Canvas, rng: np.random.Generator, street: _Street) -> None:
+    """A metal guard rail along one road edge, a band with posts, rising towards the camera."""
+    side = 0 if rng.random() < 0.5 else 1
+    f0, f1 = sorted(rng.uniform(0.15, 1.0, 2))
+    f1 = max(f1, f0 + 0.25)
+    ys = [street.horizon + street.ground * f for f in np.linspace(f0, f1, 6)]
+    xs = [street.road_span(y)[side] + (-1 if side == 0 else 1) * 0.05 * (y - street.horizon) for y in ys]
+    heights = [0.16 * (y - street.horizon) for y in ys]
+    top = [(x, y - h) for x, y, h in zip(xs, ys, heights)]
+    band = [(x, y - 0.4 * h) for x, y, h in zip(xs, ys, heights)]
+    c.poly(top + band[::-1], "guard_rail", (188, 192, 198))
+    for x, y, h in zip(xs, ys, heights):
+        c.line((x, y - h), (x, y), "guard_rail", (120, 124, 130), max(1, int(0.12 * h)))
 
 
 def _paint_car(c: _Canvas, rng: np.random.Generator, base: float, s: float, left: float, right: float) -> None:
@@ -229,6 +308,42 @@ def _paint_bicycle(c: _Canvas, rng: np.random.Generator, px: float, base: float,
     c.line((px - r * 1.3, base - r), (px, base - r * 2.2), "bicycle", frame, thick)
     c.line((px, base - r * 2.2), (px + r * 1.3, base - r), "bicycle", frame, thick)
     c.line((px - r * 0.2, base - r), (px + r * 0.6, base - r * 2.3), "bicycle", frame, thick)
+
+
+def _paint_motorcycle(c: _Canvas, rng: np.random.Generator, px: float, base: float, s: float) -> None:
+    """Heavier than a bicycle: solid dark wheels, a coloured tank and seat, a grey engine."""
+    r = 0.08 * s
+    body = _MOTORCYCLE_COLORS[rng.integers(len(_MOTORCYCLE_COLORS))]
+    for wx in (px - r * 1.5, px + r * 1.5):
+        c.circle(wx, base - r, r, "motorcycle", (20, 20, 20))
+        c.circle(wx, base - r, r * 0.4, "motorcycle", (150, 150, 155))
+    c.rect(px - r * 0.7, base - r * 1.6, px + r * 0.5, base - r * 0.8, "motorcycle", (110, 110, 115))  # engine
+    c.poly([(px - r * 1.5, base - r * 1.7), (px + r * 1.2, base - r * 2.2), (px + r * 1.3, base - r * 1.5),
+            (px - r * 1.4, base - r * 1.3)], "motorcycle", body)
+    c.line((px + r * 1.2, base - r * 2.1), (px + r * 1.5, base - r * 1.0), "motorcycle", (60, 60, 64), max(1, int(r * 0.3)))
+
+
+def _paint_rider(c: _Canvas, rng: np.random.Generator, px: float, base: float, s: float, kind: str) -> None:
+    """A person riding: a bicyclist (bright shirt, small bright helmet, leaning forward over a bicycle) or a
+    motorcyclist (dark jacket, full dark helmet, upright on a motorcycle). Labelled as the rider's world class;
+    the vehicle under them keeps its own class."""
+    r = 0.07 * s
+    if kind == "bicyclist":
+        _paint_bicycle(c, rng, px, base, s)
+        shirt = _SHIRT_COLORS[rng.integers(len(_SHIRT_COLORS))]
+        hip, shoulder, head = (px - r * 0.2, base - r * 2.5), (px + r * 0.6, base - r * 4.0), (px + r * 0.8, base - r * 4.6)
+        helmet = _HELMET_COLORS[rng.integers(len(_HELMET_COLORS))]
+    else:
+        _paint_motorcycle(c, rng, px, base, s)
+        shirt = _JACKET_COLORS[rng.integers(len(_JACKET_COLORS))]
+        hip, shoulder, head = (px - r * 0.4, base - r * 2.4), (px - r * 0.2, base - r * 4.1), (px - r * 0.1, base - r * 4.7)
+        helmet = (30, 30, 34)
+    thick = max(1, int(r * 0.55))
+    c.line(hip, (px + r * 0.1, base - r * 1.1), kind, (42, 44, 92), thick)  # leg to the pedal / footpeg
+    c.line(hip, shoulder, kind, shirt, max(1, int(r * 0.9)))  # torso
+    c.line(shoulder, (px + r * 1.1, base - r * 2.6), kind, shirt, thick)  # arm to the handlebar
+    c.circle(head[0], head[1], r * 0.45, kind, (226, 182, 150) if kind == "bicyclist" else helmet)
+    c.circle(head[0], head[1] - r * 0.2, r * 0.38, kind, helmet)
 
 
 def _paint_pole(c: _Canvas, rng: np.random.Generator, px: float, base: float, s: float) -> None:
@@ -263,14 +378,17 @@ def _paint_fence(c: _Canvas, rng: np.random.Generator, w: int, base: float, s: f
         c.line((sx, base - fh), (sx, base), None, (104, 74, 44), 1)
 
 
-_ROADSIDE_PAINTERS = {"person": _paint_person, "bicycle": _paint_bicycle, "pole": _paint_pole, "tree": _paint_tree}
+_ROADSIDE_PAINTERS = {"person": _paint_person, "bicycle": _paint_bicycle, "pole": _paint_pole, "tree": _paint_tree,
+                      "motorcycle": _paint_motorcycle}
 
 
 def _paint_objects(c: _Canvas, rng: np.random.Generator, w: int, h: int, street: _Street, style: Style) -> None:
-    """Cars on the road, people, bicycles, poles and trees beside it, maybe a fence: painted far to near."""
+    """Cars and riders on the road; people, bicycles, motorcycles, poles and trees beside it; maybe a fence:
+    painted far to near."""
     objects = []  # (base y, kind)
     for kind, (lo, hi) in (("car", style.cars), ("person", style.people), ("bicycle", style.bicycles),
-                           ("tree", style.trees), ("pole", style.poles)):
+                           ("tree", style.trees), ("pole", style.poles), ("rider", style.riders),
+                           ("motorcycle", style.motorcycles)):
         for _ in range(rng.integers(lo, hi + 1)):
             objects.append((street.horizon + street.ground * rng.uniform(0.2, 1.0) ** 0.9, kind))
     if rng.random() < style.fence_prob:
@@ -280,6 +398,9 @@ def _paint_objects(c: _Canvas, rng: np.random.Generator, w: int, h: int, street:
         left, right = street.road_span(base)
         if kind == "car":
             _paint_car(c, rng, base, s, left, right)
+        elif kind == "rider":  # in the outer quarter of the road, where bicycles and motorcycles keep
+            px = left + (right - left) * (rng.uniform(0.08, 0.25) if rng.random() < 0.5 else rng.uniform(0.75, 0.92))
+            _paint_rider(c, rng, px, base, s, "bicyclist" if rng.random() < 0.55 else "motorcyclist")
         elif kind == "fence":
             _paint_fence(c, rng, w, base, s)
         else:
@@ -311,6 +432,11 @@ def _render_scene(rng: np.random.Generator, h: int, w: int, style: Style) -> tup
     return _textured(c, rng, h, w, style), c.label
 
 
+def world_dataset(dataset: str) -> str:
+    """The dataset whose scenes a (relabeled) dataset shows: ``cityscapes-19-relabeled`` -> ``cityscapes-19``."""
+    return dataset[: -len(RELABELED_SUFFIX)] if dataset in DEMO_RELABELED_DATASETS else dataset
+
+
 def dataset_label_table(dataset: str) -> np.ndarray:
     """world id -> the dataset's label id (255 where its taxonomy has no class), via the taxonomy's names."""
     names = load_class_names(dataset)
@@ -324,13 +450,20 @@ def dataset_label_table(dataset: str) -> np.ndarray:
     return table
 
 
-def render_sample(dataset: str, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image (RGB uint8) and its label in ``dataset``'s taxonomy; a function of its arguments only."""
+def render_world(dataset: str, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image (RGB uint8) of ``dataset``'s scenes and its world ids (the fine truth); a function of its arguments
+    only (a relabeled dataset shows the same scenes as its dataset)."""
+    dataset = world_dataset(dataset)
     key = [seed, sorted(STYLES).index(dataset), ("train", "val", "test").index(split), index]
     rng = np.random.default_rng(np.random.SeedSequence(key))
     style = STYLES[dataset]
     h, w = style.sizes[rng.integers(len(style.sizes))]
-    image, world = _render_scene(rng, h, w, style)
+    return _render_scene(rng, h, w, style)
+
+
+def render_sample(dataset: str, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image (RGB uint8) and its label in ``dataset``'s taxonomy; a function of its arguments only."""
+    image, world = render_world(dataset, seed, split, index)
     return image, dataset_label_table(dataset)[world]
 
 
@@ -360,7 +493,8 @@ def generate(
     """Write the synthetic world under ``out_dir`` (see the module docstring); idempotent unless ``force``.
 
     ``counts``: images per split of each training dataset (default train 60, val 20); ``heldout_counts``:
-    of camvid-11 (default val 24, test 24). Takes a few seconds and ~4 MB.
+    of camvid-11 (default val 24, test 24). The relabeled versions of the training datasets share their images and
+    splits. Takes a few seconds and ~7 MB.
     """
     root = Path(out_dir)
     counts = dict(DEFAULT_COUNTS if counts is None else counts)
@@ -384,16 +518,21 @@ def generate(
     for name, splits in plan.items():
         dataset_dir = root / DATASET_DIRS[name]
         shutil.rmtree(dataset_dir / "synthetic", ignore_errors=True)  # only what this generator wrote
+        # a training dataset's images also carry its relabeled version's labels (the fine truth)
+        versions = {name: "labels"} | ({name + RELABELED_SUFFIX: "labels_relabeled"} if name in DEMO_TRAIN_DATASETS else {})
+        tables = {version: dataset_label_table(version) for version in versions}
         for split, n in splits.items():
-            lines = []
+            lines: dict[str, list[str]] = {version: [] for version in versions}
             for index in range(n):
-                image, label = render_sample(name, seed, split, index)
+                image, world = render_world(name, seed, split, index)
                 rgb_rel = f"synthetic/images/{split}/{index:06d}.jpg"
-                label_rel = f"synthetic/labels/{split}/{index:06d}.png"
                 atomic_write_bytes(dataset_dir / rgb_rel, _encode(".jpg", image[:, :, ::-1], (cv2.IMWRITE_JPEG_QUALITY, 92)))
-                atomic_write_bytes(dataset_dir / label_rel, _encode(".png", label))
-                lines.append(f"{rgb_rel} {label_rel}\n")
-            atomic_write_text(default_list_file(root, name, split), "".join(lines))
+                for version, folder in versions.items():
+                    label_rel = f"synthetic/{folder}/{split}/{index:06d}.png"
+                    atomic_write_bytes(dataset_dir / label_rel, _encode(".png", tables[version][world]))
+                    lines[version].append(f"{rgb_rel} {label_rel}\n")
+            for version in versions:
+                atomic_write_text(default_list_file(root, version, split), "".join(lines[version]))
     atomic_write_text(root / "README.txt", _README.format(seed=seed))
     atomic_write_json(marker_path, marker, indent=1)
     return DemoWorld(root, DEMO_TRAIN_DATASETS, DEMO_TEST_DATASETS, plan, generated=True)

@@ -12,6 +12,7 @@ from mseg_semantic.taxonomy.catalog import (
     UNRELABELED_TRAIN_DATASETS,
     ZERO_SHOT_DATASETS,
     add_taxonomy_file,
+    add_taxonomy_files,
     get_taxonomy,
     load_class_colors,
     load_class_names,
@@ -29,11 +30,12 @@ from mseg_semantic.taxonomy.converter import (
     build_taxonomy_converter,
 )
 from mseg_semantic.taxonomy.files import IGNORE_INDEX, Problem, Taxonomy, TaxonomyFileError, ValidationReport
+from mseg_semantic.taxonomy.label_sets import LabelSets
 
 __all__ = [
-    "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "IGNORE_INDEX", "MODEL_TAXONOMIES", "NUM_UNIVERSAL_CLASSES",
+    "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "IGNORE_INDEX", "LabelSets", "MODEL_TAXONOMIES", "NUM_UNIVERSAL_CLASSES",
     "RELABELED_TRAIN_DATASETS", "UNRELABELED_TRAIN_DATASETS", "ZERO_SHOT_DATASETS", "NaiveTaxonomyConverter",
     "OracleTaxonomyConverter", "Problem", "Projection", "Taxonomy", "TaxonomyConverter", "TaxonomyFileError",
-    "UnknownLabelError", "ValidationReport", "add_taxonomy_file", "build_taxonomy_converter", "get_taxonomy",
+    "UnknownLabelError", "ValidationReport", "add_taxonomy_file", "add_taxonomy_files", "build_taxonomy_converter", "get_taxonomy",
     "load_class_colors", "load_class_names", "naive_class_names", "taxonomy_names", "validate_file",
 ]

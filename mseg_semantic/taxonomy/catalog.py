@@ -16,7 +16,7 @@ from mseg_semantic.taxonomy.files import (
     palette,
     read_taxonomy_file,
 )
-from mseg_semantic.taxonomy.validation import validate_taxonomies
+from mseg_semantic.taxonomy.validation import resolve_extensions, validate_taxonomies
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 NUM_UNIVERSAL_CLASSES = 194
@@ -38,6 +38,7 @@ NAIVE = "naive"
 
 _builtin: dict[str, Taxonomy] = {}
 _user: dict[str, Taxonomy] = {}
+_user_files: dict[str, tuple[str | None, tuple[str, ...]]] = {}  # resolved path -> (text, names) added by add_taxonomy_files
 
 
 def builtin_taxonomy_names() -> list[str]:
@@ -93,19 +94,49 @@ def load_class_colors(taxonomy_name: str) -> np.ndarray:
 
 
 def validate_file(path: str | os.PathLike) -> tuple[list[Taxonomy], ValidationReport]:
-    """Parse and check a user file against everything already known; registers nothing."""
+    """Parse and check a user file against everything already known; registers nothing. Blocks that extend
+    another taxonomy come back resolved (whole)."""
     blocks, report = read_taxonomy_file(path)
-    report.extend(validate_taxonomies(blocks, all_taxonomies()))
+    known = all_taxonomies()
+    blocks, extension_report = resolve_extensions(blocks, known)
+    report.extend(extension_report)
+    report.extend(validate_taxonomies(blocks, known))
     return blocks, report
 
 
 def add_taxonomy_file(path: str | os.PathLike) -> ValidationReport:
     """Make the taxonomies of a user file available by name. Raises TaxonomyFileError listing every error;
     returns the report (warnings) otherwise."""
+    return _register(path)[1]
+
+
+def _register(path) -> tuple[list[Taxonomy], ValidationReport]:
     blocks, report = validate_file(path)
     report.raise_if_errors()
     for tax in blocks:
         _user[tax.name] = tax
+    return blocks, report
+
+
+def add_taxonomy_files(paths) -> ValidationReport:
+    """``add_taxonomy_file`` for each path, once per process: a file added before with the same content is skipped
+    (a run builds its converter once per stage). A file whose content changed since it was added is an error."""
+    report = ValidationReport()
+    for path in paths:
+        key = str(Path(path).expanduser().resolve())
+        try:
+            text = Path(key).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None  # add_taxonomy_file reports it, naming the file
+        added_text, names = _user_files.get(key, (None, ()))
+        if text is not None and added_text is not None and all(_user.get(n) is not None for n in names):
+            if added_text != text:
+                report.error(path, None, None, "this taxonomy file changed since this process added it; restart")
+                report.raise_if_errors()
+            continue
+        blocks, file_report = _register(path)
+        report.extend(file_report)
+        _user_files[key] = (text, tuple(tax.name for tax in blocks))
     return report
 
 

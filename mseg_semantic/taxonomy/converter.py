@@ -33,6 +33,7 @@ from mseg_semantic.taxonomy.catalog import (
     taxonomy_names,
 )
 from mseg_semantic.taxonomy.files import DEFAULT_UNIVERSAL, IGNORE_INDEX, UNLABELED, TaxonomyFileError
+from mseg_semantic.taxonomy.label_sets import LabelSets
 from mseg_semantic.taxonomy.validation import validate_taxonomies
 
 UNKNOWN_MODES = ("error", "ignore")
@@ -251,6 +252,8 @@ class _LabelSpaceConverter:
         self.dataset_class_names = {d: list(get_taxonomy(d).class_names)
                                     for d in dict.fromkeys(self.train_datasets + self.test_datasets)}
         self.label_maps: dict[str, dict[int, int]] = {}  # training dataset: source id -> model id (255 -> 255)
+        # what the ids transform_label writes stand for: model classes (one-hot), or label-set codes (set_valued)
+        self.label_sets = LabelSets.singletons(self.num_classes)
         self._tables: dict[str, LabelTable] = {}
         self._projections: dict[str, Projection] = {}
 
@@ -261,10 +264,13 @@ class _LabelSpaceConverter:
     id_to_uid_maps = property(lambda self: self.label_maps)
     dataset_classnames = property(lambda self: self.dataset_class_names)
 
-    def _add_train_mapping(self, dataset: str, id2uid: dict[int, int]) -> None:
+    def _add_train_mapping(self, dataset: str, id2uid: dict[int, int], id2label: dict[int, int] | None = None) -> None:
+        """``id2uid``: one-hot targets (MSeg's mapping); ``id2label``: what transform_label writes, when that differs
+        (label-set codes)."""
         self.label_maps[dataset] = {**id2uid, IGNORE_INDEX: IGNORE_INDEX}
-        self._tables[dataset] = LabelTable.from_mapping(dataset, len(self.dataset_class_names[dataset]), id2uid,
-                                                        max_model_id=self.num_classes - 1)
+        self._tables[dataset] = LabelTable.from_mapping(dataset, len(self.dataset_class_names[dataset]),
+                                                        id2uid if id2label is None else id2label,
+                                                        max_model_id=max(self.num_classes - 1, self.label_sets.max_label_id))
 
     def _add_test_projection(self, dataset: str, pairs: list[tuple[int, int]]) -> None:
         members: list[list[int]] = [[] for _ in self.dataset_class_names[dataset]]
@@ -277,7 +283,8 @@ class _LabelSpaceConverter:
                                 f"{did_you_mean(dataset, known)}; its {role} datasets: {', '.join(known)}")
 
     def transform_label(self, label, dataset: str, unknown: str = "error"):
-        """Map a label in `dataset`'s taxonomy to model ids. numpy in -> numpy out (uint8, or uint16 when a
+        """Map a label in `dataset`'s taxonomy to model ids (a set-valued converter: to the label ids of
+        ``label_sets``, model ids for classes of one). numpy in -> numpy out (uint8, or uint16 when a
         target id exceeds 255); torch in -> torch out (input dtype when it holds the ids, else int64).
         255 stays 255. Ids the dataset does not have raise UnknownLabelError, or become 255 with
         unknown='ignore'."""
@@ -325,6 +332,18 @@ class _LabelSpaceConverter:
         raise self._unknown(dataset, "training or test", list(self.label_maps) + list(self._projections))
 
 
+def _universal_of(datasets: list[str]) -> str:
+    """The universal taxonomy the datasets map to (MSeg's when there are none); they must agree."""
+    targets = {d: get_taxonomy(d).maps_to for d in dict.fromkeys(datasets)}
+    distinct = sorted(set(targets.values()))
+    if len(distinct) > 1:
+        shown = ", ".join(f"{d} -> {u}" for d, u in targets.items())
+        raise UserError(f"the datasets map to different universal taxonomies ({shown}); one model has one label space: "
+                        "use datasets that map to the same one (a user taxonomy file can map a dataset to another "
+                        "with a block that 'extends' it)")
+    return distinct[0] if distinct else DEFAULT_UNIVERSAL
+
+
 def _require_role(name: str, roles: tuple[str, ...], purpose: str) -> None:
     tax = get_taxonomy(name)
     if tax.role not in roles:
@@ -333,16 +352,23 @@ def _require_role(name: str, roles: tuple[str, ...], purpose: str) -> None:
 
 
 class TaxonomyConverter(_LabelSpaceConverter):
-    """MSeg's universal taxonomy: universal id = MSeg's id, so MSeg's released checkpoints stay usable."""
+    """MSeg's universal taxonomy: universal id = MSeg's id, so MSeg's released checkpoints stay usable.
+
+    ``universal``: the universal taxonomy (default: the one the datasets map to, else MSeg's). ``set_valued``:
+    transform_label writes label-set codes (``label_sets``) instead of one-hot targets, for partial-label
+    training; ``class_sets`` holds every training class's set either way.
+    """
 
     model_taxonomy = "universal"
 
     def __init__(self, train_datasets=tuple(DEFAULT_TRAIN_DATASETS), test_datasets=tuple(DEFAULT_TEST_DATASETS),
-                 universal: str = DEFAULT_UNIVERSAL):
+                 universal: str | None = None, set_valued: bool = False):
         for d in train_datasets:
             _require_role(d, ("train",), "training dataset of a universal converter")
         for d in test_datasets:
             _require_role(d, ("test",), "test dataset of a universal converter")
+        if universal is None:
+            universal = _universal_of([*train_datasets, *test_datasets])
         _require_role(universal, ("universal",), "universal taxonomy")
         uni = get_taxonomy(universal)
         involved = [get_taxonomy(d) for d in dict.fromkeys([*train_datasets, *test_datasets])]
@@ -354,9 +380,18 @@ class TaxonomyConverter(_LabelSpaceConverter):
             raise TaxonomyFileError(report)
         super().__init__(train_datasets, test_datasets, list(uni.class_names))
         self.universal = universal
+        self.set_valued = bool(set_valued)
+        # training dataset -> per source class: its label set as model ids, the one-hot target first; () = ignore
+        self.class_sets: dict[str, list[tuple[int, ...]]] = {
+            d: [() if t[0] == UNLABELED else tuple(self.name_to_id[u] for u in t) for t in get_taxonomy(d).universal]
+            for d in self.train_datasets}
+        if self.set_valued:
+            self.label_sets = LabelSets.for_sets(self.num_classes, (s for d in self.train_datasets for s in self.class_sets[d]))
         for d in self.train_datasets:
-            tax = get_taxonomy(d)
-            self._add_train_mapping(d, {i: self.name_to_id[t[0]] for i, t in enumerate(tax.universal)})
+            sets = self.class_sets[d]
+            one_hot = {i: s[0] if s else IGNORE_INDEX for i, s in enumerate(sets)}
+            self._add_train_mapping(d, one_hot, {i: self.label_sets.code_of(s) for i, s in enumerate(sets)}
+                                    if self.set_valued else None)
         for d in self.test_datasets:
             tax = get_taxonomy(d)
             self._add_test_projection(d, [(self.name_to_id[u], i) for i, us in enumerate(tax.universal) for u in us])
@@ -413,11 +448,16 @@ class OracleTaxonomyConverter(_LabelSpaceConverter):
             self._add_test_projection(d, [(i, i) for i in range(len(names))])
 
 
-def build_taxonomy_converter(model_taxonomy: str, train_datasets=None, test_datasets=None):
-    """The converter of a model taxonomy ('universal' | 'naive' | 'oracle'); None datasets mean its defaults."""
+def build_taxonomy_converter(model_taxonomy: str, train_datasets=None, test_datasets=None, set_valued: bool = False):
+    """The converter of a model taxonomy ('universal' | 'naive' | 'oracle'); None datasets mean its defaults.
+    ``set_valued`` (universal only): training labels carry label sets (see :class:`TaxonomyConverter`)."""
+    if set_valued and model_taxonomy != "universal":
+        raise UserError(f"label sets exist in the universal taxonomy only; the {model_taxonomy} taxonomy maps every "
+                        "class to one model class")
     if model_taxonomy == "universal":
         return TaxonomyConverter(train_datasets if train_datasets is not None else DEFAULT_TRAIN_DATASETS,
-                                 test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS)
+                                 test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS,
+                                 set_valued=set_valued)
     if model_taxonomy == "naive":
         return NaiveTaxonomyConverter(train_datasets if train_datasets is not None else UNRELABELED_TRAIN_DATASETS,
                                       test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS)

@@ -11,10 +11,15 @@ starting with `id`, then one row per class (row order = label id, starting at 0)
 
 Roles and their columns (`color` is optional everywhere, `R G B` in 0..255):
     universal  id name [color parent wordnet definition]   the model's label space
-    train      id name universal [color]   one universal class per source class, or `unlabeled` (-> 255)
+    train      id name universal [color]   the source class's label set: comma-separated universal classes, the
+                                           FIRST being its one-hot target (MSeg's mapping), the others what the
+                                           class may also be (partial-label training); or `unlabeled` (-> 255)
     test       id name universal [color]   comma-separated universal classes whose probability the class receives
     raw        id name [color]             names only (a dataset's label space before remapping)
 Train and test blocks map to the universal taxonomy named by the optional `maps_to` key (default `universal`).
+A block with `extends BASE` starts from the known taxonomy BASE of the same role: a universal block lists only
+the classes it adds (ids continue after BASE's), a train or test block only the rows whose mapping it changes
+(each row's id and name must be BASE's). The extension is resolved when the file is validated or added.
 
 Parsing never stops at the first problem: every problem lands in a ValidationReport with file, line,
 what is wrong and what would be valid.
@@ -34,7 +39,7 @@ IGNORE_INDEX = 255  # "unlabeled" in every label map of every taxonomy; the loss
 UNLABELED = "unlabeled"
 DEFAULT_UNIVERSAL = "universal"
 ROLES = ("universal", "train", "test", "raw")
-META_KEYS = ("taxonomy", "role", "maps_to", "description")
+META_KEYS = ("taxonomy", "role", "maps_to", "extends", "description")
 ROLE_COLUMNS = {
     "universal": ("id", "name", "color", "parent", "wordnet", "definition"),
     "train": ("id", "name", "universal", "color"),
@@ -75,6 +80,10 @@ class ValidationReport:
     def warning(self, file, line, taxonomy, message) -> None:
         self.problems.append(Problem("warning", str(file), line, taxonomy, message))
 
+    def info(self, file, line, taxonomy, message) -> None:
+        """Worth knowing, never a problem (e.g. label sets that overlap, as they may)."""
+        self.problems.append(Problem("info", str(file), line, taxonomy, message))
+
     def extend(self, other: "ValidationReport") -> None:
         self.problems.extend(other.problems)
 
@@ -87,12 +96,17 @@ class ValidationReport:
         return [p for p in self.problems if p.severity == "warning"]
 
     @property
+    def infos(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "info"]
+
+    @property
     def ok(self) -> bool:
         return not self.errors
 
-    def format(self) -> str:
-        lines = [str(p) for p in self.problems]
-        lines.append(f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+    def format(self, with_info: bool = True) -> str:
+        lines = [str(p) for p in self.problems if with_info or p.severity != "info"]
+        lines.append(f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
+                     + (f", {len(self.infos)} info" if self.infos else ""))
         return "\n".join(lines)
 
     def raise_if_errors(self) -> None:
@@ -114,16 +128,24 @@ class Taxonomy:
     role: str
     class_names: list[str]
     colors: np.ndarray | None = None  # (K, 3) uint8, None when the file gives none
-    universal: list[tuple[str, ...]] = field(default_factory=list)  # train/test: universal names per class
+    # train: the label set of each class (first = one-hot target); test: the universal classes each class receives
+    universal: list[tuple[str, ...]] = field(default_factory=list)
     maps_to: str = DEFAULT_UNIVERSAL
     extra: dict[str, list[str]] = field(default_factory=dict)  # universal: parent/wordnet/definition
     description: str = ""
     source: str = "<memory>"
     lines: list[int] = field(default_factory=list)  # file line of each class row
+    extends: str = ""  # an unresolved extension of this taxonomy (see the module docstring); "" once resolved
+    row_ids: list[int] = field(default_factory=list)  # the id each row gives (0, 1, ... unless an extension)
+    row_colors: list = field(default_factory=list)  # an extension's colour per row, (r, g, b) or None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def is_set_valued(self, class_id: int) -> bool:
+        """A train class whose label set holds several universal classes."""
+        return self.role == "train" and len(self.universal[class_id]) > 1
 
 
 def split_universal_cell(cell: str) -> list[str]:
@@ -220,10 +242,15 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
         return None
     if role == "universal" and "maps_to" in meta:
         report.error(source, at, name, "'maps_to' applies to train/test taxonomies, not to a universal one")
+    extends = meta.get("extends", "")
+    if extends and role == "raw":
+        report.error(source, at, name, "'extends' applies to universal, train and test taxonomies, not to a raw one")
+        extends = ""
 
     col = {c: i for i, c in enumerate(columns)}
     names: list[str] = []
     lines: list[int] = []
+    row_ids: list[int] = []
     universal: list[tuple[str, ...]] = []
     colors: list[tuple[int, int, int] | None] = []
     extra: dict[str, list[str]] = {c: [] for c in columns if c in ("parent", "wordnet", "definition")}
@@ -235,15 +262,21 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
         fields = fields + [""] * (len(columns) - len(fields))
         id_text = fields[col["id"]].strip()
         expected = len(names)
-        if not id_text.isdigit() or int(id_text) != expected:
+        if extends:  # rows name ids of the base (or continue it); the base checks them when the block is resolved
+            if not id_text.isdigit() or (row_ids and int(id_text) <= row_ids[-1]):
+                report.error(source, lineno, name, f"id {id_text!r}: expected an integer above the previous row's "
+                             f"id{f' ({row_ids[-1]})' if row_ids else ''} (an extension's rows are in id order)")
+                continue
+        elif not id_text.isdigit() or int(id_text) != expected:
             report.error(source, lineno, name, f"id {id_text!r}: expected {expected} (ids run 0, 1, 2, ... "
                          "in row order, because the row index is the label id)")
             continue
         cls = fields[col["name"]].strip()
         if not cls:
-            report.error(source, lineno, name, f"class {expected} has an empty name")
+            report.error(source, lineno, name, f"class {id_text} has an empty name")
         names.append(cls)
         lines.append(lineno)
+        row_ids.append(int(id_text))
         if "universal" in col:
             universal.append(tuple(split_universal_cell(fields[col["universal"]])))
         if "color" in col:
@@ -251,18 +284,19 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
         for key in extra:
             extra[key].append(fields[col[key]].strip())
 
-    if not names:
+    if not names and not extends:
         report.error(source, header_line, name, "taxonomy has no classes")
         return None
     if len(names) > MAX_CLASSES and role != "raw":  # raw label spaces may be stored as uint16 (pascal-context-460)
         report.error(source, lines[MAX_CLASSES], name, f"{len(names)} classes; at most {MAX_CLASSES} fit in a "
                      "uint8 label map with 255 = unlabeled")
     color_arr = None
-    if colors and all(c is not None for c in colors):
+    if colors and all(c is not None for c in colors) and not extends:
         color_arr = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
     return Taxonomy(name=name, role=role, class_names=names, colors=color_arr, universal=universal,
                     maps_to=meta.get("maps_to", DEFAULT_UNIVERSAL), extra=extra,
-                    description=meta.get("description", ""), source=source, lines=lines)
+                    description=meta.get("description", ""), source=source, lines=lines, extends=extends,
+                    row_ids=row_ids, row_colors=colors if extends else [])
 
 
 def _parse_color(cell: str, source, lineno, name, report) -> tuple[int, int, int] | None:
@@ -288,7 +322,9 @@ def read_taxonomy_file(path: str | os.PathLike) -> tuple[list[Taxonomy], Validat
 
 
 def format_taxonomy(tax: Taxonomy) -> str:
-    """The file text of one block (inverse of parse_taxonomy_text)."""
+    """The file text of one block (inverse of parse_taxonomy_text); an extension is written resolved (whole)."""
+    if tax.extends:
+        raise ValueError(f"taxonomy {tax.name!r} extends {tax.extends!r} and is not resolved yet (resolve_extensions)")
     out = [f"taxonomy\t{tax.name}", f"role\t{tax.role}"]
     if tax.role in ("train", "test") and tax.maps_to != DEFAULT_UNIVERSAL:
         out.append(f"maps_to\t{tax.maps_to}")

@@ -5,6 +5,12 @@ This is how `mseg_semantic/taxonomy/data/` was written:
 It reads `class_remapping_files/MSeg_master.tsv` (row index = universal id, last row `unlabeled` = 255; a training
 cell is blank, a class name or `{a, b}`; a test cell names the test class the row counts towards) and
 `dataset_lists/NAME/NAME_names.txt` / `*_colors.txt`. A user with an edited MSeg master TSV can convert it the same way.
+
+Label sets of the unrelabeled training taxonomies come from MSeg's relabeling records
+(`relabeling_update_records.tsv`, the segment lists in `relabeled_data/`, and `X_to_X-relabeled.tsv`): a class's
+set is its universal class (first: the one-hot target, MSeg's mapping) plus every universal class a non-empty
+record of that dataset moves its segments to; a move to `unlabeled` adds nothing. Records name their original class
+in the relabeled taxonomy; the source classes are those the remap table sends there.
 """
 
 from __future__ import annotations
@@ -54,6 +60,18 @@ COLOR_SOURCES = {
 }
 # Colour files whose name differs from the taxonomy's (same classes, same order).
 COLOR_FILE_ALIASES = {"bdd": "bddsemseg"}
+# The `dataset` column of MSeg's relabeling records -> the unrelabeled taxonomies whose labels the records edit
+# (cityscapes-34 has the same segments as cityscapes-19, as in `mseg-prepare relabel`).
+RECORD_TAXONOMIES = {
+    "ade20k": ("ade20k-150",), "ade20k-v1": ("ade20k-150",), "bdd": ("bdd",), "cityscapes": ("cityscapes-19", "cityscapes-34"),
+    "cocop": ("coco-panoptic-133",), "cocopanoptic": ("coco-panoptic-133",), "cocopanoptic-v1": ("coco-panoptic-133",),
+    "idd": ("idd-39",), "mapillary-public65": ("mapillary-public65",), "sunrgbd": ("sunrgbd-37",),
+}
+# Records whose original class no source class is remapped to: Cityscapes and IDD records say `rider_other` for
+# segments of the source class `rider` (whose one-hot target is `bicyclist` / `motorcyclist`).
+RECORD_ORIGINAL_ALIASES = {("cityscapes-19", "rider_other"): "rider", ("cityscapes-34", "rider_other"): "rider",
+                           ("idd-39", "rider_other"): "rider"}
+RELABELED_SUFFIX = "-relabeled"
 
 
 def parse_master_cell(cell: str) -> list[str]:
@@ -143,12 +161,94 @@ def import_mseg(reference_dir: str | Path) -> tuple[list[Taxonomy], ValidationRe
                     report.error(master, None, col_name, f"class {classes[i]!r} has no universal class")
             out.append(Taxonomy(name=col_name, role="train", class_names=classes, colors=colors[col_name],
                                 universal=[(t,) if t else () for t in target], source=str(master)))
+    _add_record_sets(root, out, report)
     mapped = {t.name for t in out}
     for name, classes in names.items():
         if name not in mapped:
             out.append(Taxonomy(name=name, role="raw", class_names=classes, colors=colors[name],
                                 source=str(root / "dataset_lists" / name)))
     return out, report
+
+
+def read_record_moves(root: Path, report: ValidationReport) -> dict[str, dict[str, set[str]]]:
+    """unrelabeled taxonomy -> original class (relabeled taxonomy name) -> the classes records move its segments to.
+    Records whose segment list is empty move nothing and are left out; no records file: no moves."""
+    table = root / "relabeling_update_records.tsv"
+    moves: dict[str, dict[str, set[str]]] = {}
+    if not table.is_file():
+        return moves
+    lines = table.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        if len(cells) != 6:
+            report.error(table, lineno, None, f"expected 6 tab-separated columns (record_group, dataset, split, "
+                         f"original class, new class, segment list), got {len(cells)}")
+            continue
+        dataset, original, new, segment_list = cells[1], cells[3], cells[4], cells[5]
+        if dataset not in RECORD_TAXONOMIES:
+            report.error(table, lineno, None, f"unknown dataset {dataset!r}{did_you_mean(dataset, RECORD_TAXONOMIES)}")
+            continue
+        listed = root / "relabeled_data" / segment_list
+        if not listed.is_file():
+            report.error(table, lineno, None, f"segment list {listed} does not exist")
+            continue
+        if not listed.read_text(encoding="utf-8").strip():
+            continue
+        for taxonomy in RECORD_TAXONOMIES[dataset]:
+            moves.setdefault(taxonomy, {}).setdefault(original, set()).add(new)
+    return moves
+
+
+def _add_record_sets(root: Path, taxonomies: list[Taxonomy], report: ValidationReport) -> None:
+    """Give the unrelabeled training taxonomies their label sets (in place), from the relabeling records."""
+    by_name = {t.name: t for t in taxonomies}
+    universal_ids = {u: i for i, u in enumerate(by_name["universal"].class_names)}
+    for name, moves in read_record_moves(root, report).items():
+        tax, relabeled = by_name.get(name), by_name.get(name + RELABELED_SUFFIX)
+        if tax is None:
+            continue  # a folder without this taxonomy: nothing to give sets to
+        remap_file = root / "class_remapping_files" / f"{name}_to_{name}{RELABELED_SUFFIX}.tsv"
+        if relabeled is None or not remap_file.is_file():
+            report.error(root, None, name, f"relabeling records edit {name!r}, but its relabeled taxonomy or "
+                         f"{remap_file.name} is missing, so their classes cannot be read")
+            continue
+        remap = {}
+        with remap_file.open(encoding="utf-8", newline="") as handle:
+            for row in list(csv.reader(handle, delimiter="\t"))[1:]:
+                if len(row) >= 2:
+                    remap[row[0].strip()] = row[1].strip()
+        relabeled_universal = {cls: targets[0] for cls, targets in zip(relabeled.class_names, relabeled.universal) if targets}
+        for original, new_classes in sorted(moves.items()):
+            sources = [c for c in tax.class_names if remap.get(c) == original]
+            alias = RECORD_ORIGINAL_ALIASES.get((name, original))
+            if not sources and alias in tax.class_names:
+                sources = [alias]
+            if not sources:
+                report.error(root, None, name, f"relabeling record class {original!r}: no class of {name} becomes it "
+                             f"in {name}{RELABELED_SUFFIX}")
+                continue
+            added = set()
+            for new in new_classes:
+                if new == UNLABELED:
+                    continue  # the segment became unlabeled: no class to add
+                if new not in relabeled_universal:
+                    report.error(root, None, name, f"relabeling record moves {original!r} segments to {new!r}, "
+                                 f"which {name}{RELABELED_SUFFIX} does not have{did_you_mean(new, relabeled_universal)}")
+                elif relabeled_universal[new] != UNLABELED:
+                    added.add(relabeled_universal[new])
+            for cls in sources:
+                cid = tax.class_names.index(cls)
+                target = tax.universal[cid][0] if tax.universal[cid] else UNLABELED
+                # a class can be the original of several records' classes (an alias too): the moves accumulate
+                extra = sorted((added | set(tax.universal[cid][1:])) - {target}, key=universal_ids.__getitem__)
+                if target == UNLABELED:
+                    if extra:  # an ignored class stays ignored: there is no one-hot target to put first
+                        report.warning(root, None, name, f"class {cls!r} is unlabeled in MSeg's mapping; the records "
+                                       f"that move its segments to {', '.join(extra)} are not used")
+                    continue
+                tax.universal[cid] = (target, *extra)
 
 
 def _resolve_colors(lists_dir: Path, names: dict[str, list[str]]) -> dict[str, np.ndarray]:

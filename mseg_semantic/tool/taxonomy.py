@@ -2,6 +2,7 @@
 
     mseg-taxonomy list [--role train|test|raw|universal]
     mseg-taxonomy show DATASET [--kind universal|naive]
+    mseg-taxonomy sets DATASET
     mseg-taxonomy validate FILE [FILE ...]
     mseg-taxonomy export --format csv|md [-o FILE] [--kind universal|naive]
     mseg-taxonomy summary
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="one dataset's mapping: source class -> universal class")
     p.add_argument("dataset")
     p.add_argument("--kind", choices=("universal", "naive"), default="universal")
+    p = sub.add_parser("sets", help="one training dataset's label sets: source class -> the universal classes it may be")
+    p.add_argument("dataset")
     p = sub.add_parser("validate", help="validate user taxonomy files")
     p.add_argument("files", nargs="+")
     p = sub.add_parser("export", help="export the whole mapping as CSV or Markdown")
@@ -79,6 +82,8 @@ def _run(args: argparse.Namespace, out) -> int:
         cmd_list(args.role, out)
     elif args.command == "show":
         cmd_show(args.dataset, args.kind, out)
+    elif args.command == "sets":
+        cmd_sets(args.dataset, out)
     elif args.command == "validate":
         return cmd_validate(args.files, out)
     elif args.command == "export":
@@ -151,15 +156,40 @@ def cmd_show(dataset: str, kind: str, out) -> None:
     else:
         uni = TaxonomyConverter([], [], universal=tax.maps_to)
         if tax.role == "train":
-            rows = [("id", "class", "universal_id", "universal_class")]
+            rows = [("id", "class", "universal_id", "universal_class", "label_set")]
             for i, c in enumerate(tax.class_names):
                 uid = uni.name_to_id[tax.universal[i][0]]
-                rows.append((str(i), c, str(uid), uni.id_to_name[uid]))
+                label_set = f"{len(tax.universal[i])} classes" if tax.is_set_valued(i) else ""
+                rows.append((str(i), c, str(uid), uni.id_to_name[uid], label_set))
+            set_valued = sum(tax.is_set_valued(i) for i in range(tax.num_classes))
+            if set_valued:
+                _print_table(rows, out)
+                print(f"{set_valued} set-valued class(es): universal_class is the one-hot target; partial-label training "
+                      f"accepts any class of the set (mseg-taxonomy sets {dataset})", file=out)
+                return
         else:
             rows = [("id", "test_class", "universal_ids", "universal_classes")]
             for i, c in enumerate(tax.class_names):
                 uids = sorted(uni.name_to_id[u] for u in tax.universal[i])
                 rows.append((str(i), c, " ".join(map(str, uids)), ", ".join(uni.id_to_name[u] for u in uids)))
+    _print_table(rows, out)
+
+
+def cmd_sets(dataset: str, out) -> None:
+    """Each source class with its label set (first: the one-hot target)."""
+    tax = get_taxonomy(dataset)
+    if tax.role != "train":
+        valid = ", ".join(taxonomy_names("train"))
+        raise CliError(f"{dataset!r} has role {tax.role!r}; label sets belong to training taxonomies: {valid}")
+    conv = TaxonomyConverter([dataset], [])
+    sets = conv.class_sets[dataset]
+    set_valued = [i for i in range(tax.num_classes) if tax.is_set_valued(i)]
+    print(f"{dataset}: {tax.num_classes} classes, {len(set_valued)} with a label set of several universal classes "
+          f"(maps to {conv.universal}; first = the one-hot target)", file=out)
+    rows = [("id", "class", "size", "label_set")]
+    for i, cls in enumerate(tax.class_names):
+        members = ", ".join(conv.id_to_name[u] for u in sets[i]) if sets[i] else f"unlabeled ({IGNORE_INDEX})"
+        rows.append((str(i), cls, str(len(sets[i])), members))
     _print_table(rows, out)
 
 
@@ -229,10 +259,17 @@ def cmd_summary(out) -> None:
         print(f"  {d:30s} {len(conv.dataset_class_names[d]):4d} classes <- "
               f"{len(conv.dataset_universal_ids(d)):4d} universal", file=out)
     print(f"universal classes no default training dataset supplies: {len(conv.unsupplied_uids)}", file=out)
+    sets = TaxonomyConverter(UNRELABELED_TRAIN_DATASETS, [], set_valued=True).label_sets
+    set_valued = {d: sum(get_taxonomy(d).is_set_valued(i) for i in range(get_taxonomy(d).num_classes))
+                  for d in DEFAULT_TRAIN_DATASETS}
+    print(f"set-valued training classes (partial-label training): {sum(set_valued.values())} in "
+          f"{sum(1 for n in set_valued.values() if n)} datasets; the unrelabeled datasets have {len(sets.set_codes)} "
+          f"distinct sets of up to {sets.max_set_size} classes", file=out)
     report = validate_taxonomies(list(all_taxonomies().values()))
     print(f"validation of all known taxonomy data: {len(report.errors)} error(s), "
-          f"{len(report.warnings)} warning(s)", file=out)
-    for problem in report.problems:
+          f"{len(report.warnings)} warning(s), {len(report.infos)} info (label sets that share classes within a "
+          "dataset, as they may: mseg-taxonomy sets DATASET)", file=out)
+    for problem in report.errors + report.warnings:
         print(f"  {problem}", file=out)
 
 

@@ -33,10 +33,10 @@ from mseg_semantic.data import demo_world
 from mseg_semantic.errors import UnknownNameError, did_you_mean
 from mseg_semantic.model import MODEL_NAMES, autocast_context, build_model, load_weights, save_weights, unwrap_model
 from mseg_semantic.model.weights import resolve_weights
-from mseg_semantic.taxonomy import build_taxonomy_converter, taxonomy_names
+from mseg_semantic.taxonomy import TaxonomyFileError, add_taxonomy_files, build_taxonomy_converter, taxonomy_names
 from mseg_semantic.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME, Checkpointer, TrainingParts, load_checkpoint
 from mseg_semantic.training.distributed import DistInfo, barrier, broadcast_object, per_rank_batch_size, with_sync_batchnorm, wrap_distributed
-from mseg_semantic.training.gradients import BackwardStep, StepContext, backward_step_for
+from mseg_semantic.training.gradients import BackwardStep, StepContext, backward_step_for, pixel_loss_for
 from mseg_semantic.training.lock import OutputDirLock
 from mseg_semantic.training.loop import LoopSettings, recalibrate_batchnorm, train_loop
 from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, make_grad_scaler
@@ -73,6 +73,7 @@ class RunSetup:
     workers_per_rank: int
     dataset_gpu_mapping: dict | None
     method: str  # ce | mgda | ccsa
+    loss: str = "ce"  # ce | partial_label (the converter then writes label-set codes)
 
 
 def training_datasets(cfg: Config) -> list[str]:
@@ -108,6 +109,10 @@ def method_of(cfg: Config) -> str:
 
 def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None = None) -> RunSetup:
     """Check the config against the datasets, the model names and the process count; raises ConfigError naming the key."""
+    try:
+        add_taxonomy_files(cfg.DATA.taxonomy_files)  # once per process; the user files' dataset names resolve after this
+    except TaxonomyFileError as exc:
+        raise ConfigError(f"DATA.taxonomy_files: {exc}") from None
     datasets = training_datasets(cfg)
     train = cfg.TRAIN
     if train.model not in MODEL_NAMES:
@@ -130,14 +135,31 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
         if refusal:
             raise ConfigError(f"TRAIN.cuda_graphs=True needs {refusal}; set cuda_graphs=False")
     model_taxonomy = model_taxonomy_of(cfg, datasets)
-    converter = build_taxonomy_converter(model_taxonomy, datasets, [])  # unknown or test-only dataset names fail here
+    check_loss(cfg, method, model_taxonomy)
+    # unknown or test-only dataset names fail here
+    converter = build_taxonomy_converter(model_taxonomy, datasets, [], set_valued=train.loss == "partial_label")
     if mapping is not None:
         check_dataset_gpu_mapping(datasets, mapping, world_size)
     batch_per_rank = per_rank_batch_size(train.batch_size, world_size)
     max_iters = train.max_iters or derive_max_iters(train.num_examples, train.batch_size, datasets, mapping, world_size)
     local = local_world_size or world_size
     workers = 0 if train.workers <= 0 else max(1, train.workers // local)
-    return RunSetup(datasets, model_taxonomy, converter, train.precision, train.batch_size, batch_per_rank, max_iters, workers, mapping, method)
+    return RunSetup(datasets, model_taxonomy, converter, train.precision, train.batch_size, batch_per_rank, max_iters, workers, mapping, method,
+                    train.loss)
+
+
+def check_loss(cfg: Config, method: str, model_taxonomy: str) -> None:
+    """TRAIN.loss=partial_label needs label sets (the universal taxonomy) and a method that averages a pixel loss."""
+    if cfg.TRAIN.loss != "partial_label":
+        return
+    if model_taxonomy != "universal":
+        key = "TRAIN.use_naive_taxonomy=True" if model_taxonomy == "naive" else "DATA.universal=False"
+        raise ConfigError(f"TRAIN.loss=partial_label with {key}: label sets exist in the universal taxonomy only (the "
+                          f"{model_taxonomy} taxonomy maps every class to one model class); use loss=ce, or train universal")
+    if method == "ccsa":
+        raise ConfigError("TRAIN.loss=partial_label with CCSA.use_ccsa=True: CCSA pairs pixels by class id, and a "
+                          "set-valued label names several; use loss=ce with CCSA, or use_ccsa=False (MGDA and the plain "
+                          "step take partial_label)")
 
 
 def default_output_dir(exp_id: str) -> Path:
@@ -175,6 +197,7 @@ def model_meta(cfg: Config, setup: RunSetup) -> dict[str, Any]:
         "short_size": cfg.TRAIN.short_size,
         "precision": setup.precision,
         "method": setup.method,
+        "loss": setup.loss,
         "exp_id": cfg.TRAIN.exp_id,
         "stage": cfg.TRAIN.stage,
     }
@@ -236,7 +259,8 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
         distributed=info.distributed,
     )
     seed_everything(train.seed + info.rank)  # per-rank randomness after construction
-    return StageRun(setup, parts, backward_step_for(setup.method, cfg), context, model_meta(cfg, setup))
+    step = backward_step_for(setup.method, cfg, pixel_loss_for(setup.loss, setup.converter.label_sets))
+    return StageRun(setup, parts, step, context, model_meta(cfg, setup))
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
@@ -324,7 +348,7 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
         f"{'resuming from ' + str(checkpoint_path) + ' at iteration ' + str(start) if checkpoint_path else 'starting'}: "
         f"{setup.max_iters} iterations, global batch {setup.batch_size} ({setup.batch_per_rank} per process x {info.world_size}), "
         f"{setup.precision}, {setup.model_taxonomy} taxonomy ({run.meta['num_classes']} classes), datasets {', '.join(setup.datasets)}, "
-        f"method {setup.method}, device {info.device}, output {output_dir}"
+        f"method {setup.method}, loss {setup.loss}, device {info.device}, output {output_dir}"
     )
     settings = LoopSettings(max_iters=setup.max_iters, checkpoint_every=cfg.TRAIN.checkpoint_every, grad_clip=cfg.TRAIN.grad_clip,
                             channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn, cuda_graphs=cfg.TRAIN.cuda_graphs)

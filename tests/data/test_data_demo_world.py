@@ -7,6 +7,7 @@ import numpy as np
 
 from mseg_semantic.data import ValDataset, locate, read_list_file
 from mseg_semantic.data.demo_world import (
+    DEMO_RELABELED_DATASETS,
     DEMO_TEST_DATASETS,
     DEMO_TRAIN_DATASETS,
     MARKER,
@@ -14,19 +15,24 @@ from mseg_semantic.data.demo_world import (
     dataset_label_table,
     generate,
     render_sample,
+    render_world,
 )
-from mseg_semantic.taxonomy import load_class_names
+from mseg_semantic.taxonomy import TaxonomyConverter, load_class_names
 
 
 def test_world_layout_matches_the_catalog(small_world):
     assert "SYNTHETIC" in (small_world / "README.txt").read_text()
     marker = json.loads((small_world / MARKER).read_text())
     assert marker["seed"] == 0 and marker["counts"]["camvid-11"] == {"val": 3, "test": 2}
-    for name in DEMO_TRAIN_DATASETS:
+    for name in DEMO_TRAIN_DATASETS + DEMO_RELABELED_DATASETS:
         for split, n in (("train", 8), ("val", 3)):
             pairs = read_list_file(locate(name, split, small_world))
             assert len(pairs) == n
             assert all(image.suffix == ".jpg" and image.is_file() and label.suffix == ".png" for image, label in pairs)
+    # a relabeled version shows the same images with its own labels
+    plain = read_list_file(locate("ade20k-150", "val", small_world))
+    relabeled = read_list_file(locate("ade20k-150-relabeled", "val", small_world))
+    assert [i for i, _ in plain] == [i for i, _ in relabeled] and all(a != b for (_, a), (_, b) in zip(plain, relabeled))
     assert not locate("camvid-11", "train", small_world).list_file.exists()  # held out: no training split
 
 
@@ -48,7 +54,7 @@ def test_generation_is_idempotent_and_seeded(tmp_path):
 
 
 def test_each_dataset_labels_only_what_its_taxonomy_expresses(small_world):
-    for name in (*DEMO_TRAIN_DATASETS, *DEMO_TEST_DATASETS):
+    for name in (*DEMO_TRAIN_DATASETS, *DEMO_RELABELED_DATASETS, *DEMO_TEST_DATASETS):
         split = "val"
         dataset = ValDataset(name, split, data_root=small_world)
         num_classes = len(load_class_names(name))
@@ -59,22 +65,43 @@ def test_each_dataset_labels_only_what_its_taxonomy_expresses(small_world):
     assert camvid[WORLD_CLASSES.index("terrain")] == 255  # CamVid-11 has no class for grass
 
 
-def test_one_world_class_is_one_universal_class_in_every_dataset(universal_converter):
-    """What makes universal training work: the same object maps to the same universal id everywhere, and the
-    held-out camvid-11 class of it receives that universal class."""
-    tables = {name: dataset_label_table(name) for name in DEMO_TRAIN_DATASETS}
-    projection = universal_converter.test_projection_matrix("camvid-11")
+def universal_of(converter, dataset: str, world_name: str, sets: bool = False):
+    """The universal class (or label set, as names) a dataset gives one world class; None where it is unlabeled."""
+    source = int(dataset_label_table(dataset)[WORLD_CLASSES.index(world_name)])
+    if source == 255:
+        return None
+    members = converter.class_sets[dataset][source]
+    names = [converter.class_names[u] for u in members]
+    return (set(names) if names else None) if sets else (names[0] if names else None)
+
+
+def test_relabeled_datasets_agree_and_every_label_set_holds_the_truth():
+    """The relabeled versions give one world class one universal class everywhere (the fine truth), and camvid-11's
+    class of it receives that class. The unrelabeled datasets disagree, as MSeg's do (riders, guard rails), but
+    each one's label set, authored from MSeg's relabeling records, holds the fine truth: exactly what
+    partial-label training needs."""
+    relabeled = TaxonomyConverter(list(DEMO_RELABELED_DATASETS), list(DEMO_TEST_DATASETS))
+    plain = TaxonomyConverter(list(DEMO_TRAIN_DATASETS), [])
+    projection = relabeled.test_projection_matrix("camvid-11")
     camvid = dataset_label_table("camvid-11")
+    conflicts = set()
     for world_id, world_name in enumerate(WORLD_CLASSES):
-        universal = {name: int(universal_converter.transform_label(tables[name][[world_id]].reshape(1, 1), name)[0, 0])
-                     for name in DEMO_TRAIN_DATASETS}
-        if world_name == "traffic_sign":
-            assert universal.pop("ade20k-150") == 255  # ADE's 'signboard' is unlabeled in MSeg's universal taxonomy
-        assert len(set(universal.values())) == 1, (world_name, universal)
-        uid = universal["cityscapes-19"]
-        assert uid != 255
+        truth = {universal_of(relabeled, d, world_name) for d in DEMO_RELABELED_DATASETS} - {None}
+        assert len(truth) == 1, (world_name, truth)
+        (fine,) = truth
         if camvid[world_id] != 255:
-            assert projection[camvid[world_id], uid] == 1, world_name
+            assert projection[camvid[world_id], relabeled.name_to_id[fine]] == 1, world_name
+        for dataset in DEMO_TRAIN_DATASETS:
+            label_set = universal_of(plain, dataset, world_name, sets=True)
+            if label_set is None:
+                continue
+            assert fine in label_set, (dataset, world_name, label_set)
+            if universal_of(plain, dataset, world_name) != fine:
+                conflicts.add((dataset, world_name))
+    assert conflicts == {("cityscapes-19", "motorcyclist"), ("ade20k-150", "bicyclist"), ("ade20k-150", "motorcyclist"),
+                         ("ade20k-150", "guard_rail")}
+    # what one-hot training of the unrelabeled datasets is told: ADE's signboard is unlabeled in the universal taxonomy
+    assert universal_of(plain, "ade20k-150", "traffic_sign") is None
 
 
 def test_every_world_class_appears_and_images_look_like_their_class(small_world):
@@ -83,9 +110,12 @@ def test_every_world_class_appears_and_images_look_like_their_class(small_world)
     sky, road = label == names.index("Sky"), label == names.index("Road")
     assert sky.mean() > 0.1 and road.mean() > 0.1
     assert image[sky][:, 2].mean() > image[road][:, 2].mean() + 60  # blue sky, grey road
-    seen = set()
+    seen, world = set(), set()
     for index in range(8):
         _, label = render_sample("cityscapes-19", 0, "train", index)
         seen |= set(np.unique(label).tolist())
-    # all 14 world classes are drawn; cityscapes merges lane markings into road and curbs into sidewalk
-    assert len(seen - {255}) == 12
+        world |= set(np.unique(render_world("cityscapes-19", 0, "train", index)[1]).tolist())
+    assert world == set(range(len(WORLD_CLASSES)))  # every world class is drawn
+    # cityscapes merges lane markings and crossings into road, curbs into sidewalk, both riders into rider, and
+    # leaves guard rails unlabeled
+    assert len(seen - {255}) == len(WORLD_CLASSES) - 5 and 255 in seen

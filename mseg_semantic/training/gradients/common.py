@@ -21,6 +21,7 @@ from mseg_semantic.taxonomy import IGNORE_INDEX
 
 __all__ = [
     "BackwardStep",
+    "PixelLoss",
     "StepContext",
     "StepOutput",
     "backward",
@@ -56,6 +57,12 @@ class BackwardStep(Protocol):
     def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor,
                  ctx: StepContext) -> StepOutput:
         """``images``: normalised float N x 3 x H x W; ``labels``: int64 N x H x W (255 ignore)."""
+
+
+class PixelLoss(Protocol):
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-pixel loss N x H x W in fp32, 0 at ignore pixels; valid pixels per image [N]), as
+        :func:`cross_entropy_pixels`; the steps average it over the global batch's valid pixels."""
 
 
 def check_dataset_index(dataset_index: torch.Tensor, num_datasets: int) -> None:

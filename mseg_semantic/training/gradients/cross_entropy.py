@@ -1,10 +1,12 @@
-"""The plain step: cross-entropy over the valid pixels of the global batch (MSeg's training objective)."""
+"""The plain step: cross-entropy over the valid pixels of the global batch (MSeg's training objective), or another
+pixel loss with cross-entropy's contract (the partial-label loss, ``TRAIN.loss: partial_label``)."""
 
 from __future__ import annotations
 
 import torch
 
 from mseg_semantic.training.gradients.common import (
+    PixelLoss,
     StepContext,
     StepOutput,
     backward,
@@ -16,11 +18,13 @@ from mseg_semantic.training.gradients.common import (
 __all__ = ["ce_backward_step"]
 
 
-def ce_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext) -> StepOutput:
-    """Cross-entropy over the valid (non-ignore) pixels of the *global* batch (see :func:`global_pixel_mean`)."""
+def ce_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext,
+                     pixel_loss_fn: PixelLoss = cross_entropy_pixels) -> StepOutput:
+    """The pixel loss (cross-entropy by default) averaged over the valid (non-ignore) pixels of the *global* batch
+    (see :func:`global_pixel_mean`)."""
     with ctx.autocast():
         logits = model(images)
-    pixel_loss, valid_per_image = cross_entropy_pixels(logits, labels)
+    pixel_loss, valid_per_image = pixel_loss_fn(logits, labels)
     loss = global_pixel_mean(pixel_loss.sum(), valid_per_image.sum(), ctx)
     backward(loss, ctx)
     per_dataset = per_dataset_mean(pixel_loss.detach().flatten(1).sum(1), valid_per_image, dataset_index, ctx.num_datasets)

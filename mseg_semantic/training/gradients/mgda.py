@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from mseg_semantic.model import unwrap_model
-from mseg_semantic.training.gradients.common import StepContext, StepOutput, check_dataset_index, cross_entropy_pixels
+from mseg_semantic.training.gradients.common import PixelLoss, StepContext, StepOutput, check_dataset_index, cross_entropy_pixels
 
 __all__ = [
     "NORMALIZATIONS",
@@ -190,10 +190,11 @@ def _write_gradient(params: list[torch.nn.Parameter], flat: torch.Tensor) -> Non
 
 
 def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, ctx: StepContext,
-                       options: MGDAOptions) -> StepOutput:
+                       options: MGDAOptions, pixel_loss_fn: PixelLoss = cross_entropy_pixels) -> StepOutput:
     """One MGDA step (see :mod:`mseg_semantic.training.gradients.common` for the contract).
 
-    Task t's loss is the mean cross-entropy over the valid pixels of the batch images from dataset t.
+    Task t's loss is the mean pixel loss (cross-entropy, or the partial-label loss) over the valid pixels of the
+    batch images from dataset t.
     One forward pass over the whole batch, then one backward pass per task present in the global batch
     (tasks with no valid pixel anywhere are dropped this iteration). Weights are solved on the
     (optionally normalised) task gradients; as in Sener & Koltun's code, the update is the weighted sum
@@ -226,7 +227,7 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     with forward_context:
         with ctx.autocast():
             logits = model(images)
-        pixel_loss, valid_per_image = cross_entropy_pixels(logits, labels)
+        pixel_loss, valid_per_image = pixel_loss_fn(logits, labels)
         loss_sums = torch.zeros(num_datasets, device=pixel_loss.device).index_add(0, dataset_index, pixel_loss.flatten(1).sum(1))
         local_counts = torch.zeros(num_datasets, device=pixel_loss.device, dtype=torch.float64).index_add(0, dataset_index, valid_per_image.double())
 
