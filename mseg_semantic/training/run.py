@@ -42,7 +42,7 @@ from mseg_semantic.training.loop import LoopSettings, recalibrate_batchnorm, tra
 from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, make_grad_scaler
 from mseg_semantic.training.preemption import PreemptionSignal
 from mseg_semantic.training.report import TrainingReporter, setup_logging
-from mseg_semantic.training.speed import compile_regions, inductor_cache_dir
+from mseg_semantic.training.speed import compile_loss_head, compile_regions, inductor_cache_dir
 
 log = logging.getLogger("mseg_semantic.training")
 
@@ -259,7 +259,9 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
         distributed=info.distributed,
     )
     seed_everything(train.seed + info.rank)  # per-rank randomness after construction
-    step = backward_step_for(setup.method, cfg, pixel_loss_for(setup.loss, setup.converter.label_sets))
+    pixel_loss = pixel_loss_for(setup.loss, setup.converter.label_sets)
+    loss_head = compile_loss_head(pixel_loss) if train.compile and setup.method == "ce" else None
+    step = backward_step_for(setup.method, cfg, pixel_loss, loss_head)
     return StageRun(setup, parts, step, context, model_meta(cfg, setup))
 
 

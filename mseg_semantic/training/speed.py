@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from mseg_semantic.model.hrnet import HighResolutionModule
-from mseg_semantic.training.gradients import BackwardStep, StepContext, StepOutput
+from mseg_semantic.training.gradients import BackwardStep, PixelLoss, StepContext, StepOutput
+from mseg_semantic.training.gradients.common import UpsampledPixelLoss
 
-__all__ = ["GraphedStep", "compile_regions", "inductor_cache_dir"]
+__all__ = ["GraphedStep", "compile_loss_head", "compile_regions", "inductor_cache_dir"]
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -43,6 +44,13 @@ def compile_regions(model: torch.nn.Module) -> list[str]:
             module.compile(dynamic=False)
             compiled.append(name)
     return compiled
+
+
+def compile_loss_head(pixel_loss_fn: PixelLoss) -> PixelLoss:
+    """The final upsampling and the pixel loss compiled as one function: the full-resolution fp32 logits (the largest
+    tensor of a step, kept for the backward pass in eager mode) become an intermediate the fused kernels never store."""
+    inductor_cache_dir()
+    return torch.compile(UpsampledPixelLoss(pixel_loss_fn), dynamic=False)
 
 
 class GraphedStep:

@@ -110,3 +110,58 @@ def test_captured_graph_replays_the_eager_step_and_undoes_its_warm_up():
         ref_opt.step()
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_logits_are_read_as_rows_with_the_same_loss():
+    from mseg_semantic.training.gradients.common import cross_entropy_pixels
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 9, 11, generator=g, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 9, 11), generator=g)
+    labels[0, :3] = 255
+    nchw, valid = cross_entropy_pixels(logits, labels)
+    nhwc_logits = logits.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    nhwc, valid_cl = cross_entropy_pixels(nhwc_logits, labels)
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-6, atol=1e-6)
+    assert torch.equal(valid, valid_cl) and float(nhwc[0, :3].abs().sum()) == 0.0
+    nchw.sum().backward()
+    nhwc.sum().backward()
+    torch.testing.assert_close(nhwc_logits.grad, logits.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_the_loss_head_on_quarter_resolution_logits_equals_the_model_s_own_upsampling():
+    from mseg_semantic.training.gradients import StepContext
+    from mseg_semantic.training.gradients.common import UpsampledPixelLoss, cross_entropy_pixels
+    from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 40, 48)
+    labels = torch.randint(0, 5, (2, 40, 48))
+    outs, grads = [], []
+    for head in (None, UpsampledPixelLoss(cross_entropy_pixels)):
+        torch.manual_seed(1)
+        model = build_model("hrnet_tiny", 5)
+        outs.append(ce_backward_step(model, images, labels, torch.tensor([0, 1]), StepContext(num_datasets=2), loss_head=head))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.equal(outs[0].loss, outs[1].loss) and torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.slow
+def test_the_compiled_loss_head_matches_eager(tmp_path, monkeypatch):
+    from mseg_semantic.training.gradients.common import UpsampledPixelLoss, cross_entropy_pixels
+    from mseg_semantic.training.speed import compile_loss_head
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(2, 6, 10, 12, generator=g)
+    labels = torch.randint(0, 6, (2, 40, 48), generator=g)
+    labels[:, :5] = 255
+    results = []
+    for head in (UpsampledPixelLoss(cross_entropy_pixels), compile_loss_head(cross_entropy_pixels)):
+        x = low.clone().requires_grad_()
+        pixel_loss, valid = head(x, labels)
+        pixel_loss.sum().backward()
+        results.append((pixel_loss.detach(), valid, x.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(results[1][1], results[0][1])
+    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-4, atol=1e-6)

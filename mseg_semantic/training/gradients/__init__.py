@@ -43,9 +43,10 @@ def pixel_loss_for(loss: str, label_sets: LabelSets | None = None) -> PixelLoss:
     raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
 
 
-def backward_step_for(method: str, cfg: Any, pixel_loss: PixelLoss = cross_entropy_pixels) -> BackwardStep:
+def backward_step_for(method: str, cfg: Any, pixel_loss: PixelLoss = cross_entropy_pixels, loss_head: PixelLoss | None = None) -> BackwardStep:
     """The backward step of ``method`` with its options read from the config's section of the same name, averaging
-    ``pixel_loss`` (the run checks the combination first: a refused one raises here too)."""
+    ``pixel_loss`` (the run checks the combination first: a refused one raises here too). ``loss_head``: the plain
+    step's upsample-and-loss on 1/4-resolution logits (``TRAIN.compile`` compiles one)."""
     if pixel_loss is not cross_entropy_pixels and method not in METHODS_WITH_PIXEL_LOSS:
         raise ValueError(f"method {method!r} trains with cross-entropy only; {', '.join(METHODS_WITH_PIXEL_LOSS)} take another pixel loss")
     if method == "mgda":
@@ -53,5 +54,5 @@ def backward_step_for(method: str, cfg: Any, pixel_loss: PixelLoss = cross_entro
     if method == "ccsa":
         return functools.partial(ccsa_backward_step, options=CCSAOptions.from_config(cfg.CCSA))
     if method == "ce":
-        return functools.partial(ce_backward_step, pixel_loss_fn=pixel_loss)
+        return functools.partial(ce_backward_step, pixel_loss_fn=pixel_loss, loss_head=loss_head)
     raise ValueError(f"unknown training method {method!r}; valid: {', '.join(METHODS)}")

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mseg_semantic.model.hrnet import upsample_logits
 from mseg_semantic.taxonomy import IGNORE_INDEX
 
 __all__ = [
@@ -71,9 +72,31 @@ def check_dataset_index(dataset_index: torch.Tensor, num_datasets: int) -> None:
 
 
 def cross_entropy_pixels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-pixel cross-entropy N x H x W in fp32, 0 at ignore pixels; valid pixels per image [N])."""
-    pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    """(per-pixel cross-entropy N x H x W in fp32, 0 at ignore pixels; valid pixels per image [N]).
+
+    Channels-last logits are read as N*H*W rows of C classes: the softmax then runs along contiguous memory instead
+    of copying the logits to NCHW first (the largest tensor of a step).
+    """
+    logits = logits.float()
+    n, c, h, w = logits.shape
+    if c > 1 and logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
+        rows = logits.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: NHWC memory read as rows
+        pixel_loss = F.cross_entropy(rows, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none").view(n, h, w)
+    else:
+        pixel_loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
     return pixel_loss, (labels != IGNORE_INDEX).flatten(1).sum(1)
+
+
+class UpsampledPixelLoss:
+    """A pixel loss on the model's 1/4-resolution logits: upsample them to the labels' size (fp32, as the model
+    would), then the loss. One function, so that ``TRAIN.compile`` can fuse the upsampling with the loss and never
+    keep full-resolution fp32 logits for the backward pass."""
+
+    def __init__(self, pixel_loss_fn: PixelLoss):
+        self.pixel_loss_fn = pixel_loss_fn
+
+    def __call__(self, low_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pixel_loss_fn(upsample_logits(low_logits, labels.shape[-2:]), labels)
 
 
 def backward(loss: torch.Tensor, ctx: StepContext) -> None:
