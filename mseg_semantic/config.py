@@ -174,7 +174,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "test_channels_last": _opt(None, "bool", help="NHWC model and windows; default on CUDA, off on CPU"),
         "fold_bn": _opt(True, help="fold BatchNorm into the preceding convolutions for inference (equal up to float rounding)"),
         "test_cuda_graphs": _opt(False, help="replay the forward pass of the fixed-shape window batch as a CUDA graph (sliding mode, CUDA)"),
-        "subset_inference": _opt(True, help="when the output taxonomy reads only some model classes, compute full-resolution probabilities of those only (equal up to float rounding)"),
+        "subset_inference": _opt("exact", help="when the output taxonomy reads only some model classes: exact (full-resolution probabilities of those only, the softmax normaliser accumulated in chunks: equal up to float rounding, less memory) | fast (normaliser from the 1/4-resolution logits: full-resolution work for those classes only, probabilities lower at class boundaries) | full (every class at full resolution, as MSeg)", choices=("exact", "fast", "full")),
         "test_device": _opt("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
         "model_taxonomy": _opt(None, "str", help="universal | naive | oracle (default: the checkpoint's meta, else universal)", choices=("universal", "naive", "oracle")),
         "output_taxonomy": _opt(None, "str", help="taxonomy predictions are given in: a test or training taxonomy or a user one (default: mseg-demo the model's classes, mseg-test the dataset's evaluation taxonomy)"),

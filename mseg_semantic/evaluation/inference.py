@@ -11,10 +11,14 @@ The procedure follows MSeg's evaluation (mseg_semantic/tool/inference_task.py), 
    the passes.
 4. The logits are upsampled to the window (bilinear, ``align_corners=True``: HRNet's last step), turned into
    softmax probabilities and, given a :class:`~mseg_semantic.taxonomy.Projection`, summed into the output
-   classes (exactly as TaxonomyConverter does). When the projection reads only some model classes, only those
-   are computed at full resolution (``subset``: the softmax normaliser is accumulated over the classes in
-   chunks, never as a full-resolution tensor of every class). A window's result is the mean of its plain and
-   mirrored probabilities; overlapping windows are averaged.
+   classes (exactly as TaxonomyConverter does). When the projection reads only some model classes (``subset``):
+   ``exact`` computes only those at full resolution, the softmax normaliser accumulated over every class in
+   chunks (never a full-resolution tensor of every class; equal up to float rounding); ``fast`` takes the
+   normaliser at the logits' resolution, so that the full-resolution work touches those classes only
+   (``upsample(l_c - logsumexp(l)) = upsample(l_c) - upsample(logsumexp(l))``, and logsumexp of the upsampled
+   logits is at most the upsampled logsumexp: the probabilities come out slightly lower where the classes
+   change within a few pixels, the same elsewhere). A window's result is the mean of its plain and mirrored
+   probabilities; overlapping windows are averaged.
 5. The padding is cut off and the probabilities resized (bilinear) to the original image size; the scales
    are averaged there and the label is the argmax.
 
@@ -54,6 +58,7 @@ __all__ = [
 
 PRECISIONS = ("fp32", "bf16")
 MODES = ("sliding", "whole")
+SUBSET_MODES = ("exact", "fast", "full")  # not "off": YAML reads off as false
 SOFTMAX_CHUNK = 32  # classes upsampled at a time while the softmax normaliser is accumulated (subset path)
 
 
@@ -72,7 +77,7 @@ class InferenceSettings:
     channels_last: bool | None  # TEST.test_channels_last; None: on CUDA only
     fold_bn: bool  # TEST.fold_bn
     cuda_graphs: bool  # TEST.test_cuda_graphs
-    subset: bool  # TEST.subset_inference
+    subset: str  # TEST.subset_inference: exact | fast | full
     stride_rate: float = 2.0 / 3.0  # MSeg's, not a config key
     size_divisor: int = 32  # whole-image mode pads to a multiple of this
 
@@ -97,6 +102,8 @@ class InferenceSettings:
             raise UserError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
         if self.window_batch <= 0:
             raise UserError(f"window_batch must be positive, got {self.window_batch}")
+        if self.subset not in SUBSET_MODES:
+            raise UserError(f"subset_inference {self.subset!r} is not one of {', '.join(SUBSET_MODES)}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
 
     def for_device(self, device: torch.device) -> "InferenceSettings":
@@ -199,14 +206,25 @@ def _subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projectio
     return compact(used.sub(log_normaliser).exp_())
 
 
-def class_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection | None = None, subset: bool = True) -> torch.Tensor:
+def _fast_subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection) -> torch.Tensor:
+    """Like :func:`_subset_probabilities` with the normaliser taken at the logits' resolution: only the used classes'
+    log-probabilities are upsampled (module docstring, step 4)."""
+    order, compact = _subset_plan(projection.num_inputs, projection.members)
+    used = torch.as_tensor(order[: compact.num_inputs], device=logits.device)
+    log_probs = logits.index_select(1, used).sub_(torch.logsumexp(logits, dim=1, keepdim=True))
+    return compact(_upsample(log_probs, size).exp_())
+
+
+def class_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection | None, subset: str) -> torch.Tensor:
     """N x C logits (at ``size`` or lower) -> N x K probabilities at ``size``: bilinear upsampling
-    (``align_corners=True``), softmax over the C classes, then ``projection`` (K = C without one). ``subset``: when the
-    projection reads only some classes, only those are computed at full resolution (equal up to float rounding)."""
+    (``align_corners=True``), softmax over the C classes, then ``projection`` (K = C without one). ``subset``
+    (exact | fast | full): how a projection that reads only some classes is computed (module docstring, step 4)."""
     logits = logits.float()
     if projection is not None and projection.num_inputs != logits.shape[1]:
         raise ValueError(f"the projection takes {projection.num_inputs} classes but the model outputs {logits.shape[1]}")
-    if projection is not None and subset and len(projection.used_inputs) < projection.num_inputs:
+    if projection is not None and subset != "full" and len(projection.used_inputs) < projection.num_inputs:
+        if subset == "fast":
+            return _fast_subset_probabilities(logits, size, projection)
         return _subset_probabilities(logits, size, projection)
     probs = torch.softmax(_upsample(logits, size), dim=1)
     return projection(probs) if projection is not None else probs

@@ -284,22 +284,38 @@ def test_subset_path_equals_the_full_softmax_and_projection():
     torch.manual_seed(0)
     logits = torch.randn(3, 40, 9, 11) * 4
     projection = Projection(40, [[3], [5, 17, 39], [], [0, 1]])  # 7 of 40 classes used; an output class fed by none
-    full = class_probabilities(logits, (33, 41), projection, subset=False)
-    subset = class_probabilities(logits, (33, 41), projection, subset=True)
-    assert subset.shape == full.shape == (3, 4, 33, 41)
-    assert (full - subset).abs().max() < 1e-6
-    assert torch.equal(subset[:, 2], torch.zeros_like(subset[:, 2]))
+    full = class_probabilities(logits, (33, 41), projection, subset="full")
+    exact = class_probabilities(logits, (33, 41), projection, subset="exact")
+    assert exact.shape == full.shape == (3, 4, 33, 41)
+    assert (full - exact).abs().max() < 1e-6
+    assert torch.equal(exact[:, 2], torch.zeros_like(exact[:, 2]))
     reference = torch.einsum("kc,nchw->nkhw", projection.matrix(), torch.softmax(F.interpolate(logits, (33, 41), mode="bilinear", align_corners=True), 1))
-    assert (reference - subset).abs().max() < 1e-6
+    assert (reference - exact).abs().max() < 1e-6
+
+
+def test_fast_subset_takes_the_normaliser_at_low_resolution():
+    torch.manual_seed(1)
+    projection = Projection(40, [[3], [5, 17, 39]])
+    flat = torch.randn(2, 40, 1, 1).expand(2, 40, 9, 11).contiguous() * 4  # the same logits everywhere: no boundary
+    torch.testing.assert_close(class_probabilities(flat, (33, 41), projection, subset="fast"),
+                               class_probabilities(flat, (33, 41), projection, subset="exact"), atol=1e-6, rtol=0)
+    logits = torch.randn(2, 40, 9, 11) * 4
+    fast = class_probabilities(logits, (33, 41), projection, subset="fast")
+    exact = class_probabilities(logits, (33, 41), projection, subset="exact")
+    assert (fast <= exact + 1e-6).all()  # the upsampled logsumexp bounds the exact one from above (convexity)
+    at_low_res_pixels = (slice(None), slice(None), slice(0, None, 4), slice(0, None, 4))  # align_corners: exact there
+    torch.testing.assert_close(fast[at_low_res_pixels], exact[at_low_res_pixels], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="subset_inference"):
+        hrnet_settings(subset="sometimes")
 
 
 def test_subset_inference_over_images_matches_the_full_path():
     model = trained_looking_hrnet(classes=9)
     projection = Projection(9, [[2], [4, 8]])
     image = random_image(37, 50, seed=4)
-    full = predict_probabilities(model, [image], hrnet_settings(subset=False), projection)[0]
-    subset = predict_probabilities(model, [image], hrnet_settings(subset=True), projection)[0]
-    assert (full - subset).abs().max() < 1e-6
+    full = predict_probabilities(model, [image], hrnet_settings(subset="full"), projection)[0]
+    exact = predict_probabilities(model, [image], hrnet_settings(subset="exact"), projection)[0]
+    assert (full - exact).abs().max() < 1e-6
 
 
 def test_fixed_batch_runner_pads_short_batches_and_drops_the_padding():
