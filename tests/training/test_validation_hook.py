@@ -9,7 +9,9 @@ import sys
 
 import pytest
 import torch
+import yaml
 
+from mseg_semantic.data.demo_world import generate
 from train_helpers import REPO, assert_states_equal, final_state, make_world, run_train, subprocess_env, write_config
 
 VALIDATION = {"val_every": 2, "val_datasets": ["camvid-11"], "tensorboard": True}
@@ -18,8 +20,6 @@ TEST = {"test_h": 32, "test_w": 32, "base_size": 48, "window_batch": 4}
 
 def config_with_validation(tmp_path, world, **train):
     path = write_config(tmp_path / "val.yaml", world, train={**VALIDATION, **train})
-    import yaml
-
     data = yaml.safe_load(path.read_text())
     data["TEST"] = dict(TEST)
     path.write_text(yaml.safe_dump(data))
@@ -83,9 +83,8 @@ def test_last_validation_follows_precise_bn_and_bad_datasets_stop_before_config_
 
 @pytest.mark.slow
 def test_two_ranks_validate_shards_and_agree_with_one_rank(tmp_path):
-    from mseg_semantic.data.demo_world import generate
-
-    world = generate(tmp_path / "world", counts={"train": 6}, heldout_counts={"val": 3}) and tmp_path / "world"
+    world = tmp_path / "world"
+    generate(world, counts={"train": 6}, heldout_counts={"val": 3})
     config = config_with_validation(tmp_path, world, max_iters=2, checkpoint_every=2, freeze_bn=True, tensorboard=False)
     single = run_train(config, f"output_dir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-3000:]
