@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mseg_semantic.data.lists import read_image_rgb
 from mseg_semantic.atomic import renamed_into_place
 from mseg_semantic.errors import UserError
-from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_probabilities
+from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
 from mseg_semantic.evaluation.model_space import OutputSpace
 from mseg_semantic.evaluation.outputs import PixelOutputs, pixel_outputs, write_confidence, write_probabilities
 from mseg_semantic.evaluation.visualize import compose_demo_frame, write_png
@@ -54,7 +54,7 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def _predict(engine: InferenceModel, images, settings, space, confidence: bool = False, probabilities: bool = False) -> list[PixelOutputs]:
-    probs = predict_probabilities(engine, images, settings, space.projection)
+    probs = predict_image_probabilities(engine, images, settings, space.projection)
     return [pixel_outputs(p, space, confidence=confidence, probabilities=probabilities) for p in probs]
 
 

@@ -26,7 +26,7 @@ from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.data.datasets import ValDataset, configure_worker_threads
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.figures import confusion_image, iou_bar_chart
-from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_probabilities
+from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
 from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status
 from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space
 from mseg_semantic.evaluation.outputs import pixel_outputs, write_confidence, write_probabilities
@@ -166,7 +166,7 @@ def evaluate_dataset(
     bar = tqdm(total=len(indices), desc=f"{dataset} {data.split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
     for batch in loader:
         labels = [space.convert_label(item["label"]) for item in batch]
-        probabilities = predict_probabilities(engine, [item["image"] for item in batch], settings, space.projection)
+        probabilities = predict_image_probabilities(engine, [item["image"] for item in batch], settings, space.projection)
         for item, probs, label in zip(batch, probabilities, labels):
             pixels = pixel_outputs(probs, space, confidence=outputs.confidence, probabilities=outputs.probabilities)
             matrix.update(pixels.label, torch.from_numpy(label.astype(np.int64)))

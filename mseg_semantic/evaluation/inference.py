@@ -20,7 +20,9 @@ The procedure follows MSeg's evaluation (mseg_semantic/tool/inference_task.py), 
    change within a few pixels, the same elsewhere). A window's result is the mean of its plain and mirrored
    probabilities; overlapping windows are averaged.
 5. The padding is cut off and the probabilities resized (bilinear) to the original image size; the scales
-   are averaged there and the label is the argmax.
+   are averaged there and the label is the argmax. With one scale the resize is left to the consumer
+   (:class:`ImageProbabilities`): labels alone resize only the classes that can win somewhere
+   (:func:`resized_argmax`, the same labels), which matters when the image is much larger than ``base_size``.
 
 Whole-image mode replaces step 3 by one forward of the whole padded image (padded to a multiple of
 ``size_divisor``). Images are uint8 RGB ``H x W x 3`` numpy arrays (or ``3 x H x W`` uint8 tensors).
@@ -47,12 +49,15 @@ from mseg_semantic.model import autocast_context
 from mseg_semantic.taxonomy import Projection
 
 __all__ = [
+    "ImageProbabilities",
     "InferenceModel",
     "InferenceSettings",
     "class_probabilities",
     "window_starts",
     "resized_hw",
+    "predict_image_probabilities",
     "predict_probabilities",
+    "resized_argmax",
     "segment_images",
 ]
 
@@ -359,19 +364,59 @@ def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
         module.training = training
 
 
+@dataclass
+class ImageProbabilities:
+    """One image's class probabilities before the last step: ``values`` (K x h x w) stand for their bilinear resize
+    (``align_corners=False``) to the image's ``size``; with several scales they are already at ``size``.
+
+    :meth:`full` is that resize (what :func:`predict_probabilities` returns); :meth:`labels` its argmax computed
+    exactly while resizing only the classes that can win somewhere (a few near each boundary instead of all 194:
+    this is what makes a 12-megapixel photo take seconds at a small base size).
+    """
+
+    values: torch.Tensor
+    size: tuple[int, int]
+
+    def full(self) -> torch.Tensor:
+        if tuple(self.values.shape[-2:]) == tuple(self.size):
+            return self.values
+        return F.interpolate(self.values.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False)[0]
+
+    def labels(self) -> torch.Tensor:
+        """int64 H x W: ``full().argmax(0)``, the same labels (ties to the lowest id) without resizing every class."""
+        return resized_argmax(self.values, self.size)
+
+
+def resized_argmax(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(values[None], size, bilinear, align_corners=False)[0].argmax(0)``, resizing candidates only.
+
+    Each resized pixel is a convex combination of a 2 x 2 block of ``values`` pixels (clamped at the border), so a
+    class's value there lies between its minimum and its maximum over that block. In a block where some class's
+    minimum is T, a class whose maximum stays below T can win at no pixel; every other class is a candidate.
+    """
+    if tuple(values.shape[-2:]) == tuple(size):
+        return values.argmax(0)
+    padded = F.pad(values.unsqueeze(0), (0, 1, 0, 1), mode="replicate")  # the clamped neighbour of the last row/column
+    block_max = F.max_pool2d(padded, kernel_size=2, stride=1)[0]
+    block_min = -F.max_pool2d(-padded, kernel_size=2, stride=1)[0]
+    threshold = block_min.amax(0, keepdim=True)
+    # a margin of float rounding: a class within it of the threshold stays a candidate
+    candidates = torch.nonzero((block_max >= threshold - 1e-6).flatten(1).any(1)).flatten()
+    if candidates.numel() == values.shape[0]:
+        return F.interpolate(values.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+    resized = F.interpolate(values.index_select(0, candidates).unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
+    return candidates[resized.argmax(0)]
+
+
 @torch.inference_mode()
-def predict_probabilities(
+def predict_image_probabilities(
     model: torch.nn.Module | InferenceModel,
     images: Sequence[np.ndarray | torch.Tensor],
     settings: InferenceSettings,
     projection: Projection | None = None,
-) -> list[torch.Tensor]:
-    """Per image, float32 ``K x H x W`` class probabilities at the image's own resolution, on the model's device.
-
-    ``model``: a plain model (prepared for this call) or an :class:`InferenceModel` (prepared once: pass one when
-    calling repeatedly). ``projection``: how the C softmax probabilities of the model become K output classes
-    (e.g. ``TaxonomyConverter.projection(dataset)``); without it K = C.
-    """
+) -> list[ImageProbabilities]:
+    """Per image, its probabilities before the resize to the image's size (:class:`ImageProbabilities`); the
+    arguments as for :func:`predict_probabilities`."""
     if len(images) == 0:
         return []
     engine = model if isinstance(model, InferenceModel) else InferenceModel(model, settings)
@@ -409,19 +454,39 @@ def predict_probabilities(
             for canvas in canvases:
                 probs = canvas.probs.div_(_coverage(canvas, device))
                 ih, iw = canvas.inner_hw
-                probs = probs[:, canvas.pad_top : canvas.pad_top + ih, canvas.pad_left : canvas.pad_left + iw]
-                out_hw = tuple(tensors[canvas.image_index].shape[1:])
-                if tuple(probs.shape[1:]) != out_hw:
-                    probs = F.interpolate(probs.unsqueeze(0), size=out_hw, mode="bilinear", align_corners=False)[0]
+                probs = probs[:, canvas.pad_top : canvas.pad_top + ih, canvas.pad_left : canvas.pad_left + iw].contiguous()
+                scaled = ImageProbabilities(probs, tuple(tensors[canvas.image_index].shape[1:]))
                 i = canvas.image_index
-                totals[i] = probs if totals[i] is None else totals[i].add_(probs)
+                if len(settings.scales) == 1:
+                    totals[i] = scaled  # resized by the consumer: fully, or only the classes it needs
+                elif totals[i] is None:  # several scales average at the image's size
+                    totals[i] = ImageProbabilities(scaled.full(), scaled.size)
+                else:
+                    totals[i].values.add_(scaled.full())
                 canvas.probs = None  # free before the next scale
     finally:
         _restore_modes(modes)
     if len(settings.scales) > 1:
         for total in totals:
-            total.div_(len(settings.scales))
-    return [t.contiguous() for t in totals]  # type: ignore[union-attr]
+            total.values.div_(len(settings.scales))
+    return totals  # type: ignore[return-value]
+
+
+def predict_probabilities(
+    model: torch.nn.Module | InferenceModel,
+    images: Sequence[np.ndarray | torch.Tensor],
+    settings: InferenceSettings,
+    projection: Projection | None = None,
+) -> list[torch.Tensor]:
+    """Per image, float32 ``K x H x W`` class probabilities at the image's own resolution, on the model's device.
+
+    ``model``: a plain model (prepared for this call) or an :class:`InferenceModel` (prepared once: pass one when
+    calling repeatedly). ``projection``: how the C softmax probabilities of the model become K output classes
+    (e.g. ``TaxonomyConverter.projection(dataset)``); without it K = C.
+    """
+    return [p.full().contiguous() for p in predict_image_probabilities(model, images, settings, projection)]
+
+
 
 
 def segment_images(
@@ -431,4 +496,4 @@ def segment_images(
     projection: Projection | None = None,
 ) -> list[torch.Tensor]:
     """Per image, the int64 ``H x W`` label map (argmax of :func:`predict_probabilities`), on the model's device."""
-    return [p.argmax(0) for p in predict_probabilities(model, images, settings, projection)]
+    return [p.labels() for p in predict_image_probabilities(model, images, settings, projection)]

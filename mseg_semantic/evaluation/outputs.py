@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mseg_semantic.atomic import atomic_write_bytes
+from mseg_semantic.evaluation.inference import ImageProbabilities, resized_argmax
 from mseg_semantic.evaluation.model_space import OutputSpace, label_dtype
 from mseg_semantic.evaluation.visualize import write_png
 from mseg_semantic.taxonomy import IGNORE_INDEX
@@ -59,11 +60,23 @@ class PixelOutputs:
         return self.label.to("cpu").numpy().astype(label_dtype(self.num_classes))
 
 
-def pixel_outputs(probs: torch.Tensor, space: OutputSpace, confidence: bool = False, probabilities: bool = False) -> PixelOutputs:
-    """Labels (and, on request, confidence maps and the class probabilities) from ``K x H x W`` probabilities."""
-    if not (confidence or probabilities or space.has_other):
-        return PixelOutputs(probs.argmax(0), space.num_classes)
-    dist = distribution(probs, space)
+def pixel_outputs(image: ImageProbabilities | torch.Tensor, space: OutputSpace, confidence: bool = False,
+                  probabilities: bool = False) -> PixelOutputs:
+    """Labels (and, on request, confidence maps and the class probabilities) of one image.
+
+    Labels alone are computed from the probabilities before their resize to the image's size, resizing only the
+    classes that can win (:func:`~mseg_semantic.evaluation.inference.resized_argmax`): 'other' is 1 - the sum of
+    the classes, linear, so it is resized like them. Confidence and probabilities need every class at full size.
+    """
+    if isinstance(image, torch.Tensor):
+        image = ImageProbabilities(image, tuple(image.shape[-2:]))
+    if not (confidence or probabilities):
+        values = image.values
+        if space.has_other:
+            values = torch.cat([values, (1.0 - values.sum(0, keepdim=True)).clamp_(min=0.0)])
+        index = resized_argmax(values, image.size)
+        return PixelOutputs(torch.where(index == space.num_classes, torch.full_like(index, IGNORE_INDEX), index), space.num_classes)
+    dist = distribution(image.full(), space)
     top, index = dist.max(0)
     label = torch.where(index == space.num_classes, torch.full_like(index, IGNORE_INDEX), index)  # 'other' -> 255
     out = PixelOutputs(label, space.num_classes)

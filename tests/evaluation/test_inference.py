@@ -383,3 +383,35 @@ def test_cuda_default_bf16_prepared_model_stays_close_to_fp32():
     fp32 = predict_probabilities(model, [image], hrnet_settings(precision="fp32", channels_last=False, fold_bn=False))[0]
     default = predict_probabilities(model, [image], hrnet_settings(precision=None, channels_last=None))[0]
     assert (fp32 - default).abs().max() < 0.05
+
+
+# --- labels without resizing every class ---------------------------------------------------------------------------
+
+from mseg_semantic.evaluation.inference import ImageProbabilities, predict_image_probabilities, resized_argmax
+
+
+@pytest.mark.parametrize("size", [(97, 131), (40, 50), (13, 9), (25, 33)])
+def test_resized_argmax_equals_the_argmax_of_every_class_resized(size):
+    torch.manual_seed(2)
+    # peaky, spatially varying probabilities of 60 classes (as a softmax of smooth logits), 25 x 33 pixels
+    logits = F.interpolate(torch.randn(1, 60, 7, 9) * 6, size=(25, 33), mode="bilinear", align_corners=False)[0]
+    probs = torch.softmax(logits, 0)
+    full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(resized_argmax(probs, size), full)
+    ties = torch.zeros(5, 4, 4)
+    ties[1:3] = 0.5  # two classes tied everywhere: the lower id, as argmax does
+    assert torch.equal(resized_argmax(ties, (9, 9)), torch.ones(9, 9, dtype=torch.long))
+
+
+def test_segment_images_resizes_only_candidates_and_keeps_the_labels():
+    model = trained_looking_hrnet(classes=30)
+    image = random_image(90, 120, seed=8)
+    settings = hrnet_settings(base_size=32)  # inference at 32 x 43, labels at 90 x 120
+    scaled = predict_image_probabilities(model, [image], settings)[0]
+    assert tuple(scaled.values.shape[-2:]) == (32, 43) and scaled.size == (90, 120)
+    full = predict_probabilities(model, [image], settings)[0]
+    torch.testing.assert_close(scaled.full(), full)
+    assert torch.equal(segment_images(model, [image], settings)[0], full.argmax(0))
+    multi = inference_settings(crop_h=32, crop_w=32, base_size=32, scales=(0.75, 1.0))
+    together = predict_image_probabilities(model, [image], multi)[0]
+    assert tuple(together.values.shape[-2:]) == (90, 120)  # several scales average at the image's size

@@ -188,3 +188,18 @@ def test_uncovered_ignore_predictions_are_scored_as_misses(tmp_path):
     assert ignore.metrics.pixel_acc == pytest.approx(1 - lost / ignore.metrics.num_pixels)
     assert ignore.metrics.iou[target] == 0.0 and ignore.metrics.pred_pixels[target] == 0
     assert "predicted 'unlabeled'" in format_per_class_table(ignore, "m")
+
+
+def test_labels_from_unresized_probabilities_equal_those_of_the_full_resize():
+    from mseg_semantic.evaluation.inference import ImageProbabilities
+
+    torch.manual_seed(3)
+    logits = torch.nn.functional.interpolate(torch.randn(1, 20, 5, 6) * 5, size=(12, 16), mode="bilinear", align_corners=False)[0]
+    values = torch.softmax(logits, 0)[:19] * 0.9  # 19 output classes, some mass elsewhere
+    image = ImageProbabilities(values, (47, 61))
+    for rule in ("drop", "ignore"):
+        space = display_space(universal(), "cityscapes-19", rule)
+        quick = pixel_outputs(image, space).label
+        full = pixel_outputs(image, space, confidence=True).label  # every class resized
+        assert torch.equal(quick, full), rule
+    assert (pixel_outputs(image, display_space(universal(), "cityscapes-19", "ignore")).label == 255).any()
