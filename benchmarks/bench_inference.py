@@ -99,7 +99,7 @@ def main() -> None:
                 m.running_var.uniform_(0.5, 2.0)
     image = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     common = dict(crop_h=args.crop, crop_w=args.crop, base_size=args.base_size, scales=tuple(args.scales), flip=True, mode="sliding",
-                  cuda_graphs=False, subset=True)
+                  cuda_graphs=False, subset="full")
     results, reference = {}, None
     for name, changes in variants(args).items():
         if args.only and name not in args.only:

@@ -63,7 +63,7 @@ __all__ = [
 
 PRECISIONS = ("fp32", "bf16")
 MODES = ("sliding", "whole")
-SUBSET_MODES = ("exact", "fast", "full")  # not "off": YAML reads off as false
+SUBSET_MODES = ("full", "exact", "fast")  # not "off": YAML reads off as false
 SOFTMAX_CHUNK = 32  # classes upsampled at a time while the softmax normaliser is accumulated (subset path)
 
 
@@ -82,7 +82,7 @@ class InferenceSettings:
     channels_last: bool | None  # TEST.test_channels_last; None: on CUDA only
     fold_bn: bool  # TEST.fold_bn
     cuda_graphs: bool  # TEST.test_cuda_graphs
-    subset: str  # TEST.subset_inference: exact | fast | full
+    subset: str  # TEST.subset_inference: full | exact | fast
     stride_rate: float = 2.0 / 3.0  # MSeg's, not a config key
     size_divisor: int = 32  # whole-image mode pads to a multiple of this
 
