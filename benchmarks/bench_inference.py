@@ -1,12 +1,18 @@
-"""Seconds per image of sliding-window inference: windows batched vs MSeg's per-window loop. Prints JSON.
+"""Seconds per image of sliding-window inference, variant by variant, in one call. Prints JSON.
 
-The per-window loop is the same code with ``window_batch=2``: each forward pass holds one window and its
-horizontal flip, which is what MSeg's ``net_process`` runs. The batched run puts ``--window-batch`` items
-(windows and flipped windows, all scales of the image) in each pass. Both give the same probabilities.
+Variants (each gives the same probabilities up to float rounding; ``max_abs_diff`` says how close):
+
+- ``per_window``: MSeg's loop: each forward pass holds one window and its flip (``window_batch=2``), BatchNorm
+  as trained, NCHW;
+- ``batched``: ``--window-batch`` items per pass (windows and flips of all the image's scales share passes);
+- ``batched_folded``: + BatchNorm folded into the convolutions;
+- ``batched_folded_nhwc``: + channels_last;
+- on CUDA also ``..._bf16`` (autocast, convolution weights cast once) and ``..._bf16_graphs`` (the fixed-shape
+  window batch replayed as a CUDA graph).
 
     python benchmarks/bench_inference.py                              # small CPU run (hrnet_tiny)
     python benchmarks/bench_inference.py --model hrnet_w48 --height 1080 --width 1920 --base-size 1080 \\
-        --crop 713 --window-batch 12 --device cuda --precision bf16     # MSeg's 1080p single-scale setting
+        --crop 713 --window-batch 12 --device cuda                    # MSeg's 1080p single-scale setting
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from mseg_semantic.evaluation.inference import InferenceSettings, predict_probabilities, resized_hw, window_starts
+from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_probabilities, resized_hw, window_starts
 from mseg_semantic.model import build_model
 
 
@@ -32,22 +38,36 @@ def count_items(h: int, w: int, settings: InferenceSettings) -> int:
     return total * (2 if settings.flip else 1)
 
 
-def time_per_image(model, image, settings, repeats: int, device) -> tuple[float, float | None]:
-    """Median seconds per image, and the peak GPU memory in GiB (None on a CPU)."""
-    predict_probabilities(model, [image], settings)  # warm-up (cudnn autotune, allocator)
+def time_per_image(engine: InferenceModel, image, settings, repeats: int, device) -> tuple[float, float | None, torch.Tensor]:
+    """Median seconds per image, the peak GPU memory in GiB (None on a CPU), and the probabilities."""
+    predict_probabilities(engine, [image], settings)  # warm-up (cuDNN autotuning, allocator, graph capture)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        probs = predict_probabilities(model, [image], settings)
-        probs[0].argmax(0).cpu()
+        probs = predict_probabilities(engine, [image], settings)[0]
+        probs.argmax(0).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
-    return float(np.median(times)), peak
+    return float(np.median(times)), peak, probs.float().cpu()
+
+
+def variants(args) -> dict[str, dict]:
+    """name -> InferenceSettings changes, in the order measured."""
+    out = {
+        "per_window": dict(window_batch=2, fold_bn=False, channels_last=False, precision="fp32"),
+        "batched": dict(window_batch=args.window_batch, fold_bn=False, channels_last=False, precision="fp32"),
+        "batched_folded": dict(window_batch=args.window_batch, fold_bn=True, channels_last=False, precision="fp32"),
+        "batched_folded_nhwc": dict(window_batch=args.window_batch, fold_bn=True, channels_last=True, precision="fp32"),
+    }
+    if args.device.startswith("cuda"):
+        out["batched_folded_nhwc_bf16"] = dict(window_batch=args.window_batch, fold_bn=True, channels_last=True, precision="bf16")
+        out["batched_folded_nhwc_bf16_graphs"] = dict(window_batch=args.window_batch, fold_bn=True, channels_last=True, precision="bf16", cuda_graphs=True)
+    return out
 
 
 def main() -> None:
@@ -60,25 +80,46 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=129)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--window-batch", type=int, default=16)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--only", nargs="+", default=None, help="measure only these variants")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
     model = build_model(args.model, args.classes).to(device).eval()
+    with torch.no_grad():  # BatchNorm statistics as after training, so that folding has something to fold
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
     image = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
-    common = dict(crop_h=args.crop, crop_w=args.crop, base_size=args.base_size, scales=tuple(args.scales), flip=True, precision=args.precision)
-    batched = InferenceSettings(window_batch=args.window_batch, **common)
-    loop = InferenceSettings(window_batch=2, **common)
-    items = count_items(args.height, args.width, batched)
-    t_batched, peak_batched = time_per_image(model, image, batched, args.repeats, device)
-    t_loop, peak_loop = time_per_image(model, image, loop, args.repeats, device)
-    result = {
+    common = dict(crop_h=args.crop, crop_w=args.crop, base_size=args.base_size, scales=tuple(args.scales), flip=True, mode="sliding",
+                  cuda_graphs=False, subset="full")
+    results, reference = {}, None
+    for name, changes in variants(args).items():
+        if args.only and name not in args.only:
+            continue
+        settings = InferenceSettings(**{**common, **changes})
+        engine = InferenceModel(model, settings)
+        seconds, peak, probs = time_per_image(engine, image, settings, args.repeats, device)
+        reference = probs if reference is None else reference
+        results[name] = {
+            "window_batch": settings.window_batch,
+            "forward_passes": -(-count_items(args.height, args.width, settings) // (2 * settings.windows_per_pass)),
+            "seconds_per_image": round(seconds, 4),
+            "peak_gpu_gib": peak,
+            "max_abs_diff": float((probs - reference).abs().max()),
+        }
+        del engine
+    first = next(iter(results.values()))["seconds_per_image"]
+    for entry in results.values():
+        entry["speedup"] = round(first / entry["seconds_per_image"], 3)
+    print(json.dumps({
         "benchmark": "sliding_window_inference",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
@@ -89,14 +130,10 @@ def main() -> None:
         "crop": args.crop,
         "scales": args.scales,
         "flip": True,
-        "precision": args.precision,
-        "forward_items_per_image": items,
+        "forward_items_per_image": count_items(args.height, args.width, InferenceSettings(**{**common, "window_batch": 2, "fold_bn": False, "channels_last": False, "precision": "fp32"})),
         "repeats": args.repeats,
-        "per_window_loop": {"window_batch": 2, "forward_passes": -(-items // 2), "seconds_per_image": round(t_loop, 4), "peak_gpu_gib": peak_loop},
-        "batched": {"window_batch": args.window_batch, "forward_passes": -(-items // args.window_batch), "seconds_per_image": round(t_batched, 4), "peak_gpu_gib": peak_batched},
-        "speedup": round(t_loop / t_batched, 3),
-    }
-    print(json.dumps(result, indent=2))
+        "variants": results,
+    }, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Run a model on an image, a folder of images or a video and write what it sees.
 
 Per image: ``<stem>_demo.png`` = ``[input | colour mask | overlay | legend of the classes present]`` and
-``<stem>_label.png`` (the predicted ids, uint8, or uint16 when the taxonomy has more than 255 classes).
+``<stem>_label.png`` (the predicted ids, uint8, or uint16 when the taxonomy has more than 255 classes; 255 =
+'other' with ``uncovered_classes=ignore``); with ``confidence`` ``<stem>_maxprob.png`` and ``<stem>_entropy.png``,
+with ``probabilities`` ``<stem>_probs.npz`` (formats: :mod:`mseg_semantic.evaluation.outputs`).
 A video gives ``<stem>_demo.mp4`` (mp4v, same frame rate and frame count) of the same side-by-side frames.
 Images (or frames) go through inference ``batch_size`` at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -17,15 +20,28 @@ import torch
 from tqdm import tqdm
 
 from mseg_semantic.data.lists import read_image_rgb
-from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
-from mseg_semantic.evaluation.model_space import OutputSpace, label_dtype
 from mseg_semantic.atomic import renamed_into_place
+from mseg_semantic.errors import UserError
+from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
+from mseg_semantic.evaluation.model_space import OutputSpace
+from mseg_semantic.evaluation.outputs import PixelOutputs, pixel_outputs, write_confidence, write_probabilities
 from mseg_semantic.evaluation.visualize import compose_demo_frame, write_png
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "run_demo", "list_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+@contextlib.contextmanager
+def _opencv_quiet():
+    """OpenCV's own log lines off while reading user files: a corrupt file is reported once, by us, with its name."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -37,50 +53,63 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def _predict(model, images, settings, space) -> list[np.ndarray]:
-    projection = space.projection
-    preds = segment_images(model, images, settings, projection)
-    dtype = label_dtype(space.num_classes)
-    return [p.to("cpu").numpy().astype(dtype) for p in preds]
+def _predict(engine: InferenceModel, images, settings, space, confidence: bool = False, probabilities: bool = False) -> list[PixelOutputs]:
+    probs = predict_image_probabilities(engine, images, settings, space.projection)
+    return [pixel_outputs(p, space, confidence=confidence, probabilities=probabilities) for p in probs]
 
 
 def run_demo(
-    model: torch.nn.Module,
+    model: torch.nn.Module | InferenceModel,
     space: OutputSpace,
     settings: InferenceSettings,
     input_path: str | Path,
     out_dir: str | Path,
     batch_size: int = 1,
     progress: bool = True,
+    confidence: bool = False,
+    probabilities: bool = False,
 ) -> list[Path]:
-    """Segment ``input_path`` (image, folder of images, or video) into ``out_dir``; returns the files written."""
+    """Segment ``input_path`` (image, folder of images, or video) into ``out_dir``; returns the files written.
+    ``confidence`` / ``probabilities``: also the confidence maps / the class probabilities (images only)."""
     input_path = Path(input_path)
     out_dir = Path(out_dir)
     batch_size = max(1, int(batch_size))
+    engine = model if isinstance(model, InferenceModel) else InferenceModel(model, settings)
+    extras = {"confidence": confidence, "probabilities": probabilities}
     if input_path.is_dir():
         images = list_images(input_path)
         if not images:
             raise FileNotFoundError(f"{input_path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return _run_images(model, space, settings, images, out_dir, batch_size, progress)
+        return _run_images(engine, space, settings, images, out_dir, batch_size, progress, **extras)
     if not input_path.exists():
         raise FileNotFoundError(f"demo input {input_path} does not exist (give an image, a folder of images, or a video)")
     suffix = input_path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        return _run_images(model, space, settings, [input_path], out_dir, batch_size, progress)
+        return _run_images(engine, space, settings, [input_path], out_dir, batch_size, progress, **extras)
     if suffix in VIDEO_SUFFIXES:
-        return [_run_video(model, space, settings, input_path, out_dir, batch_size, progress)]
-    raise ValueError(f"demo input {input_path}: unknown file type {suffix!r}; images: {', '.join(IMAGE_SUFFIXES)}; videos: {', '.join(VIDEO_SUFFIXES)}")
+        if confidence or probabilities:
+            raise UserError(f"demo input {input_path} is a video: save_confidence / save_probabilities write one file per image; "
+                            f"give a folder of frames, or leave them false")
+        return [_run_video(engine, space, settings, input_path, out_dir, batch_size, progress)]
+    raise UserError(f"demo input {input_path}: unknown file type {suffix!r}; images: {', '.join(IMAGE_SUFFIXES)}; videos: {', '.join(VIDEO_SUFFIXES)}")
 
 
-def _run_images(model, space, settings, paths: list[Path], out_dir: Path, batch_size: int, progress: bool) -> list[Path]:
+def _run_images(engine, space, settings, paths: list[Path], out_dir: Path, batch_size: int, progress: bool,
+                confidence: bool = False, probabilities: bool = False) -> list[Path]:
     written = []
     bar = tqdm(total=len(paths), desc="demo", unit="img", disable=not progress, dynamic_ncols=True)
     for chunk in _batches(paths, batch_size):
-        images = [read_image_rgb(p) for p in chunk]
-        for path, image, label in zip(chunk, images, _predict(model, images, settings, space)):
+        with _opencv_quiet():
+            images = [read_image_rgb(p) for p in chunk]
+        for path, image, pixels in zip(chunk, images, _predict(engine, images, settings, space, confidence, probabilities)):
+            label = pixels.label_array()
             frame = compose_demo_frame(image, label, space.class_names, space.colors)
             written.append(write_png(out_dir / f"{path.stem}_demo.png", frame, rgb=True))
             written.append(write_png(out_dir / f"{path.stem}_label.png", label))
+            if confidence:
+                written += write_confidence(out_dir / path.stem, pixels)
+            if probabilities:
+                written.append(write_probabilities(out_dir / path.stem, pixels, space.class_names))
         bar.update(len(chunk))
     bar.close()
     return written
@@ -92,10 +121,10 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
 
 
-def _run_video(model, space, settings, path: Path, out_dir: Path, batch_size: int, progress: bool) -> Path:
+def _run_video(engine, space, settings, path: Path, out_dir: Path, batch_size: int, progress: bool) -> Path:
     reader = cv2.VideoCapture(str(path))
     if not reader.isOpened():
-        raise ValueError(f"{path}: cannot be opened as a video")
+        raise UserError(f"{path}: cannot be opened as a video (corrupt, or a codec this OpenCV lacks)")
     fps = reader.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     final = out_dir / f"{path.stem}_demo.mp4"
@@ -112,8 +141,8 @@ def _run_video(model, space, settings, path: Path, out_dir: Path, batch_size: in
                     frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 if not frames:
                     break
-                for image, label in zip(frames, _predict(model, frames, settings, space)):
-                    frame = _even(compose_demo_frame(image, label, space.class_names, space.colors))
+                for image, pixels in zip(frames, _predict(engine, frames, settings, space)):
+                    frame = _even(compose_demo_frame(image, pixels.label_array(), space.class_names, space.colors))
                     if writer is None:
                         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
                         if not writer.isOpened():
@@ -121,7 +150,7 @@ def _run_video(model, space, settings, path: Path, out_dir: Path, batch_size: in
                     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
                 bar.update(len(frames))
             if writer is None:
-                raise ValueError(f"{path}: no frame could be read")
+                raise UserError(f"{path}: no frame could be read (an empty or corrupt video)")
             writer.release()  # the file is complete before it is renamed
     finally:
         bar.close()

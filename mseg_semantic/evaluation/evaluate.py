@@ -1,9 +1,12 @@
-"""Evaluate a model on one dataset split: inference, confusion matrix, per-class table, JSON summary.
+"""Evaluate a model on one dataset split: inference, confusion matrix, per-class table, JSON summary, pictures.
 
-Outputs under ``save_folder``: ``per_class.md``, ``summary.json`` and, with ``save_predictions``,
-``predictions/gray/<image relpath>.png`` (ids in the evaluation taxonomy) and ``predictions/color/...``.
-Every file is written atomically. Under torchrun each rank takes every ``world_size``-th image and the
-confusion matrices are summed before the metrics are computed (rank 0 writes).
+Outputs under ``save_folder``: ``per_class.md``, ``summary.json``, and as :class:`OutputOptions` asks:
+``per_class_iou.png`` (bars) and ``confusion.png`` (row-normalised confusion matrix) beside them;
+``predictions/gray/<image relpath>.png`` (ids in the evaluation taxonomy), ``predictions/color/...``;
+``predictions/confidence/<image relpath>_{maxprob,entropy}.png``; ``predictions/probabilities/<image relpath>_probs.npz``
+(formats: :mod:`mseg_semantic.evaluation.outputs`). Every file is written atomically. Under torchrun each rank
+takes every ``world_size``-th image and the confusion matrices are summed before the metrics are computed
+(rank 0 writes the reports; each rank writes its own images' predictions).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from tqdm import tqdm
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.data.datasets import ValDataset, configure_worker_threads
 from mseg_semantic.errors import UserError
-from mseg_semantic.evaluation.inference import InferenceSettings, segment_images
+from mseg_semantic.evaluation.figures import confusion_image, iou_bar_chart
+from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
 from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status
-from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space, label_dtype
+from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space
+from mseg_semantic.evaluation.outputs import pixel_outputs, write_confidence, write_probabilities
 from mseg_semantic.evaluation.visualize import colorize, write_png
 
-__all__ = ["EvalData", "EvaluationResult", "evaluate_dataset", "format_per_class_table", "select_indices"]
+__all__ = ["EvalData", "EvaluationResult", "OutputOptions", "evaluate_dataset", "format_per_class_table", "select_indices"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,40 @@ class EvalData:
         return cls(cfg.TEST.split, cfg.DATA.data_root or None, cfg.DATA.dataset_roots, cfg.DATA.dataset_lists,
                    cfg.TEST.index_start, cfg.TEST.index_step, cfg.TEST.batch_size_val, cfg.TRAIN.workers)
 
+    def partial_note(self, list_size: int) -> str | None:
+        """None when the whole list is evaluated, else which part of it (for every table made from the result)."""
+        end = list_size if self.index_step == 0 else min(self.index_start + self.index_step, list_size)
+        if self.index_start == 0 and end == list_size:
+            return None
+        return (f"images {self.index_start}..{end - 1} of the {list_size} in the {self.split} list "
+                f"(TEST.index_start={self.index_start}, index_step={self.index_step})")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What an evaluation writes beside summary.json and per_class.md, and in which taxonomy (TEST keys)."""
+
+    predictions: bool  # TEST.save_predictions: label and colour PNGs
+    confidence: bool  # TEST.save_confidence: max probability and entropy, 16-bit PNGs
+    probabilities: bool  # TEST.save_probabilities: every class's probability, compressed .npz
+    figures: bool  # TEST.save_figures: per_class_iou.png and confusion.png
+    output_taxonomy: str | None  # TEST.output_taxonomy: None = MSeg's evaluation taxonomy, or the dataset's own
+    uncovered: str  # TEST.uncovered_classes: drop | ignore
+
+    @classmethod
+    def from_config(cls, test: Mapping[str, Any]) -> "OutputOptions":
+        return cls(test["save_predictions"], test["save_confidence"], test["save_probabilities"], test["save_figures"],
+                   test["output_taxonomy"], test["uncovered_classes"])
+
+    @classmethod
+    def tables_only(cls) -> "OutputOptions":
+        """summary.json and per_class.md only, in MSeg's evaluation taxonomy (validation, tests)."""
+        return cls(False, False, False, False, None, "drop")
+
+    @property
+    def per_image(self) -> bool:
+        return self.predictions or self.confidence or self.probabilities
+
 
 @dataclass
 class EvaluationResult:
@@ -58,6 +97,9 @@ class EvaluationResult:
     space: OutputSpace
     seconds: float
     save_folder: Path | None
+    list_size: int  # images in the split list
+    partial: str | None  # which part of the list was evaluated, when not all of it
+    confusion: np.ndarray  # K x (K + 1) pixel counts: ground truth x prediction, the last column 'unlabeled'
 
     @property
     def miou(self) -> float:
@@ -91,18 +133,25 @@ def evaluate_dataset(
     settings: InferenceSettings,
     data: EvalData,
     save_folder: str | Path | None = None,
-    save_predictions: bool = False,
+    outputs: OutputOptions | None = None,
     progress: bool = True,
     model_label: str | None = None,
+    engine: InferenceModel | None = None,
 ) -> EvaluationResult:
-    """Run ``loaded.model`` over ``dataset``'s ``data.split`` and score it in :func:`evaluation_space`."""
-    if save_predictions and save_folder is None:
-        raise UserError("save_predictions=True needs a save_folder to write the predictions to")
+    """Run ``loaded.model`` over ``dataset``'s ``data.split`` and score it in :func:`evaluation_space`.
+
+    ``outputs``: what is written besides the tables (default: the tables only); ``engine``: ``loaded.model``
+    already prepared for inference (:class:`InferenceModel`), e.g. shared by the runs of a benchmark.
+    """
+    outputs = outputs or OutputOptions.tables_only()
+    if (outputs.per_image or outputs.figures) and save_folder is None:
+        raise UserError("saving predictions, confidence, probabilities or figures needs a save_folder to write them to")
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    space = evaluation_space(loaded, dataset)
+    space = evaluation_space(loaded, dataset, outputs.output_taxonomy, outputs.uncovered)
     images = ValDataset(dataset, data.split, data.data_root, data.dataset_roots, data.dataset_lists)
     indices = select_indices(len(images), data.index_start, data.index_step, rank, world_size)
-    device = next(loaded.model.parameters()).device
+    engine = engine or InferenceModel(loaded.model, settings)
+    device = engine.device
     matrix = ConfusionMatrix(space.num_classes, device=device)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(images, indices),
@@ -113,19 +162,16 @@ def evaluate_dataset(
         worker_init_fn=configure_worker_threads if data.workers > 0 else None,
     )
     save_folder = Path(save_folder) if save_folder is not None else None
-    out_dtype = label_dtype(space.num_classes)
     started = time.perf_counter()
     bar = tqdm(total=len(indices), desc=f"{dataset} {data.split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
     for batch in loader:
         labels = [space.convert_label(item["label"]) for item in batch]
-        preds = segment_images(loaded.model, [item["image"] for item in batch], settings, space.projection)
-        for item, pred, label in zip(batch, preds, labels):
-            matrix.update(pred, torch.from_numpy(label.astype(np.int64)))
-            if save_predictions:
-                pred_np = pred.to("cpu").numpy().astype(out_dtype)
-                rel = _prediction_relpath(item["image_path"], images.location.root)
-                write_png(save_folder / "predictions" / "gray" / rel, pred_np)
-                write_png(save_folder / "predictions" / "color" / rel, colorize(pred_np, space.colors), rgb=True)
+        probabilities = predict_image_probabilities(engine, [item["image"] for item in batch], settings, space.projection)
+        for item, probs, label in zip(batch, probabilities, labels):
+            pixels = pixel_outputs(probs, space, confidence=outputs.confidence, probabilities=outputs.probabilities)
+            matrix.update(pixels.label, torch.from_numpy(label.astype(np.int64)))
+            if outputs.per_image:
+                _write_image_outputs(save_folder, _prediction_relpath(item["image_path"], images.location.root), pixels, space, outputs)
         bar.update(len(batch))
         if not bar.disable:
             bar.set_postfix(pixel_acc=f"{_running_accuracy(matrix):.3f}")
@@ -134,16 +180,29 @@ def evaluate_dataset(
     seconds = time.perf_counter() - started
     metrics = matrix.compute(space.valid_classes)
     total_images = len(select_indices(len(images), data.index_start, data.index_step))
-    result = EvaluationResult(dataset, data.split, total_images, metrics, space, seconds, save_folder)
+    result = EvaluationResult(dataset, data.split, total_images, metrics, space, seconds, save_folder, len(images),
+                              data.partial_note(len(images)), matrix.table.cpu().numpy())
     if rank == 0 and save_folder is not None:
-        write_reports(result, loaded, settings, model_label or Path(loaded.path).stem, str(device))
+        write_reports(result, loaded, engine.settings, model_label or Path(loaded.path).stem, str(device), outputs.figures)
     return result
 
 
+def _write_image_outputs(folder: Path, rel: Path, pixels, space: OutputSpace, outputs: OutputOptions) -> None:
+    predictions = folder / "predictions"
+    if outputs.predictions:
+        label = pixels.label_array()
+        write_png(predictions / "gray" / rel, label)
+        write_png(predictions / "color" / rel, colorize(label, space.colors), rgb=True)
+    stem = rel.with_suffix("")
+    if outputs.confidence:
+        write_confidence(predictions / "confidence" / stem, pixels)
+    if outputs.probabilities:
+        write_probabilities(predictions / "probabilities" / stem, pixels, space.class_names)
+
+
 def _running_accuracy(matrix: ConfusionMatrix) -> float:
-    counts = matrix.counts
-    total = counts.sum()
-    return float(counts.diagonal().sum() / total) if total > 0 else float("nan")
+    total = matrix.table.sum()
+    return float(matrix.counts.diagonal().sum() / total) if total > 0 else float("nan")
 
 
 def _pct(value: float | None) -> str:
@@ -155,17 +214,25 @@ def format_per_class_table(result: EvaluationResult, model_label: str) -> str:
     status = class_status(m)
     excluded = sum(1 for s in status if s == "excluded")
     absent = [result.space.class_names[c] for c, s in enumerate(status) if s == "absent"]
-    lines = [
-        f"# {result.dataset} ({result.split}, {result.num_images} images), model {model_label}, taxonomy {result.space.name}",
+    lines = [f"# {result.dataset} ({result.split}, {result.num_images} images), model {model_label}, taxonomy {result.space.name}", ""]
+    if result.partial:
+        lines += [f"**PARTIAL**: {result.partial}; not comparable with results on the whole list.", ""]
+    lines += [
+        f"MSeg's formulas (a class absent from the ground truth counts 0; MSeg's mIoU / mAcc / allAcc): "
+        f"mIoU {_pct(m.miou_mseg)} | mAcc {_pct(m.mean_acc_mseg)} | allAcc {_pct(m.pixel_acc)}",
         "",
-        f"mIoU {_pct(m.miou)} | pixel acc {_pct(m.pixel_acc)} | mean acc {_pct(m.mean_acc)} | fw IoU {_pct(m.fw_iou)} "
-        f"| mIoU, MSeg's formula {_pct(m.miou_mseg)}",
+        f"Absent classes left out (Cityscapes rule): mIoU {_pct(m.miou)} | mean acc {_pct(m.mean_acc)} | fw IoU {_pct(m.fw_iou)}",
         "",
     ]
     if excluded:
         lines += [f"{excluded} classes of {result.space.name} are excluded: {result.dataset} cannot express them (MSeg's rule).", ""]
     if absent:
-        lines += [f"Absent from prediction and ground truth (no IoU, not in the mean): {', '.join(absent)}.", ""]
+        lines += [f"Absent from prediction and ground truth (no IoU; 0 in MSeg's mean): {', '.join(absent)}.", ""]
+    unlabeled = int(m.unlabeled_pixels.sum())
+    if unlabeled:
+        lines += [f"{unlabeled} pixels were predicted 'unlabeled' (uncovered_classes=ignore): misses of their classes.", ""]
+    for note in result.space.notes:
+        lines += [f"Projection: {note}.", ""]
     lines += ["| id | class | IoU | acc | GT pixels | predicted pixels | status |", "| ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for c, name in enumerate(result.space.class_names):
         if status[c] == "excluded":
@@ -176,17 +243,22 @@ def format_per_class_table(result: EvaluationResult, model_label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(result: EvaluationResult, loaded: LoadedModel, settings: InferenceSettings, model_label: str, device: str) -> None:
+def write_reports(result: EvaluationResult, loaded: LoadedModel, settings: InferenceSettings, model_label: str, device: str,
+                  figures: bool = False) -> None:
     folder = result.save_folder
     summary = {
         "dataset": result.dataset,
         "split": result.split,
         "num_images": result.num_images,
+        "images_in_list": result.list_size,
+        "partial": result.partial,
         "model_path": loaded.path,
         "model_label": model_label,
         "model": loaded.name,
         "model_taxonomy": loaded.model_taxonomy,
         "eval_taxonomy": result.space.name,
+        "uncovered_classes": result.space.uncovered if result.space.projection is not None else None,
+        "projection_notes": list(result.space.notes),
         "inference": asdict(settings),
         "device": device,
         "seconds": round(result.seconds, 3),
@@ -195,4 +267,10 @@ def write_reports(result: EvaluationResult, loaded: LoadedModel, settings: Infer
     }
     atomic_write_json(folder / "summary.json", summary)
     atomic_write_text(folder / "per_class.md", format_per_class_table(result, model_label))
-
+    if figures:
+        m = result.metrics
+        title = (f"{result.dataset} ({result.split}{', PARTIAL' if result.partial else ''}), {model_label}: "
+                 f"mIoU {_pct(m.miou_mseg)} (MSeg's formula), {_pct(m.miou)} (absent classes left out)")
+        write_png(folder / "per_class_iou.png", iou_bar_chart(title, result.space.class_names, m.iou, result.space.colors, m.valid), rgb=True)
+        write_png(folder / "confusion.png", confusion_image(f"{result.dataset}, {model_label}: row-normalised confusion matrix",
+                                                           result.space.class_names, result.confusion, m.valid), rgb=True)

@@ -6,23 +6,36 @@ The procedure follows MSeg's evaluation (mseg_semantic/tool/inference_task.py), 
 2. Pad it to at least the crop size with the ImageNet mean (0 after normalisation), the extra split between
    top/bottom and left/right as MSeg does (``pad // 2`` before).
 3. Windows of the crop size with stride ``ceil(crop * 2/3)``; the last window of a row/column is shifted back
-   so it ends at the border. Every window, and its horizontal flip when ``flip``, is one item of a batch; all
-   items of an image (and of the other images of the call) are run in chunks of ``window_batch``.
-4. Each item's logits -> softmax probabilities (-> projected to the output taxonomy when a
-   :class:`~mseg_semantic.taxonomy.Projection` is given: the sum of the model classes' probabilities per output
-   class, exactly as TaxonomyConverter does).
-   A window's output is the mean of its plain and flipped probabilities; overlapping windows are averaged.
+   so it ends at the border. Each window and, when ``flip``, its horizontal mirror go through the model in the
+   same pass; ``window_batch`` items (a window and its mirror are two) per pass, all images of the call sharing
+   the passes.
+4. The logits are upsampled to the window (bilinear, ``align_corners=True``: HRNet's last step), turned into
+   softmax probabilities and, given a :class:`~mseg_semantic.taxonomy.Projection`, summed into the output
+   classes (exactly as TaxonomyConverter does). When the projection reads only some model classes (``subset``):
+   ``exact`` computes only those at full resolution, the softmax normaliser accumulated over every class in
+   chunks (never a full-resolution tensor of every class; equal up to float rounding); ``fast`` takes the
+   normaliser at the logits' resolution, so that the full-resolution work touches those classes only
+   (``upsample(l_c - logsumexp(l)) = upsample(l_c) - upsample(logsumexp(l))``, and logsumexp of the upsampled
+   logits is at most the upsampled logsumexp: the probabilities come out slightly lower where the classes
+   change within a few pixels, the same elsewhere). A window's result is the mean of its plain and mirrored
+   probabilities; overlapping windows are averaged.
 5. The padding is cut off and the probabilities resized (bilinear) to the original image size; the scales
-   are averaged there and the label is the argmax.
+   are averaged there and the label is the argmax. With one scale the resize is left to the consumer
+   (:class:`ImageProbabilities`): labels alone resize only the classes that can win somewhere
+   (:func:`resized_argmax`, the same labels), which matters when the image is much larger than ``base_size``.
 
 Whole-image mode replaces step 3 by one forward of the whole padded image (padded to a multiple of
 ``size_divisor``). Images are uint8 RGB ``H x W x 3`` numpy arrays (or ``3 x H x W`` uint8 tensors).
+
+The model runs as :class:`InferenceModel` prepares it (:mod:`mseg_semantic.evaluation.engine`): BatchNorm folded,
+convolution weights cast once for bf16, channels_last, CUDA graphs of the fixed-shape window batch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -31,19 +44,27 @@ import torch.nn.functional as F
 
 from mseg_semantic.data.transforms import normalize_images
 from mseg_semantic.errors import UserError
+from mseg_semantic.evaluation.engine import FixedBatchRunner, low_res_logits, prepared_copy
 from mseg_semantic.model import autocast_context
 from mseg_semantic.taxonomy import Projection
 
 __all__ = [
+    "ImageProbabilities",
+    "InferenceModel",
     "InferenceSettings",
+    "class_probabilities",
     "window_starts",
     "resized_hw",
+    "predict_image_probabilities",
     "predict_probabilities",
+    "resized_argmax",
     "segment_images",
 ]
 
 PRECISIONS = ("fp32", "bf16")
 MODES = ("sliding", "whole")
+SUBSET_MODES = ("full", "exact", "fast")  # not "off": YAML reads off as false
+SOFTMAX_CHUNK = 32  # classes upsampled at a time while the softmax normaliser is accumulated (subset path)
 
 
 @dataclass(frozen=True)
@@ -57,7 +78,11 @@ class InferenceSettings:
     flip: bool
     mode: str  # TEST.inference_mode: sliding | whole
     window_batch: int  # items (windows or flipped windows) per forward pass
-    precision: str  # TEST.test_precision: fp32 | bf16 (autocast; bf16 is meant for CUDA)
+    precision: str | None  # TEST.test_precision: fp32 | bf16 (autocast); None: bf16 on CUDA, fp32 elsewhere
+    channels_last: bool | None  # TEST.test_channels_last; None: on CUDA only
+    fold_bn: bool  # TEST.fold_bn
+    cuda_graphs: bool  # TEST.test_cuda_graphs
+    subset: str  # TEST.subset_inference: full | exact | fast
     stride_rate: float = 2.0 / 3.0  # MSeg's, not a config key
     size_divisor: int = 32  # whole-image mode pads to a multiple of this
 
@@ -65,12 +90,14 @@ class InferenceSettings:
     def from_config(cls, test: Mapping[str, Any]) -> "InferenceSettings":
         """From a config's TEST section."""
         return cls(crop_h=test["test_h"], crop_w=test["test_w"], base_size=test["base_size"], scales=tuple(test["scales"]),
-                   flip=test["flip"], mode=test["inference_mode"], window_batch=test["window_batch"], precision=test["test_precision"])
+                   flip=test["flip"], mode=test["inference_mode"], window_batch=test["window_batch"], precision=test["test_precision"],
+                   channels_last=test["test_channels_last"], fold_bn=test["fold_bn"], cuda_graphs=test["test_cuda_graphs"],
+                   subset=test["subset_inference"])
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"inference mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.crop_h <= 0 or self.crop_w <= 0:
             raise UserError(f"crop size must be positive, got {self.crop_h} x {self.crop_w}")
@@ -80,7 +107,15 @@ class InferenceSettings:
             raise UserError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
         if self.window_batch <= 0:
             raise UserError(f"window_batch must be positive, got {self.window_batch}")
+        if self.subset not in SUBSET_MODES:
+            raise UserError(f"subset_inference {self.subset!r} is not one of {', '.join(SUBSET_MODES)}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+
+    def for_device(self, device: torch.device) -> "InferenceSettings":
+        """The unset device-dependent choices made: bf16 and channels_last on CUDA, fp32 and NCHW elsewhere."""
+        cuda = device.type == "cuda"
+        return replace(self, precision=self.precision or ("bf16" if cuda else "fp32"),
+                       channels_last=cuda if self.channels_last is None else self.channels_last)
 
     @property
     def stride_h(self) -> int:
@@ -89,6 +124,11 @@ class InferenceSettings:
     @property
     def stride_w(self) -> int:
         return int(math.ceil(self.crop_w * self.stride_rate))
+
+    @property
+    def windows_per_pass(self) -> int:
+        """Whole windows per forward pass: a window and its mirror are two of the ``window_batch`` items."""
+        return max(1, self.window_batch // (2 if self.flip else 1))
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
@@ -125,17 +165,152 @@ def _prepare(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return normalize_images(x)[0]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# logits -> class probabilities
+
+
+@functools.lru_cache(maxsize=64)
+def _subset_plan(num_inputs: int, members: tuple[tuple[int, ...], ...]) -> tuple[list[int], Projection]:
+    """(model classes in the order used-first-then-the-rest, the projection re-indexed to the used classes)."""
+    used = sorted({m for group in members for m in group})
+    position = {m: i for i, m in enumerate(used)}
+    rest = [c for c in range(num_inputs) if c not in position]
+    return used + rest, Projection(len(used), [[position[m] for m in group] for group in members])
+
+
+def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+def _subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection) -> torch.Tensor:
+    """``projection(softmax(upsample(logits)))`` computing full-resolution probabilities of the used classes only.
+
+    The softmax normaliser (log-sum-exp over every class) is accumulated chunk by chunk at full resolution, so no
+    tensor of all classes at full resolution is ever held; the used classes come first and their upsampled logits
+    are kept from that pass.
+    """
+    order, compact = _subset_plan(projection.num_inputs, projection.members)
+    num_used = compact.num_inputs
+    ordered = logits.index_select(1, torch.as_tensor(order, device=logits.device))
+    kept, top, total = [], None, None
+    for start in range(0, ordered.shape[1], SOFTMAX_CHUNK):
+        part = _upsample(ordered[:, start : start + SOFTMAX_CHUNK], size)
+        if start < num_used:
+            kept.append(part[:, : num_used - start])
+        part_max = part.amax(1)
+        if top is None:
+            top, total = part_max, (part - part_max.unsqueeze(1)).exp_().sum(1)
+            continue
+        new_top = torch.maximum(top, part_max)
+        total = total.mul_((top - new_top).exp_()).add_((part - new_top.unsqueeze(1)).exp_().sum(1))
+        top = new_top
+    log_normaliser = top.add_(total.log_()).unsqueeze(1)
+    used = torch.cat(kept, dim=1) if len(kept) > 1 else kept[0]
+    return compact(used.sub(log_normaliser).exp_())
+
+
+def _fast_subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection) -> torch.Tensor:
+    """Like :func:`_subset_probabilities` with the normaliser taken at the logits' resolution: only the used classes'
+    log-probabilities are upsampled (module docstring, step 4)."""
+    order, compact = _subset_plan(projection.num_inputs, projection.members)
+    used = torch.as_tensor(order[: compact.num_inputs], device=logits.device)
+    log_probs = logits.index_select(1, used).sub_(torch.logsumexp(logits, dim=1, keepdim=True))
+    return compact(_upsample(log_probs, size).exp_())
+
+
+def class_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection | None, subset: str) -> torch.Tensor:
+    """N x C logits (at ``size`` or lower) -> N x K probabilities at ``size``: bilinear upsampling
+    (``align_corners=True``), softmax over the C classes, then ``projection`` (K = C without one). ``subset``
+    (exact | fast | full): how a projection that reads only some classes is computed (module docstring, step 4)."""
+    logits = logits.float()
+    if projection is not None and projection.num_inputs != logits.shape[1]:
+        raise ValueError(f"the projection takes {projection.num_inputs} classes but the model outputs {logits.shape[1]}")
+    if projection is not None and subset != "full" and len(projection.used_inputs) < projection.num_inputs:
+        if subset == "fast":
+            return _fast_subset_probabilities(logits, size, projection)
+        return _subset_probabilities(logits, size, projection)
+    probs = torch.softmax(_upsample(logits, size), dim=1)
+    return projection(probs) if projection is not None else probs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the prepared model
+
+
+class InferenceModel:
+    """A model made ready for inference on its device, once: BatchNorm folded (``fold_bn``), convolution weights
+    cast to bf16 (``precision``), channels_last, and the window batch replayed as a CUDA graph (``cuda_graphs``).
+
+    ``inplace=False`` (default) transforms a copy, so the caller's model (e.g. the one being trained) is left as it
+    is; ``fixed_batches`` pads every pass to the full window batch, as CUDA graphs need (default: ``cuda_graphs``).
+    Pass it to :func:`predict_probabilities` / :func:`segment_images` instead of the plain model.
+    """
+
+    def __init__(self, model: torch.nn.Module, settings: InferenceSettings, inplace: bool = False, fixed_batches: bool | None = None):
+        parameter = next(iter(model.parameters()), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        self.settings = settings.for_device(self.device)
+        if self.settings.cuda_graphs and self.device.type != "cuda":
+            raise UserError(f"TEST.test_cuda_graphs=true needs the model on a CUDA device; it is on {self.device} "
+                            f"(set test_device=cuda, or test_cuda_graphs=false)")
+        self.fixed_batches = self.settings.cuda_graphs if fixed_batches is None else fixed_batches
+        modes = _module_modes(model)
+        model.eval()  # folding reads the running statistics
+        cast_to = torch.bfloat16 if self.settings.precision == "bf16" else None
+        self.module = prepared_copy(model, self.settings.fold_bn, cast_to, self.settings.channels_last, inplace)
+        _restore_modes(modes)  # a copy stays in eval mode; the caller's model gets its own modes back
+        self.original = model
+        self._runners: dict[tuple, FixedBatchRunner] = {}
+
+    def check(self, settings: InferenceSettings) -> None:
+        """``settings`` must agree with what this model was prepared for (geometry may differ: base size, crop)."""
+        wanted = settings.for_device(self.device)
+        for name in ("precision", "channels_last", "fold_bn", "cuda_graphs"):
+            if getattr(wanted, name) != getattr(self.settings, name):
+                raise ValueError(f"this InferenceModel was prepared with {name}={getattr(self.settings, name)!r}, "
+                                 f"the call asks for {getattr(wanted, name)!r}; prepare another one")
+
+    def window_probabilities(self, crops: torch.Tensor, projection: Projection | None, settings: InferenceSettings) -> torch.Tensor:
+        """W x 3 x h x w normalised windows -> W x K x h x w probabilities (mean of the plain and mirrored pass)."""
+        n = crops.shape[0]
+        batch = torch.cat([crops, crops.flip(-1)]) if settings.flip else crops
+        if self.settings.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.settings.precision, self.device.type):  # the forward only: the sums stay fp32
+            logits = low_res_logits(self.module, batch)
+        probs = class_probabilities(logits, tuple(batch.shape[-2:]), projection, settings.subset)
+        if settings.flip:
+            probs = probs[:n].add_(probs[n:].flip(-1)).mul_(0.5)
+        return probs
+
+    def runner(self, projection: Projection | None, settings: InferenceSettings) -> FixedBatchRunner | None:
+        """The fixed-shape runner of these settings (None: run each chunk as it is)."""
+        if not self.fixed_batches:
+            return None
+        key = (id(projection), settings.flip, settings.subset, settings.windows_per_pass)
+        if key not in self._runners:
+            fn = functools.partial(self.window_probabilities, projection=projection, settings=settings)
+            self._runners[key] = FixedBatchRunner(fn, settings.windows_per_pass, cuda_graph=self.settings.cuda_graphs)
+        return self._runners[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# windows over images
+
+
 @dataclass
 class _Canvas:
-    """One image at one scale: the padded input and the accumulated probabilities."""
+    """One image at one scale: the padded input, the accumulated probabilities and how many windows cover a pixel."""
 
     image_index: int
     inner_hw: tuple[int, int]
     pad_top: int
     pad_left: int
     padded: torch.Tensor  # 3 x PH x PW normalised
+    windows: list[tuple[int, int, int, int]]  # y, x, h, w
     probs: torch.Tensor | None = None  # K x PH x PW
-    counts: torch.Tensor | None = None  # PH x PW
 
 
 def _pad(x: torch.Tensor, target_h: int, target_w: int) -> tuple[torch.Tensor, int, int]:
@@ -148,56 +323,112 @@ def _pad(x: torch.Tensor, target_h: int, target_w: int) -> tuple[torch.Tensor, i
     return x, top, left
 
 
-def _items(canvases: Sequence[_Canvas], settings: InferenceSettings) -> Iterator[tuple[int, int, int, int, int, bool]]:
-    """(canvas index, y, x, h, w, flipped) for every forward item."""
-    flips = (False, True) if settings.flip else (False,)
+def _windows(ph: int, pw: int, settings: InferenceSettings) -> list[tuple[int, int, int, int]]:
+    if settings.mode == "whole":
+        return [(0, 0, ph, pw)]
+    return [
+        (y, x, settings.crop_h, settings.crop_w)
+        for y in window_starts(ph, settings.crop_h, settings.stride_h)
+        for x in window_starts(pw, settings.crop_w, settings.stride_w)
+    ]
+
+
+def _coverage(canvas: _Canvas, device: torch.device) -> torch.Tensor:
+    """How many windows cover each pixel of the padded canvas (the same for every class: computed once)."""
+    counts = torch.zeros(canvas.padded.shape[1:], device=device)
+    for y, x, h, w in canvas.windows:
+        counts[y : y + h, x : x + w] += 1
+    return counts
+
+
+def _chunks(canvases: Sequence[_Canvas], size: int) -> Iterator[list[tuple[int, int, int, int, int]]]:
+    """(canvas index, y, x, h, w) of consecutive windows of equal shape, at most ``size`` per chunk."""
+    chunk: list[tuple[int, int, int, int, int]] = []
     for ci, canvas in enumerate(canvases):
-        ph, pw = canvas.padded.shape[1:]
-        if settings.mode == "whole":
-            windows = [(0, 0, ph, pw)]
-        else:
-            windows = [
-                (y, x, settings.crop_h, settings.crop_w)
-                for y in window_starts(ph, settings.crop_h, settings.stride_h)
-                for x in window_starts(pw, settings.crop_w, settings.stride_w)
-            ]
-        for y, x, h, w in windows:
-            for flipped in flips:
-                yield ci, y, x, h, w, flipped
-
-
-def _chunks(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
-    """Consecutive items of equal window shape, at most ``size`` per chunk."""
-    chunk: list[tuple] = []
-    for item in items:
-        if chunk and (len(chunk) == size or chunk[-1][3:5] != item[3:5]):
-            yield chunk
-            chunk = []
-        chunk.append(item)
+        for window in canvas.windows:
+            if chunk and (len(chunk) == size or chunk[-1][3:5] != window[2:4]):
+                yield chunk
+                chunk = []
+            chunk.append((ci, *window))
     if chunk:
         yield chunk
 
 
+def _module_modes(module: torch.nn.Module) -> list[tuple[torch.nn.Module, bool]]:
+    return [(m, m.training) for m in module.modules()]
+
+
+def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    """Each module's own training flag back (``model.train(flag)`` would unfreeze frozen BatchNorm layers)."""
+    for module, training in modes:
+        module.training = training
+
+
+@dataclass
+class ImageProbabilities:
+    """One image's class probabilities before the last step: ``values`` (K x h x w) stand for their bilinear resize
+    (``align_corners=False``) to the image's ``size``; with several scales they are already at ``size``.
+
+    :meth:`full` is that resize (what :func:`predict_probabilities` returns); :meth:`labels` its argmax computed
+    exactly while resizing only the classes that can win somewhere (a few near each boundary instead of all 194:
+    this is what makes a 12-megapixel photo take seconds at a small base size).
+    """
+
+    values: torch.Tensor
+    size: tuple[int, int]
+
+    def full(self) -> torch.Tensor:
+        if tuple(self.values.shape[-2:]) == tuple(self.size):
+            return self.values
+        return F.interpolate(self.values.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False)[0]
+
+    def labels(self) -> torch.Tensor:
+        """int64 H x W: ``full().argmax(0)``, the same labels (ties to the lowest id) without resizing every class."""
+        return resized_argmax(self.values, self.size)
+
+
+def resized_argmax(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(values[None], size, bilinear, align_corners=False)[0].argmax(0)``, resizing candidates only.
+
+    Each resized pixel is a convex combination of a 2 x 2 block of ``values`` pixels (clamped at the border), so a
+    class's value there lies between its minimum and its maximum over that block. In a block where some class's
+    minimum is T, a class whose maximum stays below T can win at no pixel; every other class is a candidate.
+    """
+    if tuple(values.shape[-2:]) == tuple(size):
+        return values.argmax(0)
+    padded = F.pad(values.unsqueeze(0), (0, 1, 0, 1), mode="replicate")  # the clamped neighbour of the last row/column
+    block_max = F.max_pool2d(padded, kernel_size=2, stride=1)[0]
+    block_min = -F.max_pool2d(-padded, kernel_size=2, stride=1)[0]
+    threshold = block_min.amax(0, keepdim=True)
+    # a margin of float rounding: a class within it of the threshold stays a candidate
+    candidates = torch.nonzero((block_max >= threshold - 1e-6).flatten(1).any(1)).flatten()
+    if candidates.numel() == values.shape[0]:
+        return F.interpolate(values.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+    resized = F.interpolate(values.index_select(0, candidates).unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
+    return candidates[resized.argmax(0)]
+
+
 @torch.inference_mode()
-def predict_probabilities(
-    model: torch.nn.Module,
+def predict_image_probabilities(
+    model: torch.nn.Module | InferenceModel,
     images: Sequence[np.ndarray | torch.Tensor],
     settings: InferenceSettings,
     projection: Projection | None = None,
-) -> list[torch.Tensor]:
-    """Per image, float32 ``K x H x W`` class probabilities at the image's own resolution, on the model's device.
-
-    ``projection``: how the C softmax probabilities of the model become K output classes (e.g.
-    ``TaxonomyConverter.projection(dataset)``); without it K = C.
-    """
+) -> list[ImageProbabilities]:
+    """Per image, its probabilities before the resize to the image's size (:class:`ImageProbabilities`); the
+    arguments as for :func:`predict_probabilities`."""
     if len(images) == 0:
         return []
-    parameter = next(iter(model.parameters()), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    engine = model if isinstance(model, InferenceModel) else InferenceModel(model, settings)
+    engine.check(settings)
+    settings = replace(settings, precision=engine.settings.precision, channels_last=engine.settings.channels_last)
+    device = engine.device
     tensors = [_to_chw_tensor(im, device) for im in images]
     totals: list[torch.Tensor | None] = [None] * len(tensors)
-    was_training = model.training
-    model.eval()
+    # every module's own mode comes back afterwards (a training model may keep frozen BatchNorm layers in eval)
+    modes = _module_modes(engine.module) + (_module_modes(engine.original) if engine.original is not engine.module else [])
+    engine.module.eval()
+    runner = engine.runner(projection, settings)
     try:
         for scale in settings.scales:
             canvases = []
@@ -211,70 +442,58 @@ def predict_probabilities(
                 else:
                     target = (settings.crop_h, settings.crop_w)
                 padded, top, left = _pad(x, *target)
-                canvases.append(_Canvas(index, inner, top, left, padded))
-            for chunk in _chunks(_items(canvases, settings), settings.window_batch):
-                _run_chunk(model, canvases, chunk, settings, projection, device)
+                canvases.append(_Canvas(index, inner, top, left, padded, _windows(*padded.shape[1:], settings)))
+            for chunk in _chunks(canvases, settings.windows_per_pass):
+                crops = torch.stack([canvases[ci].padded[:, y : y + h, x : x + w] for ci, y, x, h, w in chunk])
+                probs = runner(crops) if runner is not None else engine.window_probabilities(crops, projection, settings)
+                for (ci, y, x, h, w), p in zip(chunk, probs):
+                    canvas = canvases[ci]
+                    if canvas.probs is None:
+                        canvas.probs = torch.zeros((p.shape[0], *canvas.padded.shape[1:]), device=device)
+                    canvas.probs[:, y : y + h, x : x + w] += p
             for canvas in canvases:
-                probs = canvas.probs / canvas.counts
+                probs = canvas.probs.div_(_coverage(canvas, device))
                 ih, iw = canvas.inner_hw
-                probs = probs[:, canvas.pad_top : canvas.pad_top + ih, canvas.pad_left : canvas.pad_left + iw]
-                out_hw = tuple(tensors[canvas.image_index].shape[1:])
-                if tuple(probs.shape[1:]) != out_hw:
-                    probs = F.interpolate(probs.unsqueeze(0), size=out_hw, mode="bilinear", align_corners=False)[0]
+                probs = probs[:, canvas.pad_top : canvas.pad_top + ih, canvas.pad_left : canvas.pad_left + iw].contiguous()
+                scaled = ImageProbabilities(probs, tuple(tensors[canvas.image_index].shape[1:]))
                 i = canvas.image_index
-                totals[i] = probs if totals[i] is None else totals[i].add_(probs)
-                canvas.probs = canvas.counts = None  # free before the next scale
+                if len(settings.scales) == 1:
+                    totals[i] = scaled  # resized by the consumer: fully, or only the classes it needs
+                elif totals[i] is None:  # several scales average at the image's size
+                    totals[i] = ImageProbabilities(scaled.full(), scaled.size)
+                else:
+                    totals[i].values.add_(scaled.full())
+                canvas.probs = None  # free before the next scale
     finally:
-        model.train(was_training)
+        _restore_modes(modes)
     if len(settings.scales) > 1:
         for total in totals:
-            total.div_(len(settings.scales))
+            total.values.div_(len(settings.scales))
     return totals  # type: ignore[return-value]
 
 
-def _run_chunk(
-    model: torch.nn.Module,
-    canvases: Sequence[_Canvas],
-    chunk: list[tuple[int, int, int, int, int, bool]],
+def predict_probabilities(
+    model: torch.nn.Module | InferenceModel,
+    images: Sequence[np.ndarray | torch.Tensor],
     settings: InferenceSettings,
-    projection: Projection | None,
-    device: torch.device,
-) -> None:
-    crops = []
-    for ci, y, x, h, w, flipped in chunk:
-        crop = canvases[ci].padded[:, y : y + h, x : x + w]
-        crops.append(crop.flip(-1) if flipped else crop)
-    batch = torch.stack(crops)
-    with autocast_context(settings.precision, device.type):  # the forward only: softmax and sums stay fp32
-        logits = model(batch)
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    logits = logits.float()
-    if logits.shape[-2:] != batch.shape[-2:]:
-        logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=True)
-    probs = torch.softmax(logits, dim=1)
-    if projection is not None:
-        if projection.num_inputs != probs.shape[1]:
-            raise ValueError(f"the projection takes {projection.num_inputs} classes but the model outputs {probs.shape[1]}")
-        probs = projection(probs)
-    weight = 0.5 if settings.flip else 1.0  # a window's result is the mean of its plain and flipped passes
-    for (ci, y, x, h, w, flipped), p in zip(chunk, probs):
-        canvas = canvases[ci]
-        if canvas.probs is None:
-            ph, pw = canvas.padded.shape[1:]
-            canvas.probs = torch.zeros((p.shape[0], ph, pw), device=device)
-            canvas.counts = torch.zeros((ph, pw), device=device)
-        canvas.probs[:, y : y + h, x : x + w].add_(p.flip(-1) if flipped else p, alpha=weight)
-        if not flipped:
-            canvas.counts[y : y + h, x : x + w] += 1
+    projection: Projection | None = None,
+) -> list[torch.Tensor]:
+    """Per image, float32 ``K x H x W`` class probabilities at the image's own resolution, on the model's device.
+
+    ``model``: a plain model (prepared for this call) or an :class:`InferenceModel` (prepared once: pass one when
+    calling repeatedly). ``projection``: how the C softmax probabilities of the model become K output classes
+    (e.g. ``TaxonomyConverter.projection(dataset)``); without it K = C.
+    """
+    return [p.full().contiguous() for p in predict_image_probabilities(model, images, settings, projection)]
+
+
 
 
 def segment_images(
-    model: torch.nn.Module,
+    model: torch.nn.Module | InferenceModel,
     images: Sequence[np.ndarray | torch.Tensor],
     settings: InferenceSettings,
     projection: Projection | None = None,
 ) -> list[torch.Tensor]:
     """Per image, the int64 ``H x W`` label map (argmax of :func:`predict_probabilities`), on the model's device."""
-    return [p.argmax(0) for p in predict_probabilities(model, images, settings, projection)]
-
+    return [p.labels() for p in predict_image_probabilities(model, images, settings, projection)]

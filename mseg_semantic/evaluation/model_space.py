@@ -11,13 +11,28 @@ The four cases MSeg distinguishes (model taxonomy -> evaluation taxonomy):
 - universal / naive model, training dataset: ground truth mapped into the model's taxonomy, and only the
   classes that dataset can express enter the mean;
 - oracle model (trained in one dataset's own taxonomy): that dataset, as it is.
+
+Predictions can also be given in any other taxonomy (``TEST.output_taxonomy``, :func:`output_projection`): a test
+taxonomy sums the probabilities of its universal classes (MSeg's zero-shot rule); a training taxonomy (built in,
+e.g. cityscapes-19 or ade20k-150, or a user file) gives each of its classes the probability of the one model
+class it maps to. Two rules decide the cases the mapping leaves open:
+
+- *shared*: when several output classes map to the same model class (ade20k-150's ``booth``, ``building``,
+  ``house``... all map to universal ``building``), its probability goes to one of them: the class named like the
+  model class (case-insensitive, ``_`` read as a space), else the class named like the first of its
+  ``_``-separated parts (``sidewalk_pavement`` -> ``Sidewalk``), else the lowest id. The others are never
+  predicted; each tool lists them.
+- *uncovered* (``TEST.uncovered_classes``): model classes no output class receives. ``drop`` (default, MSeg's
+  rule): the output classes compete among themselves. ``ignore``: their summed probability is an extra 'other'
+  class; where it is larger than every output class the label is 255 (unlabeled, black), a miss when scored.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +42,7 @@ from mseg_semantic.model import WeightsFileError, build_model, load_weights
 from mseg_semantic.model.loading import CLASSIFIER_PREFIX, guess_variant, read_state_dict
 from mseg_semantic.taxonomy import (
     IGNORE_INDEX,
+    add_taxonomy_file,
     MODEL_TAXONOMIES,
     NUM_UNIVERSAL_CLASSES,
     UNRELABELED_TRAIN_DATASETS,
@@ -35,9 +51,24 @@ from mseg_semantic.taxonomy import (
     get_taxonomy,
     load_class_colors,
     load_class_names,
+    taxonomy_names,
 )
 
-__all__ = ["LoadedModel", "OutputSpace", "display_space", "evaluation_space", "load_model_for_inference", "load_model_from_config", "pick_device"]
+__all__ = [
+    "UNCOVERED_RULES",
+    "LoadedModel",
+    "OutputSpace",
+    "display_space",
+    "evaluation_space",
+    "load_model_for_inference",
+    "load_model_from_config",
+    "output_projection",
+    "pick_device",
+]
+
+UNCOVERED_RULES = ("drop", "ignore")
+# the first bytes of what torch.save writes: a zip archive (PyTorch >= 1.6) or a pickle (protocol 2 and later)
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 CLASSIFIER_KEY = CLASSIFIER_PREFIX + "weight"
 
@@ -64,10 +95,17 @@ class OutputSpace:
     converter: Any | None = None  # maps ground truth into this space (training dataset in universal/naive)
     label_dataset: str | None = None  # the dataset name the converter maps from
     valid_classes: list[int] | None = None  # ids that enter the means (None: all)
+    uncovered: str = "drop"  # TEST.uncovered_classes: drop | ignore (an 'other' class -> label 255); see the module docstring
+    notes: list[str] = field(default_factory=list)  # what the projection rules decided (output classes never predicted)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def has_other(self) -> bool:
+        """Whether the uncovered model classes form an 'other' class (label 255) beside the K output classes."""
+        return self.uncovered == "ignore" and self.projection is not None
 
     def convert_label(self, label: np.ndarray) -> np.ndarray:
         """Ground truth in the dataset's taxonomy -> this space (unknown ids raise, never remapped silently)."""
@@ -107,6 +145,7 @@ def load_model_for_inference(
     no meta (MSeg's releases; a ``model_taxonomy`` that contradicts the meta is an error); ``oracle_dataset`` names
     the dataset of an oracle checkpoint without meta."""
     path = Path(path)
+    _check_is_checkpoint(path)
     state, kind, meta = read_state_dict(path)
     if CLASSIFIER_KEY not in state:
         raise WeightsFileError(f"{path}: no classifier ({CLASSIFIER_KEY}) in the file ({kind}); it is not a segmentation model checkpoint")
@@ -130,9 +169,35 @@ def load_model_for_inference(
             f"set TEST.model_taxonomy to the model taxonomy the checkpoint was trained in"
         )
     model = build_model(name, num_classes)
+    _check_head_shapes(path, state, model, name, num_classes, "its meta" if meta.get("num_classes") else "its classifier")
     load_weights(model, path, log=False, contents=(state, kind, meta))
     model.to(device).eval()
     return LoadedModel(model, str(path), name, space, num_classes, train_datasets, meta)
+
+
+def _check_is_checkpoint(path: Path) -> None:
+    """A file torch.save wrote, before torch.load meets it (a text or HTML file makes the unpickler fail obscurely)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except IsADirectoryError:
+        raise WeightsFileError(f"TEST.model_path={path} is a directory; give a checkpoint file (model_final.pth or an MSeg release)") from None
+    if not head.startswith(CHECKPOINT_MAGIC):
+        raise WeightsFileError(f"TEST.model_path={path} is not a PyTorch checkpoint (it starts with {head!r}, not a zip archive "
+                               f"or a pickle as torch.save writes); give model_final.pth or an MSeg release (mseg-weights path NAME)")
+
+
+def _check_head_shapes(path: Path, state: dict, model: torch.nn.Module, name: str, num_classes: int, source: str) -> None:
+    """The head's tensors must fit the model the file describes. (The loader's advice for a mismatch, reinit_head,
+    is a training option: a model under evaluation keeps the head it was trained with.)"""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key.startswith("head.") and key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise WeightsFileError(
+                f"{path}: {key} has shape {tuple(value.shape)} but a {name} with {num_classes} classes ({source}) needs "
+                f"{tuple(own[key].shape)}: the file's meta and weights disagree, so it cannot be evaluated as it is "
+                f"(is it damaged or edited by hand?)"
+            )
 
 
 def load_model_from_config(cfg: Any, device: torch.device, oracle_dataset: str | None = None) -> LoadedModel:
@@ -161,39 +226,101 @@ def _converter(loaded: LoadedModel, train: list[str], test: list[str]):
     return build_taxonomy_converter("universal", train, test)
 
 
-def evaluation_space(loaded: LoadedModel, dataset: str) -> OutputSpace:
-    """Where predictions for ``dataset``'s ground truth are scored (see the module docstring)."""
-    role = get_taxonomy(dataset).role
+def _normalised(name: str) -> str:
+    return name.lower().replace("_", " ").strip()
+
+
+def _owner(model_class: str, candidates: list[int], names: Sequence[str]) -> int:
+    """Which of several output classes mapped to one model class receives its probability (module docstring)."""
+    parts = [model_class] + (model_class.split("_") if "_" in model_class else [])
+    for part in parts:
+        matches = [k for k in candidates if _normalised(names[k]) == _normalised(part)]
+        if matches:
+            return min(matches)
+    return min(candidates)
+
+
+def _training_taxonomy_groups(loaded: LoadedModel, taxonomy: str, model_names: Sequence[str]) -> tuple[list[list[int]], list[str]]:
+    """Per class of a training taxonomy, the model classes whose probability it receives, and notes on the classes
+    the shared rule leaves without any."""
+    names = load_class_names(taxonomy)
+    if loaded.model_taxonomy == "naive":  # MSeg's naive rule: a class maps to the naive class of the same name
+        naive_id = {n: i for i, n in enumerate(model_names) if n}
+        mapping = {k: naive_id[c.lower()] for k, c in enumerate(names) if c.lower() in naive_id}
+    else:
+        mapping = {k: u for k, u in _converter(loaded, [taxonomy], []).label_maps[taxonomy].items() if k != IGNORE_INDEX and u != IGNORE_INDEX}
+    by_model_class: dict[int, list[int]] = {}
+    for k, u in sorted(mapping.items()):
+        by_model_class.setdefault(u, []).append(k)
+    groups: list[list[int]] = [[] for _ in names]
+    notes = []
+    for u, classes in sorted(by_model_class.items()):
+        owner = _owner(model_names[u], classes, names)
+        groups[owner].append(u)
+        losers = [names[k] for k in classes if k != owner]
+        if losers:
+            notes.append(f"{', '.join(losers)} -> never predicted: {model_names[u]} goes to {names[owner]} (shared class rule)")
+    unmapped = [names[k] for k in range(len(names)) if k not in mapping]
+    if unmapped:
+        notes.append(f"{', '.join(unmapped)} -> never predicted: mapped to no {loaded.model_taxonomy} class")
+    return groups, notes
+
+
+def output_projection(loaded: LoadedModel, taxonomy: str) -> tuple[Projection | None, list[str]]:
+    """How the model's probabilities become ``taxonomy``'s (None: it is the model's own label space), and notes on
+    output classes that can never be predicted. Any test or training taxonomy, built in or from a user file."""
+    own, model_names, _ = _model_space_names(loaded)
+    if taxonomy == own:
+        return None, []
+    role = get_taxonomy(taxonomy).role
     if loaded.model_taxonomy == "oracle":
-        own = loaded.train_datasets[0]
-        if dataset == own:
-            return OutputSpace(dataset, load_class_names(dataset), load_class_colors(dataset), None)
-        conv = _converter(loaded, [own], [dataset])  # raises unless the classes are the same
-        return OutputSpace(dataset, load_class_names(dataset), load_class_colors(dataset), conv.projection(dataset))
+        conv = _converter(loaded, [loaded.train_datasets[0]], [taxonomy])  # raises unless the classes are the same
+        return conv.projection(taxonomy), []
     if role == "test":
-        conv = _converter(loaded, [], [dataset])
-        return OutputSpace(dataset, load_class_names(dataset), load_class_colors(dataset), conv.projection(dataset))
+        return _converter(loaded, [], [taxonomy]).projection(taxonomy), []
     if role == "train":
-        conv = _converter(loaded, [dataset], [])
+        groups, notes = _training_taxonomy_groups(loaded, taxonomy, model_names)
+        return Projection(loaded.num_classes, groups), notes
+    valid = [n for n in taxonomy_names() if get_taxonomy(n).role in ("train", "test")]
+    raise UserError(f"TEST.output_taxonomy={taxonomy!r} has role {role!r}: predictions can be given in a test or training "
+                    f"taxonomy ({', '.join(valid[:8])}, ...) or in the model's own classes ({own})")
+
+
+def _space(loaded: LoadedModel, taxonomy: str, uncovered: str) -> OutputSpace:
+    if uncovered not in UNCOVERED_RULES:
+        raise UserError(f"TEST.uncovered_classes={uncovered!r} is not one of {', '.join(UNCOVERED_RULES)}")
+    projection, notes = output_projection(loaded, taxonomy)
+    if projection is None:
         name, names, colors = _model_space_names(loaded)
-        return OutputSpace(name, names, colors, None, converter=conv, label_dataset=dataset, valid_classes=conv.dataset_universal_ids(dataset))
-    raise UserError(f"cannot evaluate on taxonomy {dataset!r} (role {role!r}); evaluate on a test or training dataset")
+        return OutputSpace(name, names, colors, None, uncovered=uncovered)
+    return OutputSpace(taxonomy, load_class_names(taxonomy), load_class_colors(taxonomy), projection, uncovered=uncovered, notes=notes)
 
 
-def display_space(loaded: LoadedModel, output_taxonomy: str | None) -> OutputSpace:
-    """The demo's label space: the model's own classes, or a test taxonomy the probabilities are summed into."""
+def evaluation_space(loaded: LoadedModel, dataset: str, output_taxonomy: str | None = None, uncovered: str = "drop") -> OutputSpace:
+    """Where predictions for ``dataset``'s ground truth are scored (see the module docstring).
+
+    ``output_taxonomy`` (unset: MSeg's choice) may name ``dataset`` itself: a training dataset is then scored in
+    its own ids (its classes receive the model's probabilities by :func:`output_projection`), not in the model's
+    taxonomy over its classes.
+    """
+    role = get_taxonomy(dataset).role
+    if output_taxonomy is not None and output_taxonomy != dataset:
+        raise UserError(f"TEST.output_taxonomy={output_taxonomy!r} but the dataset is {dataset!r}: mseg-test scores in the "
+                        f"dataset's own taxonomy (output_taxonomy={dataset}) or, unset, as MSeg does")
+    if role not in ("test", "train"):
+        raise UserError(f"cannot evaluate on taxonomy {dataset!r} (role {role!r}); evaluate on a test or training dataset")
+    if loaded.model_taxonomy == "oracle" or role == "test" or output_taxonomy == dataset:
+        return _space(loaded, dataset, uncovered)
+    conv = _converter(loaded, [dataset], [])
     name, names, colors = _model_space_names(loaded)
-    if output_taxonomy is None or output_taxonomy == name:
-        return OutputSpace(name, names, colors, None)
-    role = get_taxonomy(output_taxonomy).role
-    if role != "test" and loaded.model_taxonomy != "naive":
-        raise UserError(
-            f"TEST.output_taxonomy={output_taxonomy!r} is a {role} taxonomy: a {loaded.model_taxonomy} model's predictions "
-            f"can be shown in its own classes ({name}) or summed into a test taxonomy; leave output_taxonomy unset "
-            f"or use one of the test datasets"
-        )
-    conv = _converter(loaded, [], [output_taxonomy])
-    return OutputSpace(output_taxonomy, load_class_names(output_taxonomy), load_class_colors(output_taxonomy), conv.projection(output_taxonomy))
+    return OutputSpace(name, names, colors, None, converter=conv, label_dataset=dataset, valid_classes=conv.dataset_universal_ids(dataset))
+
+
+def display_space(loaded: LoadedModel, output_taxonomy: str | None, uncovered: str = "drop") -> OutputSpace:
+    """The demo's label space: the model's own classes, or any test or training taxonomy (:func:`output_projection`)."""
+    if output_taxonomy is None:
+        return _space(loaded, _model_space_names(loaded)[0], uncovered)
+    return _space(loaded, output_taxonomy, uncovered)
 
 
 def label_dtype(num_classes: int) -> np.dtype:

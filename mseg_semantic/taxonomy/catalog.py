@@ -119,10 +119,11 @@ def _register(path) -> tuple[list[Taxonomy], ValidationReport]:
 
 
 def add_taxonomy_files(paths) -> ValidationReport:
-    """``add_taxonomy_file`` for each path, once per process: a file added before with the same content is skipped
-    (a run builds its converter once per stage). A file whose content changed since it was added is an error."""
+    """``DATA.taxonomy_files`` (one path or several): ``add_taxonomy_file`` for each, once per process: a file added
+    before with the same content is skipped (a run builds its converter once per stage, every tool loads the key).
+    A file whose content changed since it was added is an error."""
     report = ValidationReport()
-    for path in paths:
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else list(paths or []):
         key = str(Path(path).expanduser().resolve())
         try:
             text = Path(key).read_text(encoding="utf-8")

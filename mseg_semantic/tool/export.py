@@ -23,8 +23,10 @@ def run(cfg: Config) -> list:
 
     from mseg_semantic.evaluation.export import check_onnx, check_torchscript, export_onnx, export_torchscript
     from mseg_semantic.evaluation.model_space import load_model_from_config
+    from mseg_semantic.taxonomy import add_taxonomy_files
 
     t = cfg.TEST
+    add_taxonomy_files(cfg.DATA.taxonomy_files)  # an oracle of a user dataset is recognised by its class count
     dataset = cfg.DATA.dataset if isinstance(cfg.DATA.dataset, str) else None
     loaded = load_model_from_config(cfg, torch.device("cpu"), oracle_dataset=dataset)
     stem = Path(t.model_path).stem

@@ -31,6 +31,7 @@ from mseg_semantic.config import Config, ConfigError, apply_stage, canonical_key
 from mseg_semantic.data import build_train_loader, check_dataset_gpu_mapping
 from mseg_semantic.data import demo_world
 from mseg_semantic.errors import UnknownNameError, did_you_mean
+from mseg_semantic.evaluation.validation import build_validator
 from mseg_semantic.model import MODEL_NAMES, autocast_context, build_model, load_weights, save_weights, unwrap_model
 from mseg_semantic.model.weights import resolve_weights
 from mseg_semantic.taxonomy import TaxonomyFileError, add_taxonomy_files, build_taxonomy_converter, taxonomy_names
@@ -339,6 +340,10 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
     if weights and not Path(weights).expanduser().is_file() and weights_hint:
         raise ConfigError(weights_hint)
     run = build_stage(cfg, info, setup, weights)
+    # TRAIN.val_every: the validation hook, checked before the run is accepted; it logs through the reporter made below,
+    # and its best score so far lives in run.parts.extra (checkpointed, restored on resume)
+    validator = build_validator(cfg, run.parts.model, run.meta, run.parts.extra, output_dir, setup.max_iters, info.is_main,
+                                lambda iteration, scalars: reporter.write_scalars(iteration, scalars))
     if info.is_main:
         cfg.save(output_dir / "config.yaml")
     checkpointer.run_record = {"stage": cfg.TRAIN.stage, "config": cfg.to_dict(), "meta": run.meta}
@@ -359,12 +364,14 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
     try:
         with PreemptionSignal() as preemption:
             stats = train_loop(run.parts, run.step, run.step_context, checkpointer, settings, info, reporter, start,
-                               preemption=preemption)
+                               hooks=[validator] if validator else [], preemption=preemption)
+        if cfg.TRAIN.precise_bn_iters > 0:
+            count = recalibrate_batchnorm(run.parts.model, run.parts.loader, cfg.TRAIN.precise_bn_iters, info, cfg.TRAIN.channels_last)
+            log.info(f"re-estimated the running statistics of {count} BatchNorm layers over {cfg.TRAIN.precise_bn_iters} batches")
+        if validator is not None:
+            validator.finish()  # the last iteration's validation, when it waited for precise BN
     finally:
         reporter.close()
-    if cfg.TRAIN.precise_bn_iters > 0:
-        count = recalibrate_batchnorm(run.parts.model, run.parts.loader, cfg.TRAIN.precise_bn_iters, info, cfg.TRAIN.channels_last)
-        log.info(f"re-estimated the running statistics of {count} BatchNorm layers over {cfg.TRAIN.precise_bn_iters} batches")
     if info.is_main:
         save_weights(unwrap_model(run.parts.model).state_dict(), run.meta, final_path)
         skipped = run.parts.loader.skipped_counts()

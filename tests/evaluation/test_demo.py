@@ -128,7 +128,22 @@ def test_mseg_demo_tool_on_a_checkpoint(tmp_path, capsys):
     label = cv2.imread(str(tmp_path / "o" / "a_label.png"), cv2.IMREAD_UNCHANGED)
     assert label.shape == (26, 34) and label.max() < 19
     assert "taxonomy kitti-19" in capsys.readouterr().out
-    assert mseg_demo.main(args + [f"input={tmp_path / 'a.png'}", "output_taxonomy=cityscapes-19"]) == 2
-    assert "is a train taxonomy" in capsys.readouterr().err
+    # a training taxonomy too (users ask for Cityscapes / ADE ids), with confidence maps and probabilities
+    extra = ["output_taxonomy=ade20k-150", "save_confidence=true", "save_probabilities=true", "uncovered_classes=ignore"]
+    assert mseg_demo.main(args + [f"input={tmp_path / 'a.png'}", *extra]) == 0
+    out = capsys.readouterr().out
+    assert "taxonomy ade20k-150" in out and "never predicted" in out  # the shared-class rule's losers are listed
+    label = cv2.imread(str(tmp_path / "o" / "a_label.png"), cv2.IMREAD_UNCHANGED)
+    assert label.shape == (26, 34) and set(np.unique(label)) <= set(range(150)) | {255}
+    maxprob = cv2.imread(str(tmp_path / "o" / "a_maxprob.png"), cv2.IMREAD_UNCHANGED)
+    entropy = cv2.imread(str(tmp_path / "o" / "a_entropy.png"), cv2.IMREAD_UNCHANGED)
+    assert maxprob.dtype == entropy.dtype == np.uint16 and maxprob.shape == entropy.shape == (26, 34)
+    probs = np.load(tmp_path / "o" / "a_probs.npz")["probabilities"]
+    assert probs.shape == (150, 26, 34) and probs.dtype == np.uint16
+    # where a class is labelled its probability is the largest; its max probability is that value
+    ys, xs = np.nonzero(label != 255)
+    np.testing.assert_array_equal(probs[label[ys, xs], ys, xs], probs[:, ys, xs].max(0))
+    assert mseg_demo.main(args + [f"input={tmp_path / 'a.png'}", "output_taxonomy=universal-x"]) == 2
+    assert "universal-x" in capsys.readouterr().err
     assert mseg_demo.main(args) == 2
     assert "input=" in capsys.readouterr().err

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from eval_helpers import eval_data, inference_settings, ColourOracleNet, colour_world, write_dataset
-from mseg_semantic.evaluation.evaluate import evaluate_dataset, select_indices
+from mseg_semantic.evaluation.evaluate import OutputOptions, evaluate_dataset, select_indices
+
+PREDICTIONS = OutputOptions(True, False, False, False, None, "drop")
 from mseg_semantic.evaluation.model_space import LoadedModel, evaluation_space
 from mseg_semantic.taxonomy import build_taxonomy_converter, load_class_colors
 
@@ -31,7 +33,7 @@ def test_zero_shot_projection_scores_a_perfect_universal_model_at_one(tmp_path):
     write_dataset(tmp_path, "camvid-11", colour_world(11, 3, 40, 56, colors.astype(np.uint8)))
     model = universal_colour_model(colors, first_uid)
     settings = inference_settings(crop_h=32, crop_w=32, base_size=40, window_batch=16)
-    result = evaluate_dataset(loaded(model), "camvid-11", settings, eval_data(str(tmp_path)), save_folder=tmp_path / "out", progress=False, save_predictions=True)
+    result = evaluate_dataset(loaded(model), "camvid-11", settings, eval_data(str(tmp_path)), save_folder=tmp_path / "out", progress=False, outputs=PREDICTIONS)
     assert result.space.name == "camvid-11" and result.num_images == 3
     assert result.metrics.miou == pytest.approx(1.0)
     assert result.metrics.pixel_acc == pytest.approx(1.0)
@@ -90,7 +92,7 @@ def test_missing_list_names_the_path(tmp_path):
 def test_save_predictions_without_a_folder_is_an_error(tmp_path):
     model = ColourOracleNet(np.zeros((194, 3), np.float32))
     with pytest.raises(ValueError, match="save_folder"):
-        evaluate_dataset(loaded(model), "camvid-11", inference_settings(), eval_data(str(tmp_path)), save_predictions=True, progress=False)
+        evaluate_dataset(loaded(model), "camvid-11", inference_settings(), eval_data(str(tmp_path)), outputs=PREDICTIONS, progress=False)
 
 
 def test_select_indices_subset_and_rank_split():

@@ -177,3 +177,241 @@ def test_cuda_bf16_matches_cpu():
     cpu = predict_probabilities(model, [image], settings)[0]
     gpu = predict_probabilities(model.cuda(), [image], inference_settings(crop_h=32, crop_w=32, base_size=40, scales=(0.5, 1.0), precision="bf16"))[0]
     assert (cpu - gpu.cpu()).abs().max() < 0.05
+
+
+# --- the prepared model: BatchNorm folded, weights cast once, channels_last, fixed batches, CUDA graphs ------------
+
+import dataclasses
+
+from mseg_semantic.errors import UserError
+from mseg_semantic.evaluation.engine import FixedBatchRunner, cast_conv_weights, fold_batchnorm, low_res_logits
+from mseg_semantic.evaluation.inference import InferenceModel, class_probabilities
+from mseg_semantic.model import build_model
+
+
+def trained_looking_hrnet(name="hrnet_tiny", classes=7, seed=0):
+    """An HRNet whose BatchNorm layers carry non-trivial statistics and affine parameters (as after training)."""
+    torch.manual_seed(seed)
+    model = build_model(name, classes).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.3, 3.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+            elif isinstance(m, torch.nn.Conv2d):
+                m.weight.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", ["hrnet_tiny", "hrnet_w18_small"])  # every width is built from the same blocks
+def test_folding_batchnorm_keeps_every_hrnet_output_and_leaves_no_batchnorm(name):
+    model = trained_looking_hrnet(name, classes=5)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x)
+        folded = fold_batchnorm(model)
+        after = model(x)
+    assert folded == sum(1 for _ in build_model(name, 5).modules() if isinstance(_, torch.nn.BatchNorm2d))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    scale = before.abs().max().item()
+    assert (before - after).abs().max().item() <= 1e-5 * max(scale, 1.0)  # float rounding only
+    assert torch.equal(before.argmax(1), after.argmax(1))
+
+
+def test_folding_needs_eval_mode():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(build_model("hrnet_tiny", 3).train())
+
+
+def test_low_res_logits_upsampled_are_the_model_output_exactly():
+    model = trained_looking_hrnet()
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        low = low_res_logits(model, x)
+        assert tuple(low.shape[-2:]) == (12, 10)
+        assert torch.equal(F.interpolate(low, size=(48, 40), mode="bilinear", align_corners=True), model(x))
+    tiny = TinySegNet(num_classes=3).eval()  # another model: its output as it is
+    assert torch.equal(low_res_logits(tiny, x), tiny(x))
+
+
+def test_bf16_weights_cast_once_equal_autocast_casting_them_every_pass():
+    model = trained_looking_hrnet()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        per_pass = model(x)
+    cast_conv_weights(model, torch.bfloat16)
+    assert all(m.weight.dtype == torch.bfloat16 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(m.weight.dtype == torch.float32 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        once = model(x)
+    assert torch.equal(per_pass, once)
+
+
+def hrnet_settings(**changes):
+    return inference_settings(**{"crop_h": 32, "crop_w": 32, "base_size": 40, "window_batch": 4, **changes})
+
+
+def test_device_defaults_fp32_and_nchw_on_cpu_bf16_and_nhwc_on_cuda():
+    unset = hrnet_settings(precision=None, channels_last=None)
+    assert unset.for_device(torch.device("cpu")).precision == "fp32"
+    assert unset.for_device(torch.device("cpu")).channels_last is False
+    assert unset.for_device(torch.device("cuda")).precision == "bf16"
+    assert unset.for_device(torch.device("cuda")).channels_last is True
+    assert hrnet_settings(precision="fp32").for_device(torch.device("cuda")).precision == "fp32"  # a set value stays
+
+
+def test_prepared_model_matches_the_plain_model_and_leaves_it_untouched():
+    model = trained_looking_hrnet()
+    model.train()
+    model.bn1.eval()  # a frozen BatchNorm of a training run must stay frozen
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    image = random_image(45, 61, seed=3)
+    plain = predict_probabilities(model, [image], hrnet_settings(fold_bn=False))[0]
+    engine = InferenceModel(model, hrnet_settings(fold_bn=True, channels_last=True))
+    fast = predict_probabilities(engine, [image], hrnet_settings(fold_bn=True, channels_last=True))[0]
+    assert (plain - fast).abs().max() < 1e-5
+    assert torch.equal(plain.argmax(0), fast.argmax(0))
+    assert model.training and not model.bn1.training and model.bn2.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the copy was folded, not the model
+    with pytest.raises(ValueError, match="fold_bn"):
+        predict_probabilities(engine, [image], hrnet_settings(fold_bn=False, channels_last=True))
+
+
+def test_subset_path_equals_the_full_softmax_and_projection():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 40, 9, 11) * 4
+    projection = Projection(40, [[3], [5, 17, 39], [], [0, 1]])  # 7 of 40 classes used; an output class fed by none
+    full = class_probabilities(logits, (33, 41), projection, subset="full")
+    exact = class_probabilities(logits, (33, 41), projection, subset="exact")
+    assert exact.shape == full.shape == (3, 4, 33, 41)
+    assert (full - exact).abs().max() < 1e-6
+    assert torch.equal(exact[:, 2], torch.zeros_like(exact[:, 2]))
+    reference = torch.einsum("kc,nchw->nkhw", projection.matrix(), torch.softmax(F.interpolate(logits, (33, 41), mode="bilinear", align_corners=True), 1))
+    assert (reference - exact).abs().max() < 1e-6
+
+
+def test_fast_subset_takes_the_normaliser_at_low_resolution():
+    torch.manual_seed(1)
+    projection = Projection(40, [[3], [5, 17, 39]])
+    flat = torch.randn(2, 40, 1, 1).expand(2, 40, 9, 11).contiguous() * 4  # the same logits everywhere: no boundary
+    torch.testing.assert_close(class_probabilities(flat, (33, 41), projection, subset="fast"),
+                               class_probabilities(flat, (33, 41), projection, subset="exact"), atol=1e-6, rtol=0)
+    logits = torch.randn(2, 40, 9, 11) * 4
+    fast = class_probabilities(logits, (33, 41), projection, subset="fast")
+    exact = class_probabilities(logits, (33, 41), projection, subset="exact")
+    assert (fast <= exact + 1e-6).all()  # the upsampled logsumexp bounds the exact one from above (convexity)
+    at_low_res_pixels = (slice(None), slice(None), slice(0, None, 4), slice(0, None, 4))  # align_corners: exact there
+    torch.testing.assert_close(fast[at_low_res_pixels], exact[at_low_res_pixels], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="subset_inference"):
+        hrnet_settings(subset="sometimes")
+
+
+def test_subset_inference_over_images_matches_the_full_path():
+    model = trained_looking_hrnet(classes=9)
+    projection = Projection(9, [[2], [4, 8]])
+    image = random_image(37, 50, seed=4)
+    full = predict_probabilities(model, [image], hrnet_settings(subset="full"), projection)[0]
+    exact = predict_probabilities(model, [image], hrnet_settings(subset="exact"), projection)[0]
+    assert (full - exact).abs().max() < 1e-6
+
+
+def test_fixed_batch_runner_pads_short_batches_and_drops_the_padding():
+    seen = []
+
+    def double(x):
+        seen.append(x.shape[0])
+        return x * 2
+
+    runner = FixedBatchRunner(double, batch=4)
+    x = torch.arange(6.0).reshape(3, 2)
+    torch.testing.assert_close(runner(x), x * 2)
+    assert seen == [4]
+    with pytest.raises(ValueError, match="does not fit"):
+        runner(torch.zeros(5, 2))
+
+
+def test_fixed_batches_give_the_same_probabilities_with_every_pass_full():
+    model = trained_looking_hrnet()
+    passes = []
+    handle = model.conv1.register_forward_hook(lambda m, i, o: passes.append(i[0].shape[0]))
+    settings = hrnet_settings(window_batch=6, fold_bn=False)  # 3 windows and their flips per pass
+    image = random_image(40, 50, seed=5)  # 2 x 2 windows of 32 at base 40
+    eager = predict_probabilities(InferenceModel(model, settings), [image], settings)[0]
+    assert passes == [6, 2]  # the last pass holds what is left
+    passes.clear()
+    fixed = predict_probabilities(InferenceModel(model, settings, fixed_batches=True), [image, image], settings)
+    handle.remove()
+    assert passes == [6, 6, 6]  # 8 windows: the third pass padded to 3 windows (6 items)
+    for p in fixed:
+        assert (p - eager).abs().max() < 1e-6
+
+
+def test_cuda_graphs_on_a_cpu_model_are_refused_with_the_key():
+    with pytest.raises(UserError, match="test_cuda_graphs"):
+        InferenceModel(trained_looking_hrnet(), hrnet_settings(cuda_graphs=True))
+
+
+def test_odd_window_batch_runs_whole_windows_per_pass():
+    assert hrnet_settings(window_batch=5).windows_per_pass == 2
+    assert hrnet_settings(window_batch=1).windows_per_pass == 1
+    assert hrnet_settings(window_batch=5, flip=False).windows_per_pass == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graphs)")
+def test_cuda_graph_replay_equals_eager_on_the_gpu():
+    model = trained_looking_hrnet().cuda()
+    settings = hrnet_settings(precision="fp32", channels_last=False, window_batch=6)
+    image = random_image(40, 70, seed=6)
+    eager = predict_probabilities(InferenceModel(model, settings), [image], settings)[0]
+    graphed_settings = dataclasses.replace(settings, cuda_graphs=True)
+    engine = InferenceModel(model, graphed_settings)
+    first = predict_probabilities(engine, [image], graphed_settings)[0]
+    second = predict_probabilities(engine, [image, image], graphed_settings)
+    runner = next(iter(engine._runners.values()))
+    assert runner.replays >= 3 and len(runner._graphs) == 1
+    for p in [first, *second]:
+        assert (p - eager).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_default_bf16_prepared_model_stays_close_to_fp32():
+    model = trained_looking_hrnet().cuda()
+    image = random_image(40, 70, seed=7)
+    fp32 = predict_probabilities(model, [image], hrnet_settings(precision="fp32", channels_last=False, fold_bn=False))[0]
+    default = predict_probabilities(model, [image], hrnet_settings(precision=None, channels_last=None))[0]
+    assert (fp32 - default).abs().max() < 0.05
+
+
+# --- labels without resizing every class ---------------------------------------------------------------------------
+
+from mseg_semantic.evaluation.inference import ImageProbabilities, predict_image_probabilities, resized_argmax
+
+
+@pytest.mark.parametrize("size", [(97, 131), (40, 50), (13, 9), (25, 33)])
+def test_resized_argmax_equals_the_argmax_of_every_class_resized(size):
+    torch.manual_seed(2)
+    # peaky, spatially varying probabilities of 60 classes (as a softmax of smooth logits), 25 x 33 pixels
+    logits = F.interpolate(torch.randn(1, 60, 7, 9) * 6, size=(25, 33), mode="bilinear", align_corners=False)[0]
+    probs = torch.softmax(logits, 0)
+    full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(resized_argmax(probs, size), full)
+    ties = torch.zeros(5, 4, 4)
+    ties[1:3] = 0.5  # two classes tied everywhere: the lower id, as argmax does
+    assert torch.equal(resized_argmax(ties, (9, 9)), torch.ones(9, 9, dtype=torch.long))
+
+
+def test_segment_images_resizes_only_candidates_and_keeps_the_labels():
+    model = trained_looking_hrnet(classes=30)
+    image = random_image(90, 120, seed=8)
+    settings = hrnet_settings(base_size=32)  # inference at 32 x 43, labels at 90 x 120
+    scaled = predict_image_probabilities(model, [image], settings)[0]
+    assert tuple(scaled.values.shape[-2:]) == (32, 43) and scaled.size == (90, 120)
+    full = predict_probabilities(model, [image], settings)[0]
+    torch.testing.assert_close(scaled.full(), full)
+    assert torch.equal(segment_images(model, [image], settings)[0], full.argmax(0))
+    multi = inference_settings(crop_h=32, crop_w=32, base_size=32, scales=(0.75, 1.0))
+    together = predict_image_probabilities(model, [image], multi)[0]
+    assert tuple(together.values.shape[-2:]) == (90, 120)  # several scales average at the image's size

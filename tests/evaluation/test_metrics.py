@@ -33,7 +33,8 @@ def mseg_histogram_metrics(pred, gt, num_classes, ignore=255):
     a_p = np.histogram(pred, bins=bins)[0]
     a_t = np.histogram(gt, bins=bins)[0]
     iou = a_i / (a_p + a_t - a_i + 1e-10)
-    return float(iou.mean()), float(a_i.sum() / (a_t.sum() + 1e-10))
+    acc = a_i / (a_t + 1e-10)
+    return float(iou.mean()), float(a_i.sum() / (a_t.sum() + 1e-10)), float(acc.mean())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -58,9 +59,12 @@ def test_matches_cityscapes_and_mseg_definitions_on_random_maps(seed):
     np.testing.assert_allclose(m.iou, ref_iou, equal_nan=True)
     assert math.isnan(m.iou[6]) and class_status(m)[6] == "absent"
     assert m.miou == pytest.approx(ref_miou)
-    mseg_miou, mseg_acc = mseg_histogram_metrics(pred.astype(np.int64), gt.astype(np.int64), k)
+    mseg_miou, mseg_acc, mseg_macc = mseg_histogram_metrics(pred.astype(np.int64), gt.astype(np.int64), k)
     assert m.miou_mseg == pytest.approx(mseg_miou)
     assert m.pixel_acc == pytest.approx(mseg_acc)
+    assert m.mean_acc_mseg == pytest.approx(mseg_macc)
+    # class 6 has no ground truth: MSeg's mean counts it 0, the other mean leaves it out, so they differ here
+    assert m.miou_mseg < m.miou and m.mean_acc_mseg == pytest.approx(m.mean_acc * 6 / 7)
     # plain numpy confusion matrix
     keep = gt != 255
     conf = np.zeros((k, k), np.int64)
@@ -86,6 +90,18 @@ def test_hand_computed_example():
     assert m.miou_mseg == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 5)
     assert m.pixel_acc == pytest.approx(4 / 6)
     assert m.num_pixels == 6
+
+
+def test_unlabeled_predictions_are_misses_of_their_ground_truth_class():
+    cm = ConfusionMatrix(3)
+    # ground truth 0 0 1 1 (and an ignored pixel); predicted 0 255 1 255 255: two labelled pixels predicted 'unlabeled'
+    cm.update(torch.tensor([0, 255, 1, 255, 255]), torch.tensor([0, 0, 1, 1, 255]))
+    m = cm.compute()
+    assert m.pixel_acc == pytest.approx(2 / 4)  # the 'unlabeled' pixels count as wrong, the ignored one not at all
+    np.testing.assert_allclose(m.iou[:2], [1 / 2, 1 / 2])  # TP 1 over GT 2, nothing else predicted as 0 or 1
+    assert m.unlabeled_pixels.tolist() == [1, 1, 0] and m.to_dict()["unlabeled_predictions"] == 2
+    assert m.pred_pixels.tolist() == [1, 1, 0] and m.gt_pixels.tolist() == [2, 2, 0]
+    np.testing.assert_array_equal(cm.counts.numpy(), [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
 
 
 def test_predicted_class_without_ground_truth_counts_as_zero():
