@@ -190,7 +190,7 @@ class Projection:
         self.used_inputs = sorted({m for group in self.members for m in group})
         self._first = [group[0] if group else -1 for group in self.members]
         self._extra = [(k, group[1:]) for k, group in enumerate(self.members) if len(group) > 1]
-        self._index_cache: dict[str, tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]] = {}
+        self._index_cache: dict[str, tuple] = {}
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor) -> "Projection":
@@ -211,22 +211,23 @@ class Projection:
         return out
 
     def _indices(self, device: torch.device):
+        """Index tensors made once per device (a CUDA graph replays the ops that read them)."""
         key = str(device)
         if key not in self._index_cache:
             first = torch.tensor([max(f, 0) for f in self._first], dtype=torch.long, device=device)
             extra = [(k, torch.tensor(group, dtype=torch.long, device=device)) for k, group in self._extra]
-            self._index_cache[key] = (first, extra)
+            empty = [k for k, f in enumerate(self._first) if f < 0]
+            self._index_cache[key] = (first, extra, torch.tensor(empty, dtype=torch.long, device=device) if empty else None)
         return self._index_cache[key]
 
     def __call__(self, probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """``probs`` with C model classes along ``dim`` -> K output classes along ``dim``."""
         if probs.shape[dim] != self.num_inputs:
             raise ValueError(f"the projection takes {self.num_inputs} classes along dim {dim}, got shape {tuple(probs.shape)}")
-        first, extra = self._indices(probs.device)
+        first, extra, empty = self._indices(probs.device)
         out = probs.index_select(dim, first)
-        empty = [k for k, f in enumerate(self._first) if f < 0]
-        if empty:
-            out.index_fill_(dim, torch.tensor(empty, dtype=torch.long, device=probs.device), 0.0)
+        if empty is not None:  # output classes no model class feeds: probability 0
+            out.index_fill_(dim, empty, 0.0)
         for k, group in extra:
             out.select(dim, k).add_(probs.index_select(dim, group).sum(dim))
         return out

@@ -270,7 +270,7 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
         elif not id_text.isdigit() or int(id_text) != expected:
             report.error(source, lineno, name, f"id {id_text!r}: expected {expected} (ids run 0, 1, 2, ... "
                          "in row order, because the row index is the label id)")
-            continue
+            id_text = str(expected)  # read the row as that id: its other fields are checked too, later ids stay in step
         cls = fields[col["name"]].strip()
         if not cls:
             report.error(source, lineno, name, f"class {id_text} has an empty name")

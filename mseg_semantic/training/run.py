@@ -51,7 +51,7 @@ __all__ = ["FIXED_ON_RESUME", "RunSetup", "StageRun", "build_stage", "resolve_ru
 
 # What a checkpoint is: changing these on resume would continue another run's state under this one's name.
 FIXED_ON_RESUME = (
-    "DATA.dataset", "DATA.universal", "DATA.use_mgda", "DATA.sampling_weights", "TRAIN.model", "TRAIN.use_naive_taxonomy",
+    "DATA.dataset", "DATA.universal", "DATA.use_mgda", "DATA.sampling_weights", "DATA.taxonomy_files", "TRAIN.model", "TRAIN.use_naive_taxonomy",
     "TRAIN.seed", "TRAIN.batch_size", "TRAIN.dataset_gpu_mapping", "TRAIN.stage", "CCSA.use_ccsa",
 )
 # Used to initialise a fresh run only: a resumed run keeps the values it started with.

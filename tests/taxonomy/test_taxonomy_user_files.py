@@ -182,3 +182,17 @@ def test_unreadable_and_empty_files(tmp_path):
     assert "no taxonomy block" in report.errors[0].message
     _, report = validate_file(write(tmp_path, "0\troad\troad\n"))
     assert "expected 'taxonomy<TAB>NAME'" in report.errors[0].message
+
+
+def test_a_row_with_a_wrong_id_is_still_checked_and_later_rows_stay_in_step(tmp_path):
+    from mseg_semantic.taxonomy import validate_file
+
+    path = write(tmp_path, "taxonomy\tbroken-3\nrole\ttrain\nid\tname\tuniversal\tcolor\n"
+                           "0\troad\troad\t1 2 3\n7\t\tcaar\t1 2\n2\ttree\tvegetation\t4 5 6\n")
+    _, report = validate_file(path)
+    messages = [p.message for p in report.errors]
+    assert any("id '7': expected 1" in m for m in messages)
+    assert any("class 1 has an empty name" in m for m in messages)  # the row's other problems are reported too
+    assert any("color '1 2'" in m for m in messages)
+    assert any("'caar'" in m and "did you mean 'car'" in m for m in messages)
+    assert not any("id '2'" in m for m in messages)  # the next row is not a second id error
