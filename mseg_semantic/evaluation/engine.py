@@ -5,8 +5,8 @@
   eval-mode forward runs one kernel instead of two. Equal to the unfolded model up to float rounding (tested).
 - :func:`cast_conv_weights`: bf16 autocast casts every convolution weight on every pass; casting them once
   beforehand gives bit-identical results without those casts (BatchNorm, when not folded, stays fp32).
-- :func:`low_res_logits`: HRNet's logits before the final upsampling to the input size, so the upsampling,
-  softmax and projection can be done together (and only for the classes needed; see ``inference.py``).
+- :func:`low_res_logits`: HRNet's logits before the final upsampling to the input size (``model(x, upsample=False)``),
+  so the upsampling, softmax and projection can be done together (and only for the classes needed; see ``inference.py``).
 - :class:`FixedBatchRunner`: runs a function on batches of a fixed shape (a short last batch is padded with
   zeros and the padding's outputs dropped), optionally replayed as a CUDA graph, which removes the host's
   per-kernel launch cost for small per-window batches.
@@ -20,9 +20,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ["FixedBatchRunner", "cast_conv_weights", "fold_batchnorm", "has_low_res_head", "low_res_logits"]
+from mseg_semantic.model.hrnet import HRNet
+
+__all__ = ["FixedBatchRunner", "cast_conv_weights", "fold_batchnorm", "low_res_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -92,27 +93,14 @@ def cast_conv_weights(model: nn.Module, dtype: torch.dtype) -> int:
     return count
 
 
-def has_low_res_head(model: nn.Module) -> bool:
-    """Whether :func:`low_res_logits` can stop before the model's final upsampling (HRNet's layout)."""
-    return all(hasattr(model, name) for name in ("forward_backbone", "head")) and hasattr(model.head, "classifier")
-
-
 def low_res_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The logits before the final upsampling to ``x``'s size: HRNet's 1/4-resolution head output. Any other
-    model: its output as it is (upsampled by the caller when smaller than ``x``).
-
-    For HRNet, ``F.interpolate(low_res_logits(m, x), x.shape[-2:], mode='bilinear', align_corners=True)`` is
-    ``m(x)`` exactly (tested): this repeats HRNet.forward's head so that the caller can upsample only the
-    classes it needs.
-    """
-    if not has_low_res_head(model):
-        out = model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
-    xs = model.forward_backbone(x)
-    high = xs[0].shape[-2:]
-    upsampled = [xs[0]] + [F.interpolate(b, size=high, mode="bilinear", align_corners=False) for b in xs[1:]]
-    logits, _ = model.head(torch.cat(upsampled, dim=1))
-    return logits
+    """The logits before the final upsampling to ``x``'s size: an HRNet's 1/4-resolution head output
+    (``model(x, upsample=False)``, so that the caller can upsample only the classes it needs). Any other model: its
+    output as it is (upsampled by the caller when smaller than ``x``)."""
+    if isinstance(model, HRNet):
+        return model(x, upsample=False)
+    out = model(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def prepared_copy(model: nn.Module, fold: bool, cast_to: torch.dtype | None, channels_last: bool, inplace: bool) -> nn.Module:

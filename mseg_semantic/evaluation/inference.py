@@ -46,6 +46,7 @@ from mseg_semantic.data.transforms import normalize_images
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.engine import FixedBatchRunner, low_res_logits, prepared_copy
 from mseg_semantic.model import autocast_context
+from mseg_semantic.model.hrnet import upsample_logits
 from mseg_semantic.taxonomy import Projection
 
 __all__ = [
@@ -179,9 +180,8 @@ def _subset_plan(num_inputs: int, members: tuple[tuple[int, ...], ...]) -> tuple
 
 
 def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    """HRNet's last step (fp32, ``align_corners=True``), where the logits are not at ``size`` already."""
+    return logits if tuple(logits.shape[-2:]) == tuple(size) else upsample_logits(logits, size)
 
 
 def _subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection) -> torch.Tensor:
