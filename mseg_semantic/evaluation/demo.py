@@ -11,6 +11,7 @@ Images (or frames) go through inference ``batch_size`` at a time.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -94,9 +95,17 @@ def run_demo(
     raise UserError(f"demo input {input_path}: unknown file type {suffix!r}; images: {', '.join(IMAGE_SUFFIXES)}; videos: {', '.join(VIDEO_SUFFIXES)}")
 
 
+def output_stems(paths: Sequence[Path]) -> dict[Path, str]:
+    """The name each image's outputs start with: its stem, or its whole name where stems clash (``a.jpg`` and
+    ``a.png`` give ``a.jpg_demo.png`` and ``a.png_demo.png`` rather than one overwriting the other)."""
+    stems = Counter(p.stem for p in paths)
+    return {p: p.stem if stems[p.stem] == 1 else p.name for p in paths}
+
+
 def _run_images(engine, space, settings, paths: list[Path], out_dir: Path, batch_size: int, progress: bool,
                 confidence: bool = False, probabilities: bool = False) -> list[Path]:
     written = []
+    names = output_stems(paths)
     bar = tqdm(total=len(paths), desc="demo", unit="img", disable=not progress, dynamic_ncols=True)
     for chunk in _batches(paths, batch_size):
         with _opencv_quiet():
@@ -104,12 +113,13 @@ def _run_images(engine, space, settings, paths: list[Path], out_dir: Path, batch
         for path, image, pixels in zip(chunk, images, _predict(engine, images, settings, space, confidence, probabilities)):
             label = pixels.label_array()
             frame = compose_demo_frame(image, label, space.class_names, space.colors)
-            written.append(write_png(out_dir / f"{path.stem}_demo.png", frame, rgb=True))
-            written.append(write_png(out_dir / f"{path.stem}_label.png", label))
+            name = names[path]
+            written.append(write_png(out_dir / f"{name}_demo.png", frame, rgb=True))
+            written.append(write_png(out_dir / f"{name}_label.png", label))
             if confidence:
-                written += write_confidence(out_dir / path.stem, pixels)
+                written += write_confidence(out_dir / name, pixels)
             if probabilities:
-                written.append(write_probabilities(out_dir / path.stem, pixels, space.class_names))
+                written.append(write_probabilities(out_dir / name, pixels, space.class_names))
         bar.update(len(chunk))
     bar.close()
     return written

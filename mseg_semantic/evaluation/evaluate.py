@@ -12,6 +12,7 @@ takes every ``world_size``-th image and the confusion matrices are summed before
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.data.datasets import ValDataset, configure_worker_threads
+from mseg_semantic.data.lists import BadSampleError
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.figures import confusion_image, iou_bar_chart
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
@@ -31,6 +33,7 @@ from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetric
 from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space
 from mseg_semantic.evaluation.outputs import pixel_outputs, write_confidence, write_probabilities
 from mseg_semantic.evaluation.visualize import colorize, write_png
+from mseg_semantic.taxonomy import IGNORE_INDEX, UnknownLabelError
 
 __all__ = ["EvalData", "EvaluationResult", "OutputOptions", "evaluate_dataset", "format_per_class_table", "select_indices"]
 
@@ -50,8 +53,10 @@ class EvalData:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "EvalData":
+        # TRAIN.workers is sized for a training node; decoding for inference needs no more processes than cores
+        workers = min(cfg.TRAIN.workers, len(os.sched_getaffinity(0)))
         return cls(cfg.TEST.split, cfg.DATA.data_root or None, cfg.DATA.dataset_roots, cfg.DATA.dataset_lists,
-                   cfg.TEST.index_start, cfg.TEST.index_step, cfg.TEST.batch_size_val, cfg.TRAIN.workers)
+                   cfg.TEST.index_start, cfg.TEST.index_step, cfg.TEST.batch_size_val, workers)
 
     def partial_note(self, list_size: int) -> str | None:
         """None when the whole list is evaluated, else which part of it (for every table made from the result)."""
@@ -165,7 +170,7 @@ def evaluate_dataset(
     started = time.perf_counter()
     bar = tqdm(total=len(indices), desc=f"{dataset} {data.split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
     for batch in loader:
-        labels = [space.convert_label(item["label"]) for item in batch]
+        labels = [ground_truth(item, space, dataset) for item in batch]
         probabilities = predict_image_probabilities(engine, [item["image"] for item in batch], settings, space.projection)
         for item, probs, label in zip(batch, probabilities, labels):
             pixels = pixel_outputs(probs, space, confidence=outputs.confidence, probabilities=outputs.probabilities)
@@ -185,6 +190,25 @@ def evaluate_dataset(
     if rank == 0 and save_folder is not None:
         write_reports(result, loaded, engine.settings, model_label or Path(loaded.path).stem, str(device), outputs.figures)
     return result
+
+
+def ground_truth(item: Mapping[str, Any], space: OutputSpace, dataset: str) -> np.ndarray:
+    """An item's label in the scoring space. Ids its taxonomy does not have stop the evaluation naming the file
+    (checked before the image is run through the model; never scored as some class)."""
+    label = item["label"]
+    try:
+        converted = space.convert_label(label)
+    except UnknownLabelError as exc:
+        raise BadSampleError(item["label_path"], str(exc)) from None
+    if space.converter is None and converted.size and int(converted.max()) >= space.num_classes:
+        ids = np.unique(converted)
+        bad = [int(i) for i in ids if space.num_classes <= i != IGNORE_INDEX]
+        if bad:
+            shown = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
+            raise BadSampleError(item["label_path"], f"ground-truth id(s) {shown} are not in the {space.name} taxonomy of "
+                                 f"{dataset} (valid: 0..{space.num_classes - 1} and {IGNORE_INDEX}); is the label in "
+                                 f"another taxonomy (e.g. the raw one before mseg-prepare remap)?")
+    return converted
 
 
 def _write_image_outputs(folder: Path, rel: Path, pixels, space: OutputSpace, outputs: OutputOptions) -> None:

@@ -179,6 +179,15 @@ def _subset_plan(num_inputs: int, members: tuple[tuple[int, ...], ...]) -> tuple
     return used + rest, Projection(len(used), [[position[m] for m in group] for group in members])
 
 
+@functools.lru_cache(maxsize=64)
+def _subset_order(num_inputs: int, members: tuple[tuple[int, ...], ...], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_subset_plan`'s order (and its used classes) as index tensors, made once per device: a CUDA graph
+    cannot capture the host-to-device copy that making them costs."""
+    order, compact = _subset_plan(num_inputs, members)
+    full = torch.as_tensor(order, device=device)
+    return full, full[: compact.num_inputs]
+
+
 def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """HRNet's last step (fp32, ``align_corners=True``), where the logits are not at ``size`` already."""
     return logits if tuple(logits.shape[-2:]) == tuple(size) else upsample_logits(logits, size)
@@ -191,9 +200,9 @@ def _subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projectio
     tensor of all classes at full resolution is ever held; the used classes come first and their upsampled logits
     are kept from that pass.
     """
-    order, compact = _subset_plan(projection.num_inputs, projection.members)
+    _, compact = _subset_plan(projection.num_inputs, projection.members)
     num_used = compact.num_inputs
-    ordered = logits.index_select(1, torch.as_tensor(order, device=logits.device))
+    ordered = logits.index_select(1, _subset_order(projection.num_inputs, projection.members, str(logits.device))[0])
     kept, top, total = [], None, None
     for start in range(0, ordered.shape[1], SOFTMAX_CHUNK):
         part = _upsample(ordered[:, start : start + SOFTMAX_CHUNK], size)
@@ -214,8 +223,8 @@ def _subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projectio
 def _fast_subset_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection) -> torch.Tensor:
     """Like :func:`_subset_probabilities` with the normaliser taken at the logits' resolution: only the used classes'
     log-probabilities are upsampled (module docstring, step 4)."""
-    order, compact = _subset_plan(projection.num_inputs, projection.members)
-    used = torch.as_tensor(order[: compact.num_inputs], device=logits.device)
+    _, compact = _subset_plan(projection.num_inputs, projection.members)
+    used = _subset_order(projection.num_inputs, projection.members, str(logits.device))[1]
     log_probs = logits.index_select(1, used).sub_(torch.logsumexp(logits, dim=1, keepdim=True))
     return compact(_upsample(log_probs, size).exp_())
 
@@ -289,7 +298,9 @@ class InferenceModel:
         """The fixed-shape runner of these settings (None: run each chunk as it is)."""
         if not self.fixed_batches:
             return None
-        key = (id(projection), settings.flip, settings.subset, settings.windows_per_pass)
+        # by content: each dataset of a benchmark builds its own Projection, and a graph per object would pile up
+        projection_key = None if projection is None else (projection.num_inputs, projection.members)
+        key = (projection_key, settings.flip, settings.subset, settings.windows_per_pass)
         if key not in self._runners:
             fn = functools.partial(self.window_probabilities, projection=projection, settings=settings)
             self._runners[key] = FixedBatchRunner(fn, settings.windows_per_pass, cuda_graph=self.settings.cuda_graphs)

@@ -37,20 +37,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mseg_semantic.errors import UserError
+from mseg_semantic.errors import UnknownNameError, UserError
 from mseg_semantic.model import WeightsFileError, build_model, load_weights
 from mseg_semantic.model.loading import CLASSIFIER_PREFIX, guess_variant, read_state_dict
 from mseg_semantic.taxonomy import (
+    DEFAULT_UNIVERSAL,
     IGNORE_INDEX,
-    add_taxonomy_file,
     MODEL_TAXONOMIES,
-    NUM_UNIVERSAL_CLASSES,
     UNRELABELED_TRAIN_DATASETS,
     Projection,
     build_taxonomy_converter,
     get_taxonomy,
     load_class_colors,
     load_class_names,
+    naive_class_names,
+    palette,
     taxonomy_names,
 )
 
@@ -82,6 +83,7 @@ class LoadedModel:
     num_classes: int
     train_datasets: list[str] | None
     meta: dict = field(default_factory=dict)
+    universal_taxonomy: str = DEFAULT_UNIVERSAL  # the universal taxonomy of a universal model (MSeg's, or a user file's)
 
 
 @dataclass
@@ -124,14 +126,36 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def _expected_classes(model_taxonomy: str, train_datasets: list[str] | None) -> int | None:
+def universal_taxonomy_of(meta: dict, train_datasets: list[str] | None) -> str:
+    """The universal taxonomy a universal model predicts: its meta's (a user file's, e.g. universal-crosswalk), else
+    the one its training datasets map to, else MSeg's (a release without meta)."""
+    if meta.get("universal_taxonomy"):
+        return str(meta["universal_taxonomy"])
+    try:
+        targets = {get_taxonomy(d).maps_to for d in train_datasets or ()}
+    except UnknownNameError:
+        targets = set()
+    return targets.pop() if len(targets) == 1 else DEFAULT_UNIVERSAL
+
+
+def model_class_names(model_taxonomy: str, train_datasets: list[str] | None, universal: str = DEFAULT_UNIVERSAL) -> tuple[str, list[str]]:
+    """(taxonomy name, class names by model output) of a model: a universal taxonomy, the naive taxonomy of its
+    training datasets, or an oracle's dataset."""
     if model_taxonomy == "universal":
-        return NUM_UNIVERSAL_CLASSES
+        return universal, load_class_names(universal)
     if model_taxonomy == "naive":
-        return len(load_class_names("naive")) if not train_datasets else None
-    if model_taxonomy == "oracle" and train_datasets and len(train_datasets) == 1:
-        return len(load_class_names(train_datasets[0]))
-    return None
+        return "naive", naive_class_names(train_datasets) if train_datasets else load_class_names("naive")
+    return train_datasets[0], load_class_names(train_datasets[0])
+
+
+def _check_taxonomies_known(path: Path, model_taxonomy: str, train_datasets: list[str] | None, universal: str) -> None:
+    """The taxonomies a model's classes come from must be loaded (a user file's: ``DATA.taxonomy_files``)."""
+    names = [universal] if model_taxonomy == "universal" else list(train_datasets or [])
+    known = set(taxonomy_names())
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise UnknownNameError(f"{path} was trained in taxonomies this process does not know ({', '.join(missing)}): "
+                               f"load the taxonomy file that defines them, e.g. taxonomy_files=[config/taxonomy/FILE.tsv]")
 
 
 def load_model_for_inference(
@@ -161,18 +185,20 @@ def load_model_for_inference(
         if oracle_dataset is None:
             raise UserError(f"{path}: an oracle checkpoint without meta needs the dataset it was trained on (DATA.dataset)")
         train_datasets = [oracle_dataset]
-    expected = _expected_classes(space, train_datasets if space != "universal" else None)
-    if expected is not None and expected != num_classes:
+    universal = universal_taxonomy_of(meta, train_datasets)
+    _check_taxonomies_known(path, space, train_datasets, universal)
+    taxonomy, class_names = model_class_names(space, train_datasets, universal)
+    if len(class_names) != num_classes:
+        of = ", ".join(train_datasets) if space == "naive" and train_datasets else "MSeg's datasets" if space == "naive" else taxonomy
         raise UserError(
-            f"{path}: the classifier has {num_classes} outputs but a {space} model"
-            f"{' of ' + train_datasets[0] if space == 'oracle' else ''} has {expected}; "
+            f"{path}: the classifier has {num_classes} outputs but a {space} model of {of} has {len(class_names)}; "
             f"set TEST.model_taxonomy to the model taxonomy the checkpoint was trained in"
         )
     model = build_model(name, num_classes)
     _check_head_shapes(path, state, model, name, num_classes, "its meta" if meta.get("num_classes") else "its classifier")
     load_weights(model, path, log=False, contents=(state, kind, meta))
     model.to(device).eval()
-    return LoadedModel(model, str(path), name, space, num_classes, train_datasets, meta)
+    return LoadedModel(model, str(path), name, space, num_classes, train_datasets, meta, universal)
 
 
 def _check_is_checkpoint(path: Path) -> None:
@@ -210,12 +236,8 @@ def load_model_from_config(cfg: Any, device: torch.device, oracle_dataset: str |
 
 
 def _model_space_names(loaded: LoadedModel) -> tuple[str, list[str], np.ndarray]:
-    if loaded.model_taxonomy == "universal":
-        return "universal", load_class_names("universal"), load_class_colors("universal")
-    if loaded.model_taxonomy == "naive":
-        return "naive", load_class_names("naive"), load_class_colors("naive")
-    dataset = loaded.train_datasets[0]
-    return dataset, load_class_names(dataset), load_class_colors(dataset)
+    name, names = model_class_names(loaded.model_taxonomy, loaded.train_datasets, loaded.universal_taxonomy)
+    return name, names, palette(len(names)) if loaded.model_taxonomy == "naive" else load_class_colors(name)
 
 
 def _converter(loaded: LoadedModel, train: list[str], test: list[str]):
@@ -223,7 +245,8 @@ def _converter(loaded: LoadedModel, train: list[str], test: list[str]):
         return build_taxonomy_converter("oracle", loaded.train_datasets, test or None)
     if loaded.model_taxonomy == "naive":
         return build_taxonomy_converter("naive", loaded.train_datasets or UNRELABELED_TRAIN_DATASETS, test)
-    return build_taxonomy_converter("universal", train, test)
+    # the model's universal taxonomy: a dataset mapped to another one is refused, naming both
+    return build_taxonomy_converter("universal", train, test, universal=loaded.universal_taxonomy)
 
 
 def _normalised(name: str) -> str:

@@ -32,7 +32,7 @@ import torch
 from mseg_semantic.config import ConfigError
 from mseg_semantic.evaluation.evaluate import EvalData, evaluate_dataset
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings
-from mseg_semantic.evaluation.model_space import LoadedModel, evaluation_space
+from mseg_semantic.evaluation.model_space import LoadedModel, evaluation_space, universal_taxonomy_of
 from mseg_semantic.evaluation.zero_shot import find_missing
 from mseg_semantic.model import save_weights, unwrap_model
 
@@ -97,7 +97,8 @@ class Validator:
     def loaded(self) -> LoadedModel:
         meta = self.meta
         return LoadedModel(unwrap_model(self.model), str(self.output_dir), meta["model"], meta["model_taxonomy"],
-                           int(meta["num_classes"]), list(meta["train_datasets"]), dict(meta))
+                           int(meta["num_classes"]), list(meta["train_datasets"]), dict(meta),
+                           universal_taxonomy_of(meta, list(meta["train_datasets"])))
 
     def due(self, iteration: int) -> bool:
         if iteration == self.max_iters:

@@ -29,13 +29,13 @@ from mseg_semantic.taxonomy.converter import (
     UnknownLabelError,
     build_taxonomy_converter,
 )
-from mseg_semantic.taxonomy.files import IGNORE_INDEX, Problem, Taxonomy, TaxonomyFileError, ValidationReport
+from mseg_semantic.taxonomy.files import DEFAULT_UNIVERSAL, IGNORE_INDEX, Problem, Taxonomy, TaxonomyFileError, ValidationReport, palette
 from mseg_semantic.taxonomy.label_sets import LabelSets
 
 __all__ = [
-    "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "IGNORE_INDEX", "LabelSets", "MODEL_TAXONOMIES", "NUM_UNIVERSAL_CLASSES",
+    "DATA_DIR", "DEFAULT_TEST_DATASETS", "DEFAULT_TRAIN_DATASETS", "DEFAULT_UNIVERSAL", "IGNORE_INDEX", "LabelSets", "MODEL_TAXONOMIES", "NUM_UNIVERSAL_CLASSES",
     "RELABELED_TRAIN_DATASETS", "UNRELABELED_TRAIN_DATASETS", "ZERO_SHOT_DATASETS", "NaiveTaxonomyConverter",
     "OracleTaxonomyConverter", "Problem", "Projection", "Taxonomy", "TaxonomyConverter", "TaxonomyFileError",
     "UnknownLabelError", "ValidationReport", "add_taxonomy_file", "add_taxonomy_files", "build_taxonomy_converter", "get_taxonomy",
-    "load_class_colors", "load_class_names", "naive_class_names", "taxonomy_names", "validate_file",
+    "load_class_colors", "load_class_names", "naive_class_names", "palette", "taxonomy_names", "validate_file",
 ]

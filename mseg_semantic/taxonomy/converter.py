@@ -449,16 +449,18 @@ class OracleTaxonomyConverter(_LabelSpaceConverter):
             self._add_test_projection(d, [(i, i) for i in range(len(names))])
 
 
-def build_taxonomy_converter(model_taxonomy: str, train_datasets=None, test_datasets=None, set_valued: bool = False):
+def build_taxonomy_converter(model_taxonomy: str, train_datasets=None, test_datasets=None, set_valued: bool = False,
+                             universal: str | None = None):
     """The converter of a model taxonomy ('universal' | 'naive' | 'oracle'); None datasets mean its defaults.
-    ``set_valued`` (universal only): training labels carry label sets (see :class:`TaxonomyConverter`)."""
+    ``set_valued`` (universal only): training labels carry label sets (see :class:`TaxonomyConverter`).
+    ``universal`` (universal only): the universal taxonomy, when it must be a given one (a model's)."""
     if set_valued and model_taxonomy != "universal":
         raise UserError(f"label sets exist in the universal taxonomy only; the {model_taxonomy} taxonomy maps every "
                         "class to one model class")
     if model_taxonomy == "universal":
         return TaxonomyConverter(train_datasets if train_datasets is not None else DEFAULT_TRAIN_DATASETS,
                                  test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS,
-                                 set_valued=set_valued)
+                                 universal=universal, set_valued=set_valued)
     if model_taxonomy == "naive":
         return NaiveTaxonomyConverter(train_datasets if train_datasets is not None else UNRELABELED_TRAIN_DATASETS,
                                       test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS)

@@ -23,9 +23,9 @@ EXIT_CONFIG_ERROR = EXIT_BAD_INPUT
 
 def train(cfg: Config) -> int:
     from mseg_semantic.training.distributed import init_distributed, shutdown_distributed
-    from mseg_semantic.training.run import resolve_run, run_training
+    from mseg_semantic.training.run import check_run, run_training
 
-    resolve_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail on a bad config before any process group
+    check_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail on a bad config before any process group
     info = init_distributed(cfg.Distributed.dist_backend)
     try:
         final = run_training(cfg, info)

@@ -14,10 +14,12 @@ the run's other parts, e.g. the best validation score so far).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import random
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ __all__ = [
 CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pth"
 FINAL_NAME = "model_final.pth"
+SUPERSEDED_PREFIX = "superseded-"  # checkpoints of a branch a resume from an older one replaced
 REQUIRED_KEYS = (TRAINING_MODEL_KEY, "optimizer", "iteration")
 _ITER_PATTERN = re.compile(r"^iter_(\d{8,})\.pth$")
 
@@ -184,6 +187,27 @@ class Checkpointer:
             except CheckpointError as exc:
                 log.warning("skipping unreadable checkpoint: %s", exc)
         return None
+
+    def set_aside_newer(self, iteration: int) -> Path | None:
+        """A resume at ``iteration`` replaces what came after it: checkpoints of later iterations (a branch the user
+        rolled back from, e.g. after a non-finite loss) would otherwise be resumed from by the next plain rerun and
+        would make every new save look old to the pruning. They are moved, never deleted, into
+        ``superseded-<time>/``, and ``last.pth`` points at the newest checkpoint left. Rank 0; returns the folder."""
+        newer = [path for number, path in list_checkpoints(self.directory) if number > iteration]
+        if not self.info.is_main or not newer:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix=f"{SUPERSEDED_PREFIX}{datetime.datetime.now():%Y%m%d-%H%M%S}-", dir=self.directory))
+        for path in newer:
+            os.replace(path, folder / path.name)
+        last = self.directory / LAST_NAME
+        remaining = list_checkpoints(self.directory)
+        if remaining:
+            link_or_copy_atomic(remaining[0][1], last)
+        elif last.is_file():
+            os.replace(last, folder / LAST_NAME)
+        log.warning(f"resuming at iteration {iteration}: the checkpoints of later iterations here ({', '.join(p.name for p in newer)}) "
+                    f"belong to the run this resume replaces; moved to {folder} (delete it when you no longer need them)")
+        return folder
 
     def restore(self, parts: TrainingParts, state: dict[str, Any], max_iters: int, schedule: dict[str, float]) -> int:
         """Load ``state`` into ``parts``; returns the iteration to continue from.

@@ -48,6 +48,7 @@ class LoopSettings:
     channels_last: bool = False
     freeze_bn: bool = False
     cuda_graphs: bool = False  # replay the step as one CUDA graph (captured on the first batch; eager off CUDA)
+    resume_hint: str = "run the same command again to resume"  # the last words of a preemption's message
 
 
 @dataclass
@@ -226,7 +227,7 @@ def train_loop(
                 checkpointer.save(parts, done)
             stats.wall_seconds = time.perf_counter() - started
             raise Preempted(f"stopped by {preemption.received} after iteration {done} of {settings.max_iters}; "
-                            f"checkpoint written to {checkpoints}: run the same command again to resume")
+                            f"checkpoint written to {checkpoints}: {settings.resume_hint}")
     watch.check(checkpoints)
     stats.wall_seconds = time.perf_counter() - started
     return stats

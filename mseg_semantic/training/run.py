@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mseg_semantic.atomic import link_or_copy_atomic, remove_stale_temporaries
-from mseg_semantic.config import Config, ConfigError, apply_stage, canonical_key, parse_override, stage_names
+from mseg_semantic.config import SCHEMA, Config, ConfigError, apply_stage, canonical_key, parse_override, stage_names
 from mseg_semantic.data import build_train_loader, check_dataset_gpu_mapping
 from mseg_semantic.data import demo_world
 from mseg_semantic.errors import UnknownNameError, did_you_mean
@@ -47,7 +47,7 @@ from mseg_semantic.training.speed import compile_loss_head, compile_regions, ind
 
 log = logging.getLogger("mseg_semantic.training")
 
-__all__ = ["FIXED_ON_RESUME", "RunSetup", "StageRun", "build_stage", "resolve_run", "run_stage", "run_training"]
+__all__ = ["FIXED_ON_RESUME", "RunSetup", "StageRun", "build_stage", "check_run", "resolve_run", "run_stage", "run_training"]
 
 # What a checkpoint is: changing these on resume would continue another run's state under this one's name.
 FIXED_ON_RESUME = (
@@ -135,6 +135,9 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
                    "the cross-entropy step (MGDA and CCSA decide on the host)" if method != "ce" else None)
         if refusal:
             raise ConfigError(f"TRAIN.cuda_graphs=True needs {refusal}; set cuda_graphs=False")
+    if train.freeze_bn and train.precise_bn_iters > 0:
+        raise ConfigError(f"TRAIN.freeze_bn=True with TRAIN.precise_bn_iters={train.precise_bn_iters}: precise BN would replace "
+                          f"the frozen running statistics by estimates from training batches; set one of them off")
     model_taxonomy = model_taxonomy_of(cfg, datasets)
     check_loss(cfg, method, model_taxonomy)
     # unknown or test-only dataset names fail here
@@ -147,6 +150,17 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
     workers = 0 if train.workers <= 0 else max(1, train.workers // local)
     return RunSetup(datasets, model_taxonomy, converter, train.precision, train.batch_size, batch_per_rank, max_iters, workers, mapping, method,
                     train.loss)
+
+
+def check_run(cfg: Config, world_size: int = 1) -> None:
+    """:func:`resolve_run` of every stage the command will train (or of the single run): a bad config fails before
+    any process group, directory or download, and a stage's own overrides are checked as that stage will see them."""
+    names = stage_names(cfg)
+    if not names:
+        resolve_run(cfg, world_size)
+        return
+    for name in [cfg.TRAIN.stage] if cfg.TRAIN.stage is not None else names:
+        resolve_run(apply_stage(cfg, name), world_size)  # an unknown stage name raises here, with a suggestion
 
 
 def check_loss(cfg: Config, method: str, model_taxonomy: str) -> None:
@@ -191,6 +205,7 @@ def model_meta(cfg: Config, setup: RunSetup) -> dict[str, Any]:
         "model": cfg.TRAIN.model,
         "num_classes": int(setup.converter.num_classes),
         "model_taxonomy": setup.model_taxonomy,
+        "universal_taxonomy": getattr(setup.converter, "universal", None),  # a user file's universal taxonomy, for the tools
         "train_datasets": list(setup.datasets),
         "iterations": setup.max_iters,
         "batch_size": setup.batch_size,
@@ -267,7 +282,16 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, keys in config.items() if section != "STAGES" for key, value in keys.items()}
+    """``SECTION.key -> value``; a key that takes one name or a list of them (``dataset=ade20k-150``) as a list, so
+    that the two spellings of one value compare equal."""
+    flat = {}
+    for section, keys in config.items():
+        if section == "STAGES":
+            continue
+        for key, value in keys.items():
+            one_or_list = "list" in SCHEMA[section][key].kinds and "str" in SCHEMA[section][key].kinds
+            flat[f"{section}.{key}"] = [value] if one_or_list and isinstance(value, str) else value
+    return flat
 
 
 def accept_resume(cfg: Config, saved: dict[str, Any] | None, checkpoint: Path) -> Config:
@@ -350,6 +374,7 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
     start = 0
     if checkpoint is not None:
         start = checkpointer.restore(run.parts, checkpoint, setup.max_iters, {k: cfg.TRAIN[k] for k in ("base_lr", "power", "momentum", "weight_decay")})
+        checkpointer.set_aside_newer(start)
     del checkpoint
     log.info(
         f"{'resuming from ' + str(checkpoint_path) + ' at iteration ' + str(start) if checkpoint_path else 'starting'}: "
@@ -358,7 +383,9 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
         f"method {setup.method}, loss {setup.loss}, device {info.device}, output {output_dir}"
     )
     settings = LoopSettings(max_iters=setup.max_iters, checkpoint_every=cfg.TRAIN.checkpoint_every, grad_clip=cfg.TRAIN.grad_clip,
-                            channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn, cuda_graphs=cfg.TRAIN.cuda_graphs)
+                            channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn, cuda_graphs=cfg.TRAIN.cuda_graphs,
+                            resume_hint=f"run the command again without resume={cfg.TRAIN.resume} to resume (with it, the run would "
+                                        f"start from that checkpoint again)" if cfg.TRAIN.resume else LoopSettings.resume_hint)
     reporter = TrainingReporter(output_dir, info.is_main, start, setup.max_iters, setup.batch_size, info.device,
                                 cfg.TRAIN.print_freq, cfg.TRAIN.tensorboard, show_progress=sys.stderr.isatty())
     try:

@@ -71,6 +71,20 @@ def test_folder_is_batched_and_every_image_gets_outputs(tmp_path):
         assert cv2.imread(str(tmp_path / "out" / f"im{i}_label.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
 
 
+def test_images_sharing_a_stem_keep_their_own_outputs(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), random_image(20, 30, seed=0))
+    cv2.imwrite(str(folder / "a.png"), random_image(24, 26, seed=1))
+    cv2.imwrite(str(folder / "b.png"), random_image(22, 22, seed=2))
+    space = OutputSpace("toy", [f"c{i}" for i in range(4)], load_class_colors("camvid-11")[:4], None)
+    written = run_demo(TinySegNet(num_classes=4).eval(), space, SETTINGS, folder, tmp_path / "out", progress=False, confidence=True)
+    names = sorted(p.name for p in written)
+    assert len(names) == len(set(names)) == 12
+    assert {"a.jpg_label.png", "a.png_label.png", "b_label.png", "a.png_maxprob.png"} <= set(names)
+    assert cv2.imread(str(tmp_path / "out" / "a.png_label.png"), cv2.IMREAD_UNCHANGED).shape == (24, 26)
+
+
 def test_video_in_video_out_with_same_frame_count(tmp_path):
     path = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (40, 24))

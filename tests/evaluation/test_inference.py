@@ -349,6 +349,20 @@ def test_fixed_batches_give_the_same_probabilities_with_every_pass_full():
         assert (p - eager).abs().max() < 1e-6
 
 
+def test_equal_projections_share_one_fixed_batch_runner():
+    """A benchmark builds a Projection per dataset and base size: equal ones must not each get a runner (a CUDA
+    graph with its own memory pool on a GPU)."""
+    model = trained_looking_hrnet()
+    settings = hrnet_settings(window_batch=4, fold_bn=False, subset="exact")
+    engine = InferenceModel(model, settings, fixed_batches=True)
+    image = random_image(40, 50, seed=5)
+    first = predict_probabilities(engine, [image], settings, Projection(7, [[0, 1], [3]]))[0]
+    second = predict_probabilities(engine, [image], settings, Projection(7, [[1, 0], [3]]))[0]
+    assert len(engine._runners) == 1 and torch.equal(first, second)
+    predict_probabilities(engine, [image], settings, Projection(7, [[2], [3]]))
+    assert len(engine._runners) == 2
+
+
 def test_cuda_graphs_on_a_cpu_model_are_refused_with_the_key():
     with pytest.raises(UserError, match="test_cuda_graphs"):
         InferenceModel(trained_looking_hrnet(), hrnet_settings(cuda_graphs=True))
@@ -374,6 +388,14 @@ def test_cuda_graph_replay_equals_eager_on_the_gpu():
     assert runner.replays >= 3 and len(runner._graphs) == 1
     for p in [first, *second]:
         assert (p - eager).abs().max() < 1e-5
+    # a projection that reads some classes, computed for those only (its index tensors exist before the capture)
+    projection = Projection(7, [[0, 1], [3], []])
+    for subset in ("exact", "fast"):
+        plain = dataclasses.replace(settings, subset=subset)
+        expected = predict_probabilities(InferenceModel(model, plain), [image], plain, projection)[0]
+        graphed = dataclasses.replace(plain, cuda_graphs=True)
+        got = predict_probabilities(InferenceModel(model, graphed), [image], graphed, projection)[0]
+        assert (got - expected).abs().max() < 1e-5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

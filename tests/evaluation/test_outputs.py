@@ -67,6 +67,24 @@ def test_naive_model_maps_training_classes_by_name_and_oracle_only_to_its_own():
         output_projection(oracle, "ade20k-150")
 
 
+def test_naive_model_of_other_datasets_reads_its_own_naive_classes(tmp_path):
+    from mseg_semantic.evaluation.model_space import load_model_for_inference
+    from mseg_semantic.model import build_model, save_weights
+    from mseg_semantic.taxonomy import naive_class_names
+
+    datasets = ["bdd", "ade20k-150"]
+    names = naive_class_names(datasets)
+    path = tmp_path / "naive.pth"
+    save_weights(build_model("hrnet_tiny", num_classes=len(names)).state_dict(),
+                 {"model": "hrnet_tiny", "num_classes": len(names), "model_taxonomy": "naive", "train_datasets": datasets}, path)
+    loaded = load_model_for_inference(path, torch.device("cpu"))
+    space = evaluation_space(loaded, "bdd")
+    assert space.class_names == names and space.class_names[0] == "road" and len(space.colors) == len(names)
+    projection, _ = output_projection(loaded, "cityscapes-19")
+    assert projection.num_inputs == len(names)
+    assert [names[g[0]] for g in projection.members] == [n.lower() for n in load_class_names("cityscapes-19")]
+
+
 def test_uncovered_rule_ignore_labels_other_255_and_drop_keeps_the_best_output_class():
     space_drop = display_space(universal(), "cityscapes-19", "drop")
     space_ignore = display_space(universal(), "cityscapes-19", "ignore")

@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from eval_helpers import write_dataset
 
 from mseg_semantic.model import build_model, save_weights
 
@@ -24,6 +27,11 @@ def files(tmp_path_factory):
     save_weights(state, {"model": "hrnet_tiny", "num_classes": 194, "model_taxonomy": "universal"}, root / "good.pth")
     # the meta says 19 classes (an oracle of cityscapes-19) but the classifier has 194 outputs
     save_weights(state, {"model": "hrnet_tiny", "num_classes": 19, "model_taxonomy": "oracle", "train_datasets": ["cityscapes-19"]}, root / "edited.pth")
+    # labels still in a raw taxonomy (id 40): a test dataset and a training dataset
+    label = np.zeros((32, 32), np.uint8)
+    label[4:8, 4:8] = 40
+    for dataset in ("camvid-11", "cityscapes-19"):
+        write_dataset(root / "data", dataset, [(np.zeros((32, 32, 3), np.uint8), label)])
     return root
 
 
@@ -41,6 +49,10 @@ CASES = [
     ("demo", ["model_path=good.pth", "input=broken.png", "base_size=32", "test_h=32", "test_w=32"], "broken.png: cannot be decoded"),
     ("export", ["model_path=good.pth", "test_h=0"], "TEST.test_h=0: must be > 0"),
     ("export", ["model_path=good.pth", "export_opset=5"], "TEST.export_opset=5: must be >= 17"),
+    ("test", ["model_path=good.pth", "dataset=camvid-11", "data_root=data", "base_size=32", "test_h=32", "test_w=32"],
+     "img_000.png: ground-truth id(s) 40 are not in the camvid-11 taxonomy"),
+    ("test", ["model_path=good.pth", "dataset=cityscapes-19", "data_root=data", "base_size=32", "test_h=32", "test_w=32"],
+     "img_000.png: label of dataset 'cityscapes-19' holds id(s) 40"),
     ("demo", ["model_path=edited.pth", "input=broken.png", "dataset=cityscapes-19"], "edited.pth: head.classifier.weight has shape (194, 120, 1, 1) but a hrnet_tiny with 19 classes"),
 ]
 

@@ -59,6 +59,24 @@ def test_save_keeps_the_newest_and_links_last(tmp_path):
     assert state["config"] == {"TRAIN": {}} and state["stage"] is None and state["extra"] == {}
 
 
+def test_resuming_an_older_checkpoint_sets_the_newer_branch_aside_without_deleting_it(tmp_path):
+    checkpointer = Checkpointer(tmp_path, DistInfo(), keep=1, run_record={"stage": None})
+    checkpointer.keep = 3
+    for it in (10, 20, 30):
+        checkpointer.save(_parts(it), it)
+    assert checkpointer.set_aside_newer(30) is None  # resuming the newest: nothing to move
+    folder = checkpointer.set_aside_newer(10)  # a rollback (resume=iter_00000010.pth)
+    assert sorted(p.name for p in folder.iterdir()) == ["iter_00000020.pth", "iter_00000030.pth"]
+    assert load_checkpoint(folder / "iter_00000030.pth")["iteration"] == 30
+    assert load_checkpoint(tmp_path / LAST_NAME)["iteration"] == 10
+    checkpointer.keep = 1
+    checkpointer.save(_parts(11), 11)  # the new branch's saves are the newest: kept, not pruned as old
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [11] and checkpointer.newest()[1]["iteration"] == 11
+    # resumed from a checkpoint outside the directory: nothing older is left, last.pth goes aside too
+    checkpointer.set_aside_newer(5)
+    assert list_checkpoints(tmp_path) == [] and not (tmp_path / LAST_NAME).exists() and checkpointer.newest() is None
+
+
 def test_a_half_written_or_corrupt_file_is_never_loaded(tmp_path):
     checkpointer = Checkpointer(tmp_path, DistInfo())
     checkpointer.save(_parts(10), 10)

@@ -141,6 +141,8 @@ def test_config_errors_name_the_key_and_exit_2(world, tmp_path, capsys, monkeypa
     assert "fp32, bf16, fp16" in capsys.readouterr().err
     assert main(["--config", str(config), "universal=False"]) == EXIT_CONFIG_ERROR
     assert "oracle" in capsys.readouterr().err
+    assert main(["--config", str(config), "freeze_bn=True", "precise_bn_iters=10"]) == EXIT_CONFIG_ERROR
+    assert "precise BN would replace the frozen running statistics" in capsys.readouterr().err
     assert main(["--config", str(config), "stage=main"]) == EXIT_CONFIG_ERROR
     assert "defines no STAGES" in capsys.readouterr().err
     assert main(["--config", str(config), "max_iters=null", "num_examples=0"]) == EXIT_CONFIG_ERROR
@@ -182,3 +184,35 @@ def test_a_resume_applies_or_refuses_each_changed_key_and_config_yaml_is_the_tru
     assert last["optimizer"]["param_groups"][0]["momentum"] == 0.5
     logged = next(line for line in resumed.stderr.splitlines() if "iter 3/4 loss" in line)
     assert f"lr {0.05 * (1 - 3 / 4) ** 0.9:.6f}" in logged  # the poly curve of the new base_lr, at iteration 3
+
+
+def test_every_stage_is_checked_as_it_will_run_before_training(world, tmp_path):
+    from mseg_semantic.config import ConfigError, load_config
+    from mseg_semantic.training.run import check_run
+
+    # the datasets come from the stages only: the file alone would be "DATA.dataset is empty"
+    stages = [{"name": "pre", "overrides": {"dataset": ["cityscapes-19"]}},
+              {"name": "main", "overrides": {"dataset": ["cityscapes-19", "ade20k-150"], "batch_size": 4}}]
+    config = write_config(tmp_path / "staged.yaml", world, data={"dataset": None}, stages=stages)
+    check_run(load_config(config))
+    check_run(load_config(config, ["stage=main"]))
+    with pytest.raises(ConfigError, match="unknown stage 'mian'.*'main'"):
+        check_run(load_config(config, ["stage=mian"]))
+    # a stage's own overrides can make a refused combination that the file alone does not have
+    stages[1]["overrides"].update(use_mgda=True, compile=True)
+    config = write_config(tmp_path / "staged.yaml", world, data={"dataset": None}, stages=stages)
+    with pytest.raises(ConfigError, match="TRAIN.compile=True with DATA.use_mgda=True"):
+        check_run(load_config(config))
+    check_run(load_config(config, ["stage=pre"]))  # only the stage this command trains
+
+
+def test_a_resume_compares_one_name_and_a_list_of_it_as_equal(world, tmp_path):
+    from mseg_semantic.config import ConfigError, load_config
+    from mseg_semantic.training.run import accept_resume
+
+    config = write_config(tmp_path / "one.yaml", world)
+    saved = load_config(config, ["dataset=[cityscapes-19]"]).to_dict()
+    now = load_config(config, ["dataset=cityscapes-19"])
+    assert accept_resume(now, saved, tmp_path / "last.pth") is now
+    with pytest.raises(ConfigError, match="DATA.dataset is \\['ade20k-150'\\] but the run in this output_dir was started with \\['cityscapes-19'\\]"):
+        accept_resume(load_config(config, ["dataset=ade20k-150"]), saved, tmp_path / "last.pth")

@@ -265,10 +265,30 @@ def test_the_crosswalk_example_trains_a_class_only_mapillary_labels(demo_root, t
     monkeypatch.setattr(catalog, "_user_files", {})
     monkeypatch.chdir(REPO)  # the config names the taxonomy file relative to the repository
     output_dir = tmp_path / "crosswalk"
-    assert tiny_train("demo_crosswalk.yaml", demo_root, output_dir) == 0
+    # validation scores in the model's 195 classes (a 194-class space would fail on the first crosswalk prediction)
+    validation = ["val_every=2", "val_datasets=[cityscapes-19-crosswalk]", "val_images=1", "test_h=64", "test_w=64", "base_size=64"]
+    assert tiny_train("demo_crosswalk.yaml", demo_root, output_dir, *validation) == 0
     final = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=True)
     assert final["meta"]["num_classes"] == 195 and final["meta"]["train_datasets"][2] == "mapillary-public65-crosswalk"
+    assert final["meta"]["universal_taxonomy"] == "universal-crosswalk"
+    assert "validation at iteration 2" in (output_dir / "train.log").read_text()
     assert tiny_train("demo_crosswalk.yaml", demo_root, tmp_path / "bad", "taxonomy_files=[missing.tsv]") == 2
+
+    # the tools read the model in its own universal taxonomy: scored, projected and refused by name
+    from mseg_semantic.errors import UnknownNameError, UserError
+    from mseg_semantic.evaluation.model_space import evaluation_space, load_model_for_inference, output_projection
+
+    loaded = load_model_for_inference(output_dir / "model_final.pth", torch.device("cpu"))
+    assert loaded.universal_taxonomy == "universal-crosswalk"
+    space = evaluation_space(loaded, "cityscapes-19-crosswalk")
+    assert space.name == "universal-crosswalk" and space.class_names[194] == "crosswalk" and len(space.colors) == 195
+    camvid = output_projection(loaded, "camvid-11-crosswalk")[0]
+    assert camvid.num_inputs == 195 and 194 in camvid.members[5]  # Road receives crosswalk
+    with pytest.raises(UserError, match="maps to 'universal', not to 'universal-crosswalk'"):
+        output_projection(loaded, "camvid-11")
+    monkeypatch.setattr(catalog, "_user", {})
+    with pytest.raises(UnknownNameError, match="taxonomy_files"):
+        load_model_for_inference(output_dir / "model_final.pth", torch.device("cpu"))
 
 
 def test_release_config_is_msegs_unrelabeled_recipe_with_the_partial_label_loss():
