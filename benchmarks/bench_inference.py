@@ -56,6 +56,21 @@ def time_per_image(engine: InferenceModel, image, settings, repeats: int, device
     return float(np.median(times)), peak, probs.float().cpu()
 
 
+def profile_one_image(engine: InferenceModel, image, settings, device) -> list[dict]:
+    """The operators that take the most time on the device (or the CPU) in one image's inference."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        predict_probabilities(engine, [image], settings)[0].argmax(0).cpu()
+    def device_us(event) -> float:
+        if device.type != "cuda":
+            return event.self_cpu_time_total
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+    events = sorted(prof.key_averages(), key=device_us, reverse=True)[:12]
+    return [{"op": e.key[:80], "calls": e.count, "self_ms": round(device_us(e) / 1000, 3)} for e in events]
+
+
 def variants(args) -> dict[str, dict]:
     """name -> InferenceSettings changes, in the order measured."""
     out = {
@@ -84,6 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--only", nargs="+", default=None, help="measure only these variants")
+    parser.add_argument("--profile", action="store_true", help="also list the 12 costliest operators of one image (last variant)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,6 +117,7 @@ def main() -> None:
     common = dict(crop_h=args.crop, crop_w=args.crop, base_size=args.base_size, scales=tuple(args.scales), flip=True, mode="sliding",
                   cuda_graphs=False, subset="full")
     results, reference = {}, None
+    measured = [name for name in variants(args) if not args.only or name in args.only]
     for name, changes in variants(args).items():
         if args.only and name not in args.only:
             continue
@@ -115,6 +132,8 @@ def main() -> None:
             "peak_gpu_gib": peak,
             "max_abs_diff": float((probs - reference).abs().max()),
         }
+        if args.profile and name == measured[-1]:
+            results[name]["top_operators"] = profile_one_image(engine, image, settings, device)
         del engine
     first = next(iter(results.values()))["seconds_per_image"]
     for entry in results.values():

@@ -1,19 +1,23 @@
 """Every GPU figure of the performance table, and the CUDA tests, in one call: for a GPU machine's short lease.
 
-    python benchmarks/gpu_check.py --out gpu_check.json              # on the GPU machine (a few minutes)
-    python benchmarks/gpu_check.py --quick --out /tmp/check.json     # CPU dry run at tiny sizes: checks the script
+    python benchmarks/gpu_check.py --budget 480 --out gpu_check.json   # on the GPU machine
+    python benchmarks/gpu_check.py --quick --out /tmp/check.json       # CPU dry run at tiny sizes: checks the script
 
-Each job runs in its own subprocess with a time limit, so one slow or failing job costs only itself; every result
-(or error) is one JSON object in the list written to ``--out`` and printed as it finishes. Jobs:
+Jobs run in the order below, most wanted first, each in its own process group with a time limit, so a slow or
+failing job costs only itself; once ``--budget`` seconds are spent the rest are recorded as skipped. Every result
+(or error) is one JSON object, printed as it finishes and rewritten to ``--out`` after each job, so a run stopped
+from outside still leaves what it measured. Jobs:
 
-  step_*       benchmarks/bench_step.py: the trainer's step on in-memory batches (HRNet-W48 713 x 713 bf16 +
-               channels_last at batch 16 and 8, fp32 at batch 2; the demo's hrnet_w18_small), eager vs
-               TRAIN.compile vs TRAIN.cuda_graphs
-  numerics     bf16 training step vs fp32 on the same weights and batch (loss and gradient agreement)
+  step_*       benchmarks/bench_step.py, one variant per job: the trainer's step on in-memory batches (HRNet-W48
+               713 x 713 bf16 + channels_last at batch 16 and 8, fp32 at batch 2; the demo's hrnet_w18_small),
+               eager and TRAIN.cuda_graphs first, TRAIN.compile (regions + loss head) after the loader-fed jobs (its
+               cold compile is the slowest job)
+  inference    benchmarks/bench_inference.py at 1080 x 1920, base 1080, 713 windows, flip (fp32 .. bf16 + graphs);
+               then bf16 at a window batch of 16 (one pass, no padding) with the costliest operators listed
+  cuda_tests   pytest -m gpu: every test that needs CUDA
+  numerics     bf16 + channels_last training step vs fp32 on the same weights and batch
   loader_fed   benchmarks/bench_train.py on a world of 1080p JPEGs written first (15 workers, batch 15, bf16 + CL)
   demo_loader  benchmarks/bench_train.py with config/train/demo.yaml (the loader-fed demo), eager vs cuda_graphs
-  inference    benchmarks/bench_inference.py at 1080 x 1920, base 1080, 713 windows, flip, bf16
-  cuda_tests   pytest -m gpu (and every test that skips without CUDA)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,71 +36,108 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 
 
-def _jobs(quick: bool, world: Path) -> list[tuple[str, list[str], float]]:
+def _step_job(name: str, variant: str, model: list[str], batch: int, precision: str, channels_last: bool, short: list[str],
+              limit: float) -> tuple[str, list[str], float]:
+    command = [sys.executable, str(BENCH / "bench_step.py"), *model, "--batch", str(batch), "--precision", precision,
+               *(["--channels-last"] if channels_last else []), *short, "--one", variant]
+    return f"{name}_{variant.replace('+', '_')}", command, limit
+
+
+def _jobs(quick: bool, world: Path, demo_root: Path) -> list[tuple[str, list[str], float]]:
     py = sys.executable
     w48 = ["--model", "hrnet_tiny", "--crop", "64"] if quick else ["--model", "hrnet_w48", "--crop", "713"]
-    short = ["--warmup", "1", "--iters", "2"] if quick else ["--warmup", "5", "--iters", "20"]
-    all_variants = ["eager", "compile", "cuda_graphs", "compile+cuda_graphs"]
+    demo_model = ["--model", "hrnet_w18_small", "--crop", "96"]
+    short = ["--warmup", "1", "--iters", "2"] if quick else ["--warmup", "4", "--iters", "15"]
+    b16, b8 = (2, 2) if quick else (16, 8)
     loader_overrides = [f"data_root={world}", "dataset=[cityscapes-19,ade20k-150,mapillary-public65]", "dataset_gpu_mapping=null",
                         "precision=bf16", "channels_last=True"]
+    demo_overrides = [f"data_root={demo_root}", "generate_demo_world=True", "cpu_threads=null", "workers=4"]
+    demo_iters = ["--warmup", "5", "--iters", "5" if quick else "60"]
     return [
-        ("step_w48_bf16_cl_b16", [py, str(BENCH / "bench_step.py"), *w48, "--batch", "2" if quick else "16", "--precision", "bf16",
-                                  "--channels-last", *short, "--variants", "eager", "compile", "cuda_graphs"], 420),
-        ("step_w48_bf16_cl_b8", [py, str(BENCH / "bench_step.py"), *w48, "--batch", "2" if quick else "8", "--precision", "bf16",
-                                 "--channels-last", *short, "--variants", *all_variants], 300),
-        ("step_w48_fp32_b2", [py, str(BENCH / "bench_step.py"), *w48, "--batch", "2", "--precision", "fp32", *short,
-                              "--variants", "eager", "cuda_graphs"], 240),
-        ("step_demo_model", [py, str(BENCH / "bench_step.py"), "--model", "hrnet_w18_small", "--crop", "96", "--batch", "6",
-                             "--precision", "fp32", *short, "--variants", "eager", "cuda_graphs", "compile+cuda_graphs"], 240),
-        ("numerics", [py, __file__, "--numerics", *(["--quick"] if quick else [])], 120),
+        _step_job("step_w48_bf16_cl_b16", "eager", w48, b16, "bf16", True, short, 120),
+        _step_job("step_w48_bf16_cl_b16", "cuda_graphs", w48, b16, "bf16", True, short, 120),
+        _step_job("step_w48_bf16_cl_b8", "eager", w48, b8, "bf16", True, short, 90),
+        _step_job("step_w48_bf16_cl_b8", "cuda_graphs", w48, b8, "bf16", True, short, 90),
+        _step_job("step_w48_fp32_b2", "eager", w48, 2, "fp32", False, short, 90),
+        _step_job("step_w48_fp32_b2", "cuda_graphs", w48, 2, "fp32", False, short, 90),
+        _step_job("step_demo_model", "eager", demo_model, 6, "fp32", False, short, 60),
+        _step_job("step_demo_model", "cuda_graphs", demo_model, 6, "fp32", False, short, 60),
+        ("inference_1080p", [py, str(BENCH / "bench_inference.py"), *(["--model", "hrnet_tiny", "--height", "96", "--width", "128",
+                             "--base-size", "96", "--crop", "64"] if quick else ["--model", "hrnet_w48", "--height", "1080",
+                             "--width", "1920", "--base-size", "1080", "--crop", "713"]),
+                             "--window-batch", "12", "--device", "cpu" if quick else "cuda"], 150),
+        ("inference_1080p_profile", [py, str(BENCH / "bench_inference.py"), *(["--model", "hrnet_tiny", "--height", "96", "--width",
+                                     "128", "--base-size", "96", "--crop", "64"] if quick else ["--model", "hrnet_w48", "--height",
+                                     "1080", "--width", "1920", "--base-size", "1080", "--crop", "713"]), "--window-batch", "16",
+                                     "--only", *(["batched_folded_nhwc"] if quick else ["batched_folded_nhwc_bf16",
+                                     "batched_folded_nhwc_bf16_graphs"]), "--profile", "--device", "cpu" if quick else "cuda"], 90),
+        ("cuda_tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"], 240),
+        ("numerics", [py, __file__, "--numerics", *(["--quick"] if quick else [])], 90),
         ("loader_fed", [py, str(BENCH / "bench_train.py"), "--config", "config/train/1080_release/mseg-relabeled-1m.yaml",
                         "--warmup", "2" if quick else "5", "--iters", "2" if quick else "30", *loader_overrides,
                         "batch_size=3" if quick else "batch_size=15", "workers=2" if quick else "workers=15",
-                        *(["model=hrnet_tiny", "train_h=64", "train_w=64", "short_size=96"] if quick else [])], 420),
-        ("demo_loader_eager", [py, str(BENCH / "bench_train.py"), "--config", "config/train/demo.yaml", "--warmup", "5",
-                               "--iters", "5" if quick else "60", "data_root=output/demo_data", "cpu_threads=null", "workers=4"], 240),
-        ("demo_loader_cuda_graphs", [py, str(BENCH / "bench_train.py"), "--config", "config/train/demo.yaml", "--warmup", "5",
-                                     "--iters", "5" if quick else "60", "data_root=output/demo_data", "cpu_threads=null",
-                                     "workers=4", *([] if quick else ["cuda_graphs=True"])], 240),
-        ("inference_1080p", [py, str(BENCH / "bench_inference.py"), *(["--model", "hrnet_tiny", "--height", "96", "--width", "128",
-                             "--base-size", "96", "--crop", "64"] if quick else ["--model", "hrnet_w48", "--height", "1080",
-                             "--width", "1920", "--base-size", "1080", "--crop", "713", "--precision", "bf16"]),
-                             "--window-batch", "12", "--device", "cpu" if quick else "cuda"], 300),
-        ("cuda_tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"], 600),
+                        *(["model=hrnet_tiny", "train_h=64", "train_w=64", "short_size=96"] if quick else [])], 180),
+        _step_job("step_w48_bf16_cl_b16", "compile", w48, b16, "bf16", True, short, 300),
+        ("demo_loader_eager", [py, str(BENCH / "bench_train.py"), "--config", "config/train/demo.yaml", *demo_iters, *demo_overrides], 150),
+        ("demo_loader_cuda_graphs", [py, str(BENCH / "bench_train.py"), "--config", "config/train/demo.yaml", *demo_iters,
+                                     *demo_overrides, *([] if quick else ["cuda_graphs=True"])], 120),
+        _step_job("step_w48_bf16_cl_b16", "compile+cuda_graphs", w48, b16, "bf16", True, short, 200),
+        _step_job("step_w48_bf16_cl_b8", "compile+cuda_graphs", w48, b8, "bf16", True, short, 200),
+        _step_job("step_demo_model", "compile+cuda_graphs", demo_model, 6, "fp32", False, short, 200),
     ]
 
 
 def numerics(quick: bool) -> dict:
-    """The bf16 + channels_last training step against fp32 on the same weights and batch (the speed options keep these)."""
+    """The bf16 + channels_last training step against fp32 on the same weights and batch, beside stock autocast's
+    bf16 (fp32 upsampling outputs): this project's bf16 upsampling must stay as close to fp32 as stock bf16 is.
+    TF32 is off for the fp32 reference. Gradient agreement is reported for all parameters and per part."""
     import torch
+    import torch.nn.functional as F
 
     sys.path.insert(0, str(REPO))
-    from mseg_semantic.model import autocast_context, build_model
+    from mseg_semantic.model import autocast_context, build_model, hrnet
     from mseg_semantic.training.gradients import StepContext
     from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
 
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device("cuda" if torch.cuda.is_available() and not quick else "cpu")
     name, batch, crop = ("hrnet_tiny", 2, 64) if quick else ("hrnet_w48", 2, 513)
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, crop, crop, generator=g).to(device)
-    labels = torch.randint(0, 194, (batch, crop, crop), generator=g).to(device)
+    # labels with structure (regions of 10 classes, each with its own colour): with uniformly random labels the
+    # per-pixel gradients cancel and what is left is rounding noise, which says nothing about the precision
+    cells = torch.randint(0, 10, (batch, 1, crop // 32 + 1, crop // 32 + 1), generator=g).float()
+    labels = F.interpolate(cells, size=(crop, crop), mode="nearest")[:, 0].long()
+    colours = torch.randn(10, 3, generator=g)
+    images = colours[labels].permute(0, 3, 1, 2) + 0.3 * torch.randn(batch, 3, crop, crop, generator=g)
+    images, labels = images.to(device), labels.to(device)
+    ours_upsample = hrnet._upsample
+
+    def stock_upsample(x, size, align_corners):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
     grads, losses = {}, {}
-    for precision in ("fp32", "bf16"):
+    for variant in ("fp32", "bf16_stock_autocast", "bf16"):
+        precision = variant[:4]
+        hrnet._upsample = stock_upsample if variant == "bf16_stock_autocast" else ours_upsample
         torch.manual_seed(0)
         model = build_model(name, 194).to(device)
-        for p in model.parameters():
-            if p.dim() > 1:  # weights of a trained network's scale, not the initial N(0, 0.001)
-                torch.nn.init.normal_(p, std=0.05)
-        fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        fmt = torch.contiguous_format if variant == "fp32" else torch.channels_last
         model = model.to(memory_format=fmt).train()
         ctx = StepContext(num_datasets=1, autocast=lambda: autocast_context(precision, device.type))
         out = ce_backward_step(model, images.contiguous(memory_format=fmt), labels, torch.zeros(batch, dtype=torch.long, device=device), ctx)
-        losses[precision] = float(out.loss)
-        grads[precision] = torch.cat([p.grad.flatten().float() for p in model.parameters()])
-    a, b = grads["fp32"], grads["bf16"]
-    return {"job": "numerics", "model": name, "loss_fp32": losses["fp32"], "loss_bf16": losses["bf16"],
-            "grad_cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)), "grad_rel_l2": float((a - b).norm() / a.norm()),
-            "device": str(device)}
+        losses[variant] = float(out.loss)
+        # head.conv.bias feeds a BatchNorm: its gradient is analytically zero, and what is computed is rounding noise
+        grads[variant] = {n: p.grad.flatten().float() for n, p in model.named_parameters() if n != "head.conv.bias"}
+    hrnet._upsample = ours_upsample
+    parts = {"all": lambda n: True, "stem": lambda n: n.startswith(("conv", "bn")), "head": lambda n: n.startswith("head")}
+    result = {"job": "numerics", "model": name, "crop": crop, "batch": batch, "device": str(device), "losses": losses}
+    for variant in ("bf16_stock_autocast", "bf16"):
+        for part, member in parts.items():
+            a = torch.cat([v for n, v in grads["fp32"].items() if member(n)])
+            b = torch.cat([v for n, v in grads[variant].items() if member(n)])
+            result[f"{variant}_{part}_grad_cosine"] = round(float(F.cosine_similarity(a, b, dim=0)), 5)
+            result[f"{variant}_{part}_grad_rel_l2"] = round(float((a - b).norm() / a.norm()), 5)
+    return result
 
 
 def write_1080p_world(root: Path, per_dataset: int) -> None:
@@ -123,47 +165,84 @@ def write_1080p_world(root: Path, per_dataset: int) -> None:
         atomic_write_text(default_list_file(root, name, "train"), "".join(lines))
 
 
+def run_job(command: list[str], env: dict, limit: float) -> tuple[int | None, str, str]:
+    """(returncode or None on timeout, stdout, stderr); a timed-out job is killed with all its children."""
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+        return process.returncode, stdout, stderr
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        return None, stdout, stderr
+
+
+def parse_results(stdout: str) -> list:
+    parsed = []
+    for line in stdout.splitlines():
+        if line.startswith(("{", "[")):
+            try:
+                parsed.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    start = stdout.find("\n{")
+    if not parsed and (stdout.startswith("{") or start >= 0):  # one indented object (bench_train, bench_inference)
+        try:
+            parsed = [json.loads(stdout if stdout.startswith("{") else stdout[start + 1:])]
+        except json.JSONDecodeError:
+            pass
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU: checks the script, measures nothing")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for all jobs together; the rest are skipped")
     parser.add_argument("--only", nargs="*", help="job names to run (default: all)")
     parser.add_argument("--numerics", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.numerics:
         print(json.dumps(numerics(args.quick)), flush=True)
         return 0
-    results = []
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    deadline = time.perf_counter() + args.budget
+    results: list[dict] = []
+    out = Path(args.out)
+
+    def record(entry: dict) -> None:
+        results.append(entry)
+        print(json.dumps(entry), flush=True)
+        partial = out.with_name(out.name + ".part")
+        partial.write_text(json.dumps(results, indent=1) + "\n")
+        os.replace(partial, out)
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
     with tempfile.TemporaryDirectory() as tmp:
-        world = Path(tmp) / "world_1080p"
-        jobs = [job for job in _jobs(args.quick, world) if not args.only or job[0] in args.only]
-        if any(name == "loader_fed" for name, _, _ in jobs):
-            started = time.perf_counter()
-            write_1080p_world(world, 4 if args.quick else 40)
-            results.append({"job": "write_1080p_world", "seconds": round(time.perf_counter() - started, 1)})
+        world, demo_root = Path(tmp) / "world_1080p", Path(tmp) / "demo_data"
+        jobs = [job for job in _jobs(args.quick, world, demo_root) if not args.only or job[0] in args.only]
+        if args.only and len(jobs) < len(args.only):
+            known = [name for name, _, _ in _jobs(args.quick, world, demo_root)]
+            parser.error(f"--only: unknown job(s) {sorted(set(args.only) - set(known))}; known: {known}")
         for name, command, limit in jobs:
+            remaining = deadline - time.perf_counter()
+            if remaining < 15:
+                record({"job": name, "skipped": f"budget of {args.budget:.0f} s spent"})
+                continue
+            if name == "loader_fed":
+                started = time.perf_counter()
+                write_1080p_world(world, 4 if args.quick else 40)
+                record({"job": "write_1080p_world", "seconds": round(time.perf_counter() - started, 1)})
+                remaining = deadline - time.perf_counter()
             started = time.perf_counter()
-            try:
-                done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit)
-                lines = [line for line in done.stdout.splitlines() if line.startswith(("{", "["))]
-                parsed = []
-                for line in lines:
-                    try:
-                        parsed.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass
-                if not parsed and done.stdout.strip().startswith("{"):
-                    parsed = [json.loads(done.stdout)]  # bench_train prints one indented object
-                entry = {"job": name, "returncode": done.returncode, "results": parsed}
-                if done.returncode != 0 or not parsed:
-                    entry["tail"] = (done.stdout + done.stderr)[-1500:]
-            except subprocess.TimeoutExpired:
-                entry = {"job": name, "error": f"timed out after {limit} s"}
+            returncode, stdout, stderr = run_job(command, env, min(limit, remaining))
+            entry: dict = {"job": name, "returncode": returncode, "results": parse_results(stdout)}
+            if returncode is None:
+                entry["error"] = f"timed out after {min(limit, remaining):.0f} s"
+            if returncode != 0 or not entry["results"] or name == "cuda_tests":
+                entry["tail"] = (stdout[-1500:] + "\n--- stderr ---\n" + stderr[-2500:]) if returncode != 0 else stdout[-1500:]
             entry["seconds"] = round(time.perf_counter() - started, 1)
-            results.append(entry)
-            print(json.dumps(entry), flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+            record(entry)
     return 0
 
 

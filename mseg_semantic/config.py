@@ -132,7 +132,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "seed": _opt(0, help="initial weights and the data stream (batch b depends on seed and b only)", minimum=0),
         "precision": _opt("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 with loss scaling); MSeg's opt_level O0..O3 is translated to this", choices=("fp32", "bf16", "fp16")),
         "channels_last": _opt(False, help="NHWC memory format for model and images"),
-        "compile": _opt(False, help="torch.compile the repeated HRNet modules (compiled code cached on disk: only the first run on a machine waits); not with MGDA"),
+        "compile": _opt(False, help="torch.compile the repeated HRNet modules and the upsample-and-loss head (compiled code cached on disk: only the first run on a machine waits); not with MGDA"),
         "cuda_graphs": _opt(False, help="capture the whole step as one CUDA graph and replay it (one GPU process, fp32/bf16, cross-entropy): removes the host's launch cost"),
         "print_freq": _opt(10, help="iterations between log lines", positive=True),
         "checkpoint_every": _opt(1000, help="iterations between training checkpoints (and one after the last)", positive=True),

@@ -169,6 +169,7 @@ def test_projection_with_wrong_width_is_an_error():
         predict_probabilities(model, [random_image(20, 20)], inference_settings(crop_h=16, crop_w=16), Projection(5, [[0, 1], [2]]))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_matches_cpu():
     model = TinySegNet(num_classes=4).eval()
@@ -374,6 +375,7 @@ def test_odd_window_batch_runs_whole_windows_per_pass():
     assert hrnet_settings(window_batch=5, flip=False).windows_per_pass == 5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graphs)")
 def test_cuda_graph_replay_equals_eager_on_the_gpu():
     model = trained_looking_hrnet().cuda()
@@ -398,6 +400,7 @@ def test_cuda_graph_replay_equals_eager_on_the_gpu():
         assert (got - expected).abs().max() < 1e-5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_default_bf16_prepared_model_stays_close_to_fp32():
     model = trained_looking_hrnet().cuda()

@@ -155,6 +155,7 @@ def test_harmonic_mean():
     assert math.isnan(harmonic_mean([]))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_counts_equal_cpu():
     rng = np.random.default_rng(0)
