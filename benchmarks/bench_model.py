@@ -17,22 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from timing import peak_rss_mb, rss_mb, step_times_ms
 
 
 def run_one(model_name: str, device: str, dtype: str, memory_format: str, args: argparse.Namespace) -> dict:
@@ -56,7 +45,7 @@ def run_one(model_name: str, device: str, dtype: str, memory_format: str, args: 
         iters=args.iters,
         torch=torch.__version__,
     )
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     model = build_model(model_name, num_classes=args.num_classes).to(dev).to(memory_format=fmt)
     result["params"] = sum(p.numel() for p in model.parameters())
@@ -65,21 +54,8 @@ def run_one(model_name: str, device: str, dtype: str, memory_format: str, args: 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     def timed(step) -> float:
-        for _ in range(args.warmup):
-            step()
-        sync()
-        times = []
-        for _ in range(args.iters):
-            start = time.perf_counter()
-            step()
-            sync()
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
+        return statistics.median(step_times_ms(step, dev, args.warmup, args.iters))
 
     def forward():
         with torch.inference_mode(), autocast:
@@ -103,7 +79,7 @@ def run_one(model_name: str, device: str, dtype: str, memory_format: str, args: 
         result["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
         result["peak_mem_kind"] = "cuda max_memory_allocated (training step)"
     else:
-        result["peak_mem_mb"] = round(_peak_rss_mb() - rss_before, 1)
+        result["peak_mem_mb"] = round(peak_rss_mb() - rss_before, 1)
         result["peak_mem_kind"] = "peak RSS growth (forward + training step)"
     return result
 

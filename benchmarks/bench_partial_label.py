@@ -20,24 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import peak_rss_mb, rss_mb, step_times_ms
 
 LOSSES = ("ce", "partial_label")
 PARTS = ("loss", "step")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def mseg_codes(batch: int, height: int, width: int, set_fraction: float, seed: int = 0):
@@ -69,7 +59,7 @@ def run_one(part: str, loss_name: str, args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     sets, codes = mseg_codes(args.batch, args.crop, args.crop, args.set_fraction)
     if loss_name == "ce":  # one-hot training sees one class where partial-label training sees the set
         one_class = torch.tensor([m[0] if m else IGNORE_INDEX for m in sets.members] + [IGNORE_INDEX] * (256 - len(sets.members)))
@@ -98,20 +88,8 @@ def run_one(part: str, loss_name: str, args: argparse.Namespace) -> dict:
             model.zero_grad(set_to_none=True)
             backward_step(model, images, labels, dataset_index, ctx)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(args.iters):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - start) * 1000)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb() - rss_before)
+    times = step_times_ms(step, device, args.warmup, args.iters)
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb() - rss_before)
     return dict(part=part, loss=loss_name, model=args.model if part == "step" else None, device=args.device,
                 threads=torch.get_num_threads(), precision=args.precision, batch=args.batch, crop=args.crop,
                 classes=sets.num_classes, label_sets=len(sets.set_codes), max_set_size=sets.max_set_size,

@@ -68,6 +68,17 @@ def test_coco_segments_move_and_bad_records_are_reported(tmp_path):
         relabel("coco", tmp_path, records, strict=True)
 
 
+def write_remapped_cityscapes(root, raw, objects):
+    """One 6 x 8 Cityscapes image per split with label ids ``raw`` and polygons ``objects``, remapped."""
+    base = root / "Cityscapes"
+    for split in ("train", "val"):
+        stem = f"{split}city_000000_000019"
+        write_png(base / f"gtFine/{split}/{split}city/{stem}_gtFine_labelIds.png", raw)
+        write_json(base / f"gtFine/{split}/{split}city/{stem}_gtFine_polygons.json", {"imgHeight": 6, "imgWidth": 8, "objects": objects})
+        write_rgb_image(base / f"leftImg8bit/{split}/{split}city/{stem}_leftImg8bit.png", 6, 8)
+    remap_dataset("cityscapes", root, workers=1, progress=False)
+
+
 def test_cityscapes_rider_polygons_become_the_record_class(tmp_path):
     base = tmp_path / "Cityscapes"
     raw = np.full((6, 8), 7, np.uint8)  # road
@@ -76,12 +87,7 @@ def test_cityscapes_rider_polygons_become_the_record_class(tmp_path):
     objects = [{"label": "road", "polygon": [[0, 0], [7, 0], [7, 5], [0, 5]]},
                {"label": "rider", "polygon": [[1, 1], [3, 1], [3, 3], [1, 3]]},
                {"label": "rider", "polygon": [[5, 1], [7, 1], [7, 3], [5, 3]]}]
-    for split in ("train", "val"):
-        stem = f"{split}city_000000_000019"
-        write_png(base / f"gtFine/{split}/{split}city/{stem}_gtFine_labelIds.png", raw)
-        write_json(base / f"gtFine/{split}/{split}city/{stem}_gtFine_polygons.json", {"imgHeight": 6, "imgWidth": 8, "objects": objects})
-        write_rgb_image(base / f"leftImg8bit/{split}/{split}city/{stem}_leftImg8bit.png", 6, 8)
-    remap_dataset("cityscapes", tmp_path, workers=1, progress=False)
+    write_remapped_cityscapes(tmp_path, raw, objects)
     records = write_records(tmp_path / "rec", [
         ("cityscapes", "train", "rider_other", "motorcyclist", ["seqtraincity_traincity_000000_000019_leftImg8bit_1.jpg"]),
         ("cityscapes", "val", "rider_other", "person", ["seqvalcity_valcity_000000_000019_leftImg8bit_0.jpg"]),  # a road polygon
@@ -116,15 +122,22 @@ def test_idd_polygon_records(tmp_path):
     assert val[1, 1] == class_id(rel, "motorcyclist")  # no record: the table's default for IDD riders
 
 
-def test_ade20k_instances_come_from_the_resized_blue_channel(tmp_path):
-    base = tmp_path / "ADE20K/ADEChallengeData2016"
+def write_remapped_ade20k(root):
+    """One 4 x 6 ADE20K challenge label per split (three fence columns, three wall columns), remapped; returns its
+    directory."""
+    base = root / "ADE20K/ADEChallengeData2016"
     fence, wall = class_id("ade20k-151", "fence"), class_id("ade20k-151", "wall")
     label = np.full((4, 6), wall, np.uint8)
     label[:, 0:3] = fence
     for split, sub in (("train", "training"), ("val", "validation")):
         write_png(base / f"annotations/{sub}/ADE_{split}_00000001.png", label)
         write_rgb_image(base / f"images/{sub}/ADE_{split}_00000001.jpg", 4, 6)
-    remap_dataset("ade20k", tmp_path, workers=1, progress=False)
+    remap_dataset("ade20k", root, workers=1, progress=False)
+    return base
+
+
+def test_ade20k_instances_come_from_the_resized_blue_channel(tmp_path):
+    base = write_remapped_ade20k(tmp_path)
     records = write_records(tmp_path / "rec", [("ade20k-v1", "train", "fence", "guard_rail", ["ADE_train_00000001_70.png"])])
     with pytest.raises(Exception, match="ADE20K_2016_07_26.zip"):  # instance masks not there yet: the manual step
         relabel("ade20k", tmp_path, records)
@@ -140,13 +153,20 @@ def test_ade20k_instances_come_from_the_resized_blue_channel(tmp_path):
     assert out[0].tolist() == [guard, guard, fence_r, wall_r, wall_r, wall_r]
 
 
-def test_bdd_and_sunrgbd_segments_are_class_regions(tmp_path):
-    base = tmp_path / "BDD/bdd100k"
+def write_remapped_bdd(root):
+    """One 1 x 3 BDD label per split (person, road, person), remapped; returns its directory."""
+    base = root / "BDD/bdd100k"
     person, road = class_id("bdd", "person"), class_id("bdd", "road")
     for split in ("train", "val"):
         write_png(base / f"seg/labels/{split}/0a0a-{split}_train_id.png", np.array([[person, road, person]], np.uint8))
         write_rgb_image(base / f"seg/images/{split}/0a0a-{split}.jpg", 1, 3)
-    remap_dataset("bdd", tmp_path, workers=1, progress=False)
+    remap_dataset("bdd", root, workers=1, progress=False)
+    return base
+
+
+def test_bdd_and_sunrgbd_segments_are_class_regions(tmp_path):
+    base = write_remapped_bdd(tmp_path)
+    person, road = class_id("bdd", "person"), class_id("bdd", "road")
     records = write_records(tmp_path / "rec", [("bdd", "train", "person", "bicyclist", [f"0a0a-train_{person}.jpg"]),
                                                ("bdd", "val", "person", "unlabeled", [f"0a0a-val_{road}.jpg"])])
     report = relabel("bdd", tmp_path, records)

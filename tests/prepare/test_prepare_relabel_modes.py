@@ -17,7 +17,7 @@ from mseg_semantic.prepare.remap import remap_dataset
 from mseg_semantic.tool.prepare import main
 
 from prepare_helpers import class_id, read_png, write_json, write_png, write_rgb_image
-from test_prepare_relabel import write_records
+from test_prepare_relabel import write_records, write_remapped_ade20k, write_remapped_bdd, write_remapped_cityscapes
 from test_prepare_remap import write_coco
 
 MODES = ("checked", "mseg")
@@ -40,12 +40,7 @@ def test_cityscapes_mseg_overwrites_the_whole_polygon_in_record_order(tmp_path):
     objects = [{"label": "road", "polygon": [[0, 0], [7, 0], [7, 5], [0, 5]]},
                {"label": "rider", "polygon": [[1, 1], [4, 1], [4, 3], [1, 3]]},
                {"label": "rider", "polygon": [[4, 2], [6, 2], [6, 4], [4, 4]]}]  # object 2 overlaps object 1 at (4, 2..3)
-    for split in ("train", "val"):
-        stem = f"{split}city_000000_000019"
-        write_png(base / f"gtFine/{split}/{split}city/{stem}_gtFine_labelIds.png", raw)
-        write_json(base / f"gtFine/{split}/{split}city/{stem}_gtFine_polygons.json", {"imgHeight": 6, "imgWidth": 8, "objects": objects})
-        write_rgb_image(base / f"leftImg8bit/{split}/{split}city/{stem}_leftImg8bit.png", 6, 8)
-    remap_dataset("cityscapes", tmp_path, workers=1, progress=False)
+    write_remapped_cityscapes(tmp_path, raw, objects)
     entry = "seqtraincity_traincity_000000_000019_leftImg8bit_{}.jpg"
     records = write_records(tmp_path / "rec", [
         ("cityscapes", "train", "rider_other", "motorcyclist", [entry.format(1)]),
@@ -85,14 +80,7 @@ def test_idd_mseg_overwrites_what_a_later_polygon_drew_over(tmp_path):
 
 
 def test_ade20k_mseg_overwrites_the_whole_resized_instance(tmp_path):
-    base = tmp_path / "ADE20K/ADEChallengeData2016"
-    fence, wall = class_id("ade20k-151", "fence"), class_id("ade20k-151", "wall")
-    label = np.full((4, 6), wall, np.uint8)
-    label[:, 0:3] = fence
-    for split, sub in (("train", "training"), ("val", "validation")):
-        write_png(base / f"annotations/{sub}/ADE_{split}_00000001.png", label)
-        write_rgb_image(base / f"images/{sub}/ADE_{split}_00000001.jpg", 4, 6)
-    remap_dataset("ade20k", tmp_path, workers=1, progress=False)
+    base = write_remapped_ade20k(tmp_path)
     seg = np.zeros((8, 12, 3), np.uint8)  # the 2016 full release MSeg used, at twice the size
     seg[:, 0:8, 2] = 70  # instance 70: three fence columns and one wall column of the challenge label
     seg[:, 8:12, 2] = 3
@@ -126,12 +114,8 @@ def test_coco_bdd_mapillary_sunrgbd_modes_agree(tmp_path):
         assert differing(report, rel) == 0 and report["targets"][rel]["mismatch"] == 1
     assert np.array_equal(outputs["checked"], outputs["mseg"])
 
-    bdd = tmp_path / "BDD/bdd100k"
-    b_person, b_road = class_id("bdd", "person"), class_id("bdd", "road")
-    for split in ("train", "val"):
-        write_png(bdd / f"seg/labels/{split}/0a0a-{split}_train_id.png", np.array([[b_person, b_road, b_person]], np.uint8))
-        write_rgb_image(bdd / f"seg/images/{split}/0a0a-{split}.jpg", 1, 3)
-    remap_dataset("bdd", tmp_path, workers=1, progress=False)
+    bdd = write_remapped_bdd(tmp_path)
+    b_person = class_id("bdd", "person")
     records = write_records(tmp_path / "rec_bdd", [("bdd", "train", "person", "bicyclist", [f"0a0a-train_{b_person}.jpg"])])
     for mode in MODES:
         report = relabel_dataset("bdd", tmp_path, workers=1, records_dir=records, progress=False, mode=mode)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from mseg_semantic.model import build_model
 from mseg_semantic.training.run import seed_everything
 from mseg_semantic.training.distributed import per_rank_batch_size
-from train_helpers import REPO, final_state, make_world, run_train, subprocess_env, write_config
+from train_helpers import final_state, make_world, run_torchrun, run_train, write_config
 
 
 def test_per_rank_batch_size_needs_a_divisible_global_batch():
@@ -28,9 +25,7 @@ def test_two_gloo_ranks_match_one_rank_at_the_same_global_batch(tmp_path):
     single = run_train(config, f"output_dir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-3000:]
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "mseg_semantic.tool.train", "--config", str(config), f"output_dir={tmp_path / 'two'}"]
-    double = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=150)
+    double = run_torchrun(config, 2, f"output_dir={tmp_path / 'two'}")
     assert double.returncode == 0, double.stderr[-3000:]
     assert "global batch 6 (3 per process x 2)" in (tmp_path / "two" / "train.log").read_text()
 

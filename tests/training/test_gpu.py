@@ -5,13 +5,10 @@ The CPU tests cover the same code (bf16 and fp16 autocast, gloo, resume); these 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from train_helpers import REPO, final_state, make_world, run_train, subprocess_env, write_config
+from train_helpers import final_state, make_world, run_torchrun, run_train, write_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -35,9 +32,7 @@ def test_two_gpus_with_sync_batchnorm_match_one_gpu(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", world, train={"max_iters": 3, "checkpoint_every": 3, "sync_bn": True})
     single = run_train(config, f"output_dir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-3000:]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "mseg_semantic.tool.train", "--config", str(config), f"output_dir={tmp_path / 'two'}"]
-    double = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    double = run_torchrun(config, 2, f"output_dir={tmp_path / 'two'}", timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = final_state(tmp_path / "one"), final_state(tmp_path / "two")
     for key in one:  # SyncBN makes the batch statistics those of the global batch; GPU kernels are not bit-exact

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
 from mseg_semantic.data.demo_world import generate
-from train_helpers import REPO, assert_states_equal, final_state, make_world, run_train, subprocess_env, write_config
+from train_helpers import assert_states_equal, final_state, make_world, run_torchrun, run_train, write_config
 
 VALIDATION = {"val_every": 2, "val_datasets": ["camvid-11"], "tensorboard": True}
 TEST = {"test_h": 32, "test_w": 32, "base_size": 48, "window_batch": 4}
@@ -88,9 +86,7 @@ def test_two_ranks_validate_shards_and_agree_with_one_rank(tmp_path):
     config = config_with_validation(tmp_path, world, max_iters=2, checkpoint_every=2, freeze_bn=True, tensorboard=False)
     single = run_train(config, f"output_dir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-3000:]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "mseg_semantic.tool.train", "--config", str(config), f"output_dir={tmp_path / 'two'}"]
-    double = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    double = run_torchrun(config, 2, f"output_dir={tmp_path / 'two'}", timeout=180)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = validation_lines(tmp_path / "one")[-1], validation_lines(tmp_path / "two")[-1]
     # 3 images over 2 ranks (2 + 1), the confusion matrices summed: the scores of one process on all 3

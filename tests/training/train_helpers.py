@@ -62,6 +62,13 @@ def run_train(config: Path, *overrides: str, timeout: float = 120) -> subprocess
     return subprocess.run(train_command(config, *overrides), cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def run_torchrun(config: Path, nproc: int, *overrides: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    """mseg-train under ``torchrun --standalone`` with ``nproc`` processes on this machine."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               *train_command(config, *overrides)[1:]]
+    return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def final_state(output_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=True)["state_dict"]
 
