@@ -55,7 +55,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
 
     from mseg_semantic.model import autocast_context, build_model
     from mseg_semantic.training.checkpoint import Checkpointer, TrainingParts
-    from mseg_semantic.training.distributed import DistInfo
+    from mseg_semantic.distributed import DistInfo
     from mseg_semantic.training.gradients import StepContext
     from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
     from mseg_semantic.training.loop import LoopSettings, train_loop

@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mseg_semantic.config import ConfigError, load_config  # noqa: E402
 from mseg_semantic.training.checkpoint import Checkpointer  # noqa: E402
-from mseg_semantic.training.distributed import all_gather_objects, init_distributed, shutdown_distributed  # noqa: E402
+from mseg_semantic.distributed import all_gather_objects, init_distributed, shutdown_distributed  # noqa: E402
 from mseg_semantic.training.loop import LoopSettings, LoopStats, train_loop  # noqa: E402
 from mseg_semantic.training.report import TrainingReporter, setup_logging  # noqa: E402
-from mseg_semantic.training.run import build_stage, configure_kernels, resolve_run, write_demo_world_if_asked  # noqa: E402
+from mseg_semantic.data import demo_world  # noqa: E402
+from mseg_semantic.training.run import build_stage, configure_kernels, resolve_run  # noqa: E402
 
 
 class GpuBusySampler:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(None, False)  # warnings only: the JSON is the output
     try:
         configure_kernels(info.device, cfg.TRAIN.cpu_threads)
-        write_demo_world_if_asked(cfg, info)
+        demo_world.write_if_asked(cfg.DATA, info)
         run = build_stage(cfg, info, resolve_run(cfg, info.world_size, info.local_world_size))
         sampler = GpuBusySampler(info.device) if info.device.type == "cuda" else None
         marks: dict[str, float] = {}

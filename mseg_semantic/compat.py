@@ -11,7 +11,10 @@ Config files (:func:`translate_config_pairs`, called by :func:`mseg_semantic.con
   (the weights and optimizer state always stay fp32, which is what O1/O2 did and O3 lacked);
 - the strings MSeg writes for "not set" (``None``, ``default``, an empty value) -> null;
 - MSeg's single-dataset placeholder (``dataset: single``, ``dataset_gpu_mapping: {single: [...]}``): the
-  mapping becomes null (one dataset is read by every process) and the dataset must be named on the command line.
+  mapping becomes null (one dataset is read by every process) and the dataset must be named on the command line;
+- the method switches ``DATA.use_mgda`` (MSeg's) and ``CCSA.use_ccsa`` (this project's older configs) ->
+  ``TRAIN.method``: a switch set True selects its method; set False it switches its method off (back to ``ce``) if
+  that method was selected, and changes nothing otherwise.
 
 Checkpoints (:func:`translate_state_dict`, :func:`translate_meta`, called by :mod:`mseg_semantic.model.loading`)
 - the segmentation head, which MSeg's HRNet indexes by position (``last_layer.0/1/3``), is this project's
@@ -22,13 +25,16 @@ Checkpoints (:func:`translate_state_dict`, :func:`translate_meta`, called by :mo
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from mseg_semantic.errors import UserError
 
 __all__ = [
     "DROPPED_KEYS",
+    "METHOD_KEY",
+    "METHOD_SWITCHES",
     "MSEG_UNSET_STRINGS",
+    "MethodOff",
     "OPT_LEVELS",
     "RENAMED_KEYS",
     "SINGLE_DATASET_PLACEHOLDER",
@@ -89,6 +95,17 @@ OPT_LEVEL_KEY = ("Distributed", "opt_level")
 OPT_LEVELS = {"O0": "fp32", "O1": "fp16", "O2": "fp16", "O3": "fp16"}
 PRECISION_KEY = ("TRAIN", "precision")
 
+# the old method switches -> the method they select (TRAIN.method)
+METHOD_KEY = ("TRAIN", "method")
+METHOD_SWITCHES: dict[tuple[str, str], str] = {("DATA", "use_mgda"): "mgda", ("CCSA", "use_ccsa"): "ccsa"}
+
+
+class MethodOff(NamedTuple):
+    """A method switch set False: ``TRAIN.method`` goes back to ``ce`` if it was one of ``methods``."""
+
+    methods: tuple[str, ...]
+
+
 MSEG_UNSET_STRINGS = frozenset({"None", "none", "default", ""})
 SINGLE_DATASET_PLACEHOLDER = "single"
 
@@ -104,7 +121,8 @@ def dropped_key_names() -> set[str]:
 
 def mseg_key_names() -> list[str]:
     """Every MSeg spelling this module translates, for "did you mean" and the docs."""
-    return sorted(dropped_key_names() | {f"{s}.{k}" for s, k in RENAMED_KEYS} | {".".join(OPT_LEVEL_KEY)})
+    return sorted(dropped_key_names() | {f"{s}.{k}" for s, k in RENAMED_KEYS} | {".".join(OPT_LEVEL_KEY)}
+                  | {f"{s}.{k}" for s, k in METHOD_SWITCHES})
 
 
 def _opt_level_to_precision(value: Any, where: str) -> Any:
@@ -124,7 +142,11 @@ def translate_config_pairs(pairs: Iterable[tuple[tuple[str, str], str, Any]], wh
     """
     out = []
     dropped = []
+    switches = []
     for (section, key), written, value in pairs:
+        if (section, key) in METHOD_SWITCHES:
+            switches.append((METHOD_SWITCHES[(section, key)], written, _switch_value(value, f"{where}: {section}.{key}")))
+            continue
         if key in DROPPED_KEYS.get(section, {}):
             dropped.append(f"{section}.{key}")
             continue
@@ -138,7 +160,34 @@ def translate_config_pairs(pairs: Iterable[tuple[tuple[str, str], str, Any]], wh
             out.append(((section, key), written, None))  # "every GPU reads the one dataset": the default
         else:
             out.append(((section, key), written, value))
-    return out, dropped
+    return out + _method_from_switches(switches, out, where), dropped
+
+
+def _switch_value(value: Any, where: str) -> bool | None:
+    if value is None or is_mseg_unset(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise UserError(f"{where}={value!r}: expected True or False (or set TRAIN.method=ce|mgda|ccsa)")
+
+
+def _method_from_switches(switches: list[tuple[str, str, bool | None]], translated: list, where: str) -> list:
+    """The method switches of one file or command line as one ``TRAIN.method`` assignment (or none)."""
+    if not switches:
+        return []
+    on = [(method, written) for method, written, value in switches if value]
+    if len(on) > 1:
+        raise UserError(f"{where}: {' and '.join(w for _, w in on)} are both True; pick one baseline (TRAIN.method=mgda or ccsa)")
+    explicit = [value for key, _, value in translated if key == METHOD_KEY]
+    if explicit:
+        if on and explicit[0] != on[0][0]:
+            raise UserError(f"{where}: {on[0][1]}=True and TRAIN.method={explicit[0]} disagree; keep TRAIN.method")
+        return []
+    if on:
+        return [(METHOD_KEY, on[0][1], on[0][0])]
+    return [(METHOD_KEY, switches[0][1], MethodOff(tuple(method for method, _, value in switches if value is False)))]
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "stage_names",
+    "translate_saved_config",
 ]
 
 
@@ -90,7 +91,6 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "DATA": {
         "dataset": _opt(None, ("list", "str"), help="training datasets (taxonomy names), or one name"),
         "universal": _opt(True, help="train in the universal taxonomy (False: the dataset's own = oracle)"),
-        "use_mgda": _opt(False, help="train with the MGDA multi-task baseline"),
         "data_root": _opt("${MSEG_DATA_ROOT:-}", help="common root of all datasets"),
         "dataset_roots": _opt({}, help="per-dataset root overrides: name -> dir (relative to data_root or absolute)"),
         "dataset_lists": _opt({}, help="per-dataset list overrides: name -> {split: list file}"),
@@ -99,13 +99,15 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "unknown_label": _opt("error", help="error | ignore: label ids outside a dataset's taxonomy", choices=("error", "ignore")),
         "generate_demo_world": _opt(False, help="write the synthetic demo world to data_root first when missing"),
         "taxonomy_files": _opt([], ("list", "str"), help="user taxonomy files (the mseg-taxonomy validate format) to load first: their names then work as datasets, output taxonomies and validation datasets in every tool"),
+        "dataset_tables": _opt([], ("list", "str"), help="user dataset tables (the format of mseg_semantic/taxonomy/data/datasets/datasets.tsv): a dataset's directory, list layout and title, one row each"),
     },
     "TRAIN": {
         "exp_id": _opt("default", help="experiment name, part of the default output_dir"),
         "output_dir": _opt(None, "str", help="default output/<date>_<exp_id>"),
         "model": _opt("hrnet_w48", help="hrnet_w48 (MSeg), hrnet_w32, hrnet_w18, hrnet_w18_small, hrnet_tiny (tests and CPU demos)"),
         "use_naive_taxonomy": _opt(False, help="train in the naive 316-logit taxonomy"),
-        "loss": _opt("ce", help="ce (one-hot: each class's first universal class) | partial_label (-log of the probability summed over the class's label set; universal taxonomy)", choices=("ce", "partial_label")),
+        "method": _opt("ce", help="how gradients are made (mseg_semantic/training/gradients: METHODS): ce (MSeg's objective) | mgda (the MGDA multi-task baseline, MGDA section) | ccsa (the CCSA domain-generalization baseline, CCSA section)"),
+        "loss": _opt("ce", help="the pixel loss (LOSSES): ce (one-hot: each class's first universal class) | partial_label (-log of the probability summed over the class's label set; universal taxonomy)"),
         "sync_bn": _opt(True, help="SyncBatchNorm when distributed on GPUs"),
         "freeze_bn": _opt(False, help="keep BatchNorm layers in eval mode (frozen running statistics), e.g. for fine-tuning with small batches"),
         "train_h": _opt(713, help="crop height", positive=True),
@@ -191,7 +193,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "export_opset": _opt(None, "int", help="mseg-export: ONNX opset (default: the exporter's own; 17 or newer)", minimum=17),
         "export_dynamo": _opt(True, help="mseg-export: ONNX through torch.export (false: the older TorchScript-based exporter)"),
     },
-    # Baselines (switched on by DATA.use_mgda / CCSA.use_ccsa): mseg_semantic/training/gradients/.
+    # Options of the baselines (TRAIN.method=mgda / ccsa): mseg_semantic/training/gradients/.
     "MGDA": {
         "normalization": _opt("none", help="none | l2 | loss | loss+: task-gradient normalisation before the min-norm solve (MSeg: none)", choices=("none", "l2", "loss", "loss+")),
         "solver_iters": _opt(1000, help="Frank-Wolfe iterations of the min-norm solver", positive=True),
@@ -199,7 +201,6 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "away_steps": _opt(True, help="Frank-Wolfe with away steps (converges faster); False: the paper's Algorithm 2 exactly"),
     },
     "CCSA": {
-        "use_ccsa": _opt(False, help="train with the CCSA domain-generalization baseline"),
         "alpha": _opt(0.25, help="loss = (1 - alpha) x cross-entropy + alpha x contrastive (MSeg: 0.25)", minimum=0, maximum=1),
         "margin": _opt(1.0, help="different-class pairs closer than this are pushed apart", positive=True),
         "num_pairs": _opt(4000, help="pixel pairs per batch (per process)", minimum=0),
@@ -258,6 +259,10 @@ def _assign(values: dict[str, dict[str, Any]], pairs: Iterable[tuple[str, Any]],
         raise ConfigError(str(exc)) from None
     given: dict[tuple[str, str], str] = {}
     for (section, key), name, value in translated:
+        if isinstance(value, compat.MethodOff):
+            if values[section][key] in value.methods:
+                values[section][key] = "ce"
+            continue
         if (section, key) in given:
             raise ConfigError(f"{where}: {given[(section, key)]!r} and {name!r} both set {section}.{key}; keep one")
         given[(section, key)] = name
@@ -531,6 +536,20 @@ def _check_together(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: TEST.{key}={values!r}: expected a non-empty list of positive numbers")
 
 
+def translate_saved_config(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config a checkpoint recorded, possibly by an older version, in today's keys (what
+    :mod:`mseg_semantic.compat` translates for files, e.g. the old method switches -> ``TRAIN.method``)."""
+    pairs = [((section, key), f"{section}.{key}", value) for section, keys in saved.items() if section != "STAGES"
+             and isinstance(keys, Mapping) for key, value in keys.items()]
+    translated, _ = compat.translate_config_pairs(pairs, "checkpoint config")
+    out: dict[str, Any] = {section: {} for section, keys in saved.items() if section != "STAGES"}
+    for (section, key), _, value in translated:
+        out.setdefault(section, {})[key] = "ce" if isinstance(value, compat.MethodOff) else value
+    if "STAGES" in saved:
+        out["STAGES"] = saved["STAGES"]
+    return out
+
+
 def stage_names(cfg: Config) -> list[str]:
     return [s["name"] for s in cfg.stages]
 
@@ -548,7 +567,7 @@ def apply_stage(cfg: Config, name: str) -> Config:
 
 
 def schema_markdown() -> str:
-    """Every config key as Markdown tables, one per section (the README's key reference is generated from it)."""
+    """Every config key as Markdown tables, one per section (docs/config.md's key reference is generated from it)."""
     lines = []
     for section, keys in SCHEMA.items():
         lines += [f"**{section}**", "", "| key | default | meaning |", "| --- | --- | --- |"]
@@ -556,6 +575,8 @@ def schema_markdown() -> str:
             aliases = [a for (s, a), (cs, ck) in compat.RENAMED_KEYS.items() if cs == section and ck == key]
             if (section, key) == compat.PRECISION_KEY:
                 aliases.append("Distributed.opt_level (O0..O3)")
+            if (section, key) == compat.METHOD_KEY:
+                aliases += [f"{s}.{k}: True" for s, k in compat.METHOD_SWITCHES]
             name = f"`{key}`" + (f" (MSeg: `{'`, `'.join(aliases)}`)" if aliases else "")
             default = "null" if option.default is None else yaml.safe_dump(option.default, default_flow_style=True).strip().removesuffix("...").strip()
             lines.append(f"| {name} | `{default}` | {option.help.replace('|', '/')} |")

@@ -1,6 +1,5 @@
 """Datasets on disk, MSeg's augmentation as one affine warp, multi-dataset mixing, and the synthetic demo world."""
 
-from mseg_semantic.data.catalog import DATA_ROOT_ENV, DATASET_DIRS, DatasetLocation, default_list_file, locate, resolve_data_root
 from mseg_semantic.data.datasets import TrainSampleReader, ValDataset, collate_train_batch
 from mseg_semantic.data.lists import BadSampleError, read_image_rgb, read_label, read_list_file, read_pair
 from mseg_semantic.data.loader import TrainLoader, build_train_loader
@@ -16,7 +15,6 @@ from mseg_semantic.data.transforms import (
 )
 
 __all__ = [
-    "DATA_ROOT_ENV", "DATASET_DIRS", "DatasetLocation", "default_list_file", "locate", "resolve_data_root",
     "TrainSampleReader", "ValDataset", "collate_train_batch", "BadSampleError", "read_image_rgb", "read_label",
     "read_list_file", "read_pair", "TrainLoader", "build_train_loader", "MixingSampler",
     "SampleRef", "SamplerCursor", "check_dataset_gpu_mapping", "IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "AugmentParams",

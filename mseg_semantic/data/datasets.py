@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from mseg_semantic.data.lists import BadSampleError, locate_and_read, read_pair
 from mseg_semantic.data.sampler import STREAM_AUGMENT, STREAM_REPLACEMENT, SampleRef, stream_rng
 from mseg_semantic.data.transforms import AugmentConfig, augment_crop_chw, sample_augment_params
 from mseg_semantic.errors import UserError
-from mseg_semantic.taxonomy import UnknownLabelError
+from mseg_semantic.taxonomy import Catalog, UnknownLabelError
 
 BAD_SAMPLE_MODES = ("error", "skip")
 UNKNOWN_LABEL_MODES = ("error", "ignore")
@@ -124,17 +123,10 @@ class ValDataset(torch.utils.data.Dataset):
     "index": int}``. Resizing and cropping belong to the evaluation code.
     """
 
-    def __init__(
-        self,
-        name: str,
-        split: str = "val",
-        data_root: str | os.PathLike | None = None,
-        dataset_roots: Mapping[str, str] | None = None,
-        dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
-    ):
+    def __init__(self, catalog: Catalog, name: str, split: str = "val"):
         self.name = name
         self.split = split
-        self.location, self.samples = locate_and_read(name, split, data_root, dataset_roots, dataset_lists)
+        self.location, self.samples = locate_and_read(catalog, name, split)
         if not self.samples:
             raise UserError(f"split list {self.location.list_file} of {name} is empty")
 

@@ -22,8 +22,8 @@ relabeling records fix):
 Training through the universal taxonomy merges these into one label space, which is what lets one model serve
 camvid-11 zero-shot. Datasets differ in image size and aspect, scene statistics and a slight colour cast.
 
-Layout under ``out_dir`` (``data_root=out_dir`` works with :mod:`mseg_semantic.data.catalog` unchanged):
-``<DATASET_DIRS[name]>/synthetic/{images,labels,labels_relabeled}/<split>/NNNNNN.{jpg,png}`` and
+Layout under ``out_dir`` (``data_root=out_dir`` works with the built-in dataset table unchanged):
+``<the dataset's directory>/synthetic/{images,labels,labels_relabeled}/<split>/NNNNNN.{jpg,png}`` and
 ``dataset_lists/<name>/list/<split>.txt``; ``README.txt`` says SYNTHETIC; ``DEMO_WORLD.json`` marks a complete
 world (generator version, seed, counts) so a second call with the same arguments does nothing.
 """
@@ -41,9 +41,9 @@ import cv2
 import numpy as np
 
 from mseg_semantic.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
+from mseg_semantic.distributed import DistInfo, barrier
 from mseg_semantic.errors import UserError
-from mseg_semantic.taxonomy import load_class_names
+from mseg_semantic.taxonomy import Catalog, load_class_names
 
 GENERATOR_VERSION = 3  # bump whenever the generated images or labels change
 MARKER = "DEMO_WORLD.json"
@@ -513,10 +513,11 @@ def generate(
         except (OSError, ValueError):
             pass  # unreadable marker: regenerate
     root.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(data_root=root)
     if marker_path.exists():
         marker_path.unlink()  # the world is incomplete until the new marker is written
     for name, splits in plan.items():
-        dataset_dir = root / DATASET_DIRS[name]
+        dataset_dir = catalog.locate(name, "train").root
         shutil.rmtree(dataset_dir / "synthetic", ignore_errors=True)  # only what this generator wrote
         # a training dataset's images also carry its relabeled version's labels (the fine truth)
         versions = {name: "labels"} | ({name + RELABELED_SUFFIX: "labels_relabeled"} if name in DEMO_TRAIN_DATASETS else {})
@@ -532,19 +533,19 @@ def generate(
                     atomic_write_bytes(dataset_dir / label_rel, _encode(".png", tables[version][world]))
                     lines[version].append(f"{rgb_rel} {label_rel}\n")
             for version in versions:
-                atomic_write_text(default_list_file(root, version, split), "".join(lines[version]))
+                atomic_write_text(catalog.locate(version, split).list_file, "".join(lines[version]))
     atomic_write_text(root / "README.txt", _README.format(seed=seed))
     atomic_write_json(marker_path, marker, indent=1)
     return DemoWorld(root, DEMO_TRAIN_DATASETS, DEMO_TEST_DATASETS, plan, generated=True)
 
 
-def write_if_asked(data: Any) -> DemoWorld | None:
-    """``DATA.generate_demo_world``: write the world to ``DATA.data_root`` unless it is complete there already.
-
-    Under torchrun, call it on rank 0 and let the others wait at a barrier.
-    """
+def write_if_asked(data: Any, info: DistInfo = DistInfo()) -> DemoWorld | None:
+    """``DATA.generate_demo_world``: write the world to ``DATA.data_root`` unless it is complete there already (rank 0
+    writes, the other ranks wait for it)."""
     if not data.generate_demo_world:
         return None
     if not data.data_root:
         raise UserError("DATA.generate_demo_world=True needs DATA.data_root (where to write the demo world)")
-    return generate(data.data_root)
+    world = generate(data.data_root) if info.is_main else None
+    barrier(info)
+    return world

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Mapping
 
 import cv2
 import numpy as np
 
-from mseg_semantic.data.catalog import DatasetLocation, locate
 from mseg_semantic.errors import UserError
+from mseg_semantic.taxonomy import Catalog, DatasetLocation
 
 
 class BadSampleError(UserError):
@@ -44,15 +42,9 @@ def read_list_file(location: DatasetLocation) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def locate_and_read(
-    name: str,
-    split: str,
-    data_root: str | os.PathLike | None,
-    dataset_roots: Mapping[str, str] | None = None,
-    dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
-) -> tuple[DatasetLocation, list[tuple[Path, Path]]]:
-    """:func:`~mseg_semantic.data.catalog.locate` the split, then :func:`read_list_file` it."""
-    location = locate(name, split, data_root, dataset_roots, dataset_lists)
+def locate_and_read(catalog: Catalog, name: str, split: str) -> tuple[DatasetLocation, list[tuple[Path, Path]]]:
+    """:meth:`Catalog.locate` the split, then :func:`read_list_file` it."""
+    location = catalog.locate(name, split)
     return location, read_list_file(location)
 
 

@@ -21,6 +21,7 @@ from mseg_semantic.data.lists import BadSampleError, locate_and_read
 from mseg_semantic.data.sampler import MixingSampler, SamplerCursor
 from mseg_semantic.data.transforms import AugmentConfig
 from mseg_semantic.errors import UserError
+from mseg_semantic.taxonomy import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def build_train_loader(
     datasets: Sequence[str],
     converter: Any | None,
     *,
+    catalog: Catalog | None = None,
     split: str = "train",
     rank: int = 0,
     world_size: int = 1,
@@ -142,14 +144,15 @@ def build_train_loader(
     """The training stream of one rank, from a config's DATA and TRAIN sections (``TRAIN.batch_size`` is global).
 
     ``converter``: the taxonomy converter of the run (universal / naive / oracle), or None for the datasets' own
-    ids. What depends on the process is the caller's: ``rank``, ``world_size``, ``workers`` (loader processes of
+    ids; ``catalog``: where the data is (default: the config's DATA section). What depends on the process is the caller's: ``rank``, ``world_size``, ``workers`` (loader processes of
     this rank; ``TRAIN.workers`` counts per node) and MSeg's ``dataset_gpu_mapping`` (it means something only for
     the run's dataset list and process count). Every split list is read up front, so a missing list fails here,
     naming the file.
     """
     data, train = cfg.DATA, cfg.TRAIN
     names = [datasets] if isinstance(datasets, str) else list(datasets)
-    samples = [locate_and_read(name, split, data.data_root or None, data.dataset_roots, data.dataset_lists)[1] for name in names]
+    catalog = catalog or Catalog.from_config(cfg)
+    samples = [locate_and_read(catalog, name, split)[1] for name in names]
     sampler = MixingSampler(names, [len(s) for s in samples], train.batch_size, train.seed, world_size,
                             data.sampling_weights, dataset_gpu_mapping)
     reader = TrainSampleReader(names, samples, AugmentConfig.from_config(train), converter, train.seed,

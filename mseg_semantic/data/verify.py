@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from mseg_semantic.data.lists import BadSampleError, check_same_size, locate_and_read, read_image_bgr, read_label
-from mseg_semantic.taxonomy import IGNORE_INDEX, load_class_names
+from mseg_semantic.taxonomy import IGNORE_INDEX, Catalog
 
 
 @dataclass
@@ -91,11 +89,9 @@ def _check_sample(task: tuple[str, str, int]) -> tuple[list[tuple[str, str]], np
 
 
 def verify_split(
+    catalog: Catalog,
     name: str,
     split: str,
-    data_root: str | os.PathLike | None,
-    dataset_roots: Mapping[str, str] | None = None,
-    dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
     workers: int = 0,
     class_names: list[str] | None = None,
 ) -> VerifyReport:
@@ -104,8 +100,8 @@ def verify_split(
     ``class_names`` defaults to the taxonomy's names of ``name``; a missing or malformed list file is raised.
     """
     if class_names is None:
-        class_names = load_class_names(name)
-    location, pairs = locate_and_read(name, split, data_root, dataset_roots, dataset_lists)
+        class_names = catalog.class_names(name)
+    location, pairs = locate_and_read(catalog, name, split)
     report = VerifyReport(name, split, location.list_file, location.root, list(class_names), num_samples=len(pairs))
     report.duplicates = len(pairs) - len({image for image, _ in pairs})
     tasks = [(str(image), str(label), len(class_names)) for image, label in pairs]

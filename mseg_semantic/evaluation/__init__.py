@@ -17,10 +17,9 @@ from mseg_semantic.evaluation.inference import (
 )
 from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status, harmonic_mean
 from mseg_semantic.evaluation.visualize import colorize, compose_demo_frame, legend_panel, overlay, present_classes, write_png
-from mseg_semantic.evaluation.zero_shot import COLUMN_LABELS, ZeroShotEntry, format_zero_shot_table, zero_shot_summary
+from mseg_semantic.evaluation.zero_shot import ZeroShotEntry, column_label, format_zero_shot_table, zero_shot_summary
 
 __all__ = [
-    "COLUMN_LABELS",
     "ConfusionMatrix",
     "InferenceModel",
     "InferenceSettings",
@@ -29,6 +28,7 @@ __all__ = [
     "class_probabilities",
     "class_status",
     "colorize",
+    "column_label",
     "compose_demo_frame",
     "format_zero_shot_table",
     "harmonic_mean",

@@ -20,12 +20,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.data.datasets import ValDataset, configure_worker_threads
 from mseg_semantic.data.lists import BadSampleError
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.figures import confusion_image, iou_bar_chart
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
@@ -33,30 +33,27 @@ from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetric
 from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space
 from mseg_semantic.evaluation.outputs import pixel_outputs, write_confidence, write_probabilities
 from mseg_semantic.evaluation.visualize import colorize, write_png
-from mseg_semantic.taxonomy import IGNORE_INDEX, UnknownLabelError
+from mseg_semantic.taxonomy import IGNORE_INDEX, Catalog, UnknownLabelError
 
 __all__ = ["EvalData", "EvaluationResult", "OutputOptions", "evaluate_dataset", "format_per_class_table", "select_indices"]
 
 
 @dataclass(frozen=True)
 class EvalData:
-    """Where an evaluation's images come from, and which of them (the config's DATA/TEST keys)."""
+    """Where an evaluation's images come from (the run's Catalog), and which of them (the config's TEST keys)."""
 
     split: str
-    data_root: str | None
-    dataset_roots: Mapping[str, str]
-    dataset_lists: Mapping[str, Mapping[str, str]]
+    catalog: Catalog
     index_start: int = 0  # MSeg's slice of the list: index_step images from index_start (0: to the end)
     index_step: int = 0
     images_per_batch: int = 1
     workers: int = 0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "EvalData":
+    def from_config(cls, cfg: Any, catalog: Catalog | None = None) -> "EvalData":
         # TRAIN.workers is sized for a training node; decoding for inference needs no more processes than cores
         workers = min(cfg.TRAIN.workers, len(os.sched_getaffinity(0)))
-        return cls(cfg.TEST.split, cfg.DATA.data_root or None, cfg.DATA.dataset_roots, cfg.DATA.dataset_lists,
-                   cfg.TEST.index_start, cfg.TEST.index_step, cfg.TEST.batch_size_val, workers)
+        return cls(cfg.TEST.split, catalog or Catalog.from_config(cfg), cfg.TEST.index_start, cfg.TEST.index_step, cfg.TEST.batch_size_val, workers)
 
     def partial_note(self, list_size: int) -> str | None:
         """None when the whole list is evaluated, else which part of it (for every table made from the result)."""
@@ -142,18 +139,20 @@ def evaluate_dataset(
     progress: bool = True,
     model_label: str | None = None,
     engine: InferenceModel | None = None,
+    info: DistInfo = DistInfo(),
 ) -> EvaluationResult:
     """Run ``loaded.model`` over ``dataset``'s ``data.split`` and score it in :func:`evaluation_space`.
 
     ``outputs``: what is written besides the tables (default: the tables only); ``engine``: ``loaded.model``
-    already prepared for inference (:class:`InferenceModel`), e.g. shared by the runs of a benchmark.
+    already prepared for inference (:class:`InferenceModel`), e.g. shared by the runs of a benchmark; ``info``:
+    the processes sharing the images (each takes every ``world_size``-th; the confusion matrices are summed).
     """
     outputs = outputs or OutputOptions.tables_only()
     if (outputs.per_image or outputs.figures) and save_folder is None:
         raise UserError("saving predictions, confidence, probabilities or figures needs a save_folder to write them to")
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    rank, world_size = info.rank, info.world_size
     space = evaluation_space(loaded, dataset, outputs.output_taxonomy, outputs.uncovered)
-    images = ValDataset(dataset, data.split, data.data_root, data.dataset_roots, data.dataset_lists)
+    images = ValDataset(data.catalog, dataset, data.split)
     indices = select_indices(len(images), data.index_start, data.index_step, rank, world_size)
     engine = engine or InferenceModel(loaded.model, settings)
     device = engine.device
@@ -181,7 +180,7 @@ def evaluate_dataset(
         if not bar.disable:
             bar.set_postfix(pixel_acc=f"{_running_accuracy(matrix):.3f}")
     bar.close()
-    matrix.all_reduce()
+    matrix.all_reduce(info)
     seconds = time.perf_counter() - started
     metrics = matrix.compute(space.valid_classes)
     total_images = len(select_indices(len(images), data.index_start, data.index_step))

@@ -23,7 +23,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from mseg_semantic.distributed import DistInfo, all_reduce_sum
 
 __all__ = ["ConfusionMatrix", "SegmentationMetrics", "harmonic_mean", "class_status"]
 
@@ -148,10 +149,9 @@ class ConfusionMatrix:
         column = torch.where(pred == self.ignore_index, torch.full_like(pred, k), pred)
         self.table += torch.bincount(target * (k + 1) + column, minlength=k * (k + 1)).reshape(k, k + 1)
 
-    def all_reduce(self) -> None:
-        """Sum the counts over all ranks (a no-op unless torch.distributed is initialised)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.table)
+    def all_reduce(self, info: DistInfo) -> None:
+        """Sum the counts over the ranks of ``info`` (a no-op for one process)."""
+        all_reduce_sum(self.table, info)
 
     def compute(self, valid_classes: Sequence[int] | None = None) -> SegmentationMetrics:
         """Metrics from the counts; ``valid_classes`` limits the means to those ids (others: 'excluded')."""

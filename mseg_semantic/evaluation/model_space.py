@@ -45,14 +45,10 @@ from mseg_semantic.taxonomy import (
     IGNORE_INDEX,
     MODEL_TAXONOMIES,
     UNRELABELED_TRAIN_DATASETS,
+    Catalog,
     Projection,
     build_taxonomy_converter,
-    get_taxonomy,
-    load_class_colors,
-    load_class_names,
-    naive_class_names,
     palette,
-    taxonomy_names,
 )
 
 __all__ = [
@@ -84,6 +80,7 @@ class LoadedModel:
     train_datasets: list[str] | None
     meta: dict = field(default_factory=dict)
     universal_taxonomy: str = DEFAULT_UNIVERSAL  # the universal taxonomy of a universal model (MSeg's, or a user file's)
+    catalog: Catalog = field(default_factory=Catalog.builtin)  # the taxonomies its classes are read with, and where data is
 
 
 @dataclass
@@ -126,32 +123,34 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def universal_taxonomy_of(meta: dict, train_datasets: list[str] | None) -> str:
+def universal_taxonomy_of(meta: dict, train_datasets: list[str] | None, catalog: Catalog) -> str:
     """The universal taxonomy a universal model predicts: its meta's (a user file's, e.g. universal-crosswalk), else
     the one its training datasets map to, else MSeg's (a release without meta)."""
     if meta.get("universal_taxonomy"):
         return str(meta["universal_taxonomy"])
     try:
-        targets = {get_taxonomy(d).maps_to for d in train_datasets or ()}
+        targets = {catalog.taxonomy(d).maps_to for d in train_datasets or ()}
     except UnknownNameError:
         targets = set()
     return targets.pop() if len(targets) == 1 else DEFAULT_UNIVERSAL
 
 
-def model_class_names(model_taxonomy: str, train_datasets: list[str] | None, universal: str = DEFAULT_UNIVERSAL) -> tuple[str, list[str]]:
+def model_class_names(model_taxonomy: str, train_datasets: list[str] | None, universal: str = DEFAULT_UNIVERSAL,
+                      catalog: Catalog | None = None) -> tuple[str, list[str]]:
     """(taxonomy name, class names by model output) of a model: a universal taxonomy, the naive taxonomy of its
     training datasets, or an oracle's dataset."""
+    catalog = catalog or Catalog.builtin()
     if model_taxonomy == "universal":
-        return universal, load_class_names(universal)
+        return universal, catalog.class_names(universal)
     if model_taxonomy == "naive":
-        return "naive", naive_class_names(train_datasets) if train_datasets else load_class_names("naive")
-    return train_datasets[0], load_class_names(train_datasets[0])
+        return "naive", catalog.naive_class_names(train_datasets) if train_datasets else catalog.class_names("naive")
+    return train_datasets[0], catalog.class_names(train_datasets[0])
 
 
-def _check_taxonomies_known(path: Path, model_taxonomy: str, train_datasets: list[str] | None, universal: str) -> None:
+def _check_taxonomies_known(path: Path, model_taxonomy: str, train_datasets: list[str] | None, universal: str, catalog: Catalog) -> None:
     """The taxonomies a model's classes come from must be loaded (a user file's: ``DATA.taxonomy_files``)."""
     names = [universal] if model_taxonomy == "universal" else list(train_datasets or [])
-    known = set(taxonomy_names())
+    known = set(catalog.taxonomy_names())
     missing = [n for n in names if n not in known]
     if missing:
         raise UnknownNameError(f"{path} was trained in taxonomies this process does not know ({', '.join(missing)}): "
@@ -164,10 +163,12 @@ def load_model_for_inference(
     model_name: str | None = None,
     model_taxonomy: str | None = None,
     oracle_dataset: str | None = None,
+    catalog: Catalog | None = None,
 ) -> LoadedModel:
     """Build the checkpoint's model and load it. ``model_name`` / ``model_taxonomy`` apply only when the file has
     no meta (MSeg's releases; a ``model_taxonomy`` that contradicts the meta is an error); ``oracle_dataset`` names
-    the dataset of an oracle checkpoint without meta."""
+    the dataset of an oracle checkpoint without meta; ``catalog``: the run's taxonomies (a user file's model needs it)."""
+    catalog = catalog or Catalog.builtin()
     path = Path(path)
     _check_is_checkpoint(path)
     state, kind, meta = read_state_dict(path)
@@ -185,9 +186,9 @@ def load_model_for_inference(
         if oracle_dataset is None:
             raise UserError(f"{path}: an oracle checkpoint without meta needs the dataset it was trained on (DATA.dataset)")
         train_datasets = [oracle_dataset]
-    universal = universal_taxonomy_of(meta, train_datasets)
-    _check_taxonomies_known(path, space, train_datasets, universal)
-    taxonomy, class_names = model_class_names(space, train_datasets, universal)
+    universal = universal_taxonomy_of(meta, train_datasets, catalog)
+    _check_taxonomies_known(path, space, train_datasets, universal, catalog)
+    taxonomy, class_names = model_class_names(space, train_datasets, universal, catalog)
     if len(class_names) != num_classes:
         of = ", ".join(train_datasets) if space == "naive" and train_datasets else "MSeg's datasets" if space == "naive" else taxonomy
         raise UserError(
@@ -198,7 +199,7 @@ def load_model_for_inference(
     _check_head_shapes(path, state, model, name, num_classes, "its meta" if meta.get("num_classes") else "its classifier")
     load_weights(model, path, log=False, contents=(state, kind, meta))
     model.to(device).eval()
-    return LoadedModel(model, str(path), name, space, num_classes, train_datasets, meta, universal)
+    return LoadedModel(model, str(path), name, space, num_classes, train_datasets, meta, universal, catalog)
 
 
 def _check_is_checkpoint(path: Path) -> None:
@@ -226,27 +227,29 @@ def _check_head_shapes(path: Path, state: dict, model: torch.nn.Module, name: st
             )
 
 
-def load_model_from_config(cfg: Any, device: torch.device, oracle_dataset: str | None = None) -> LoadedModel:
+def load_model_from_config(cfg: Any, device: torch.device, oracle_dataset: str | None = None, catalog: Catalog | None = None) -> LoadedModel:
     """The checkpoint at ``TEST.model_path`` on ``device``; ``TRAIN.model`` / ``TEST.model_taxonomy`` serve
-    checkpoints without meta, ``oracle_dataset`` an oracle checkpoint without meta."""
+    checkpoints without meta, ``oracle_dataset`` an oracle checkpoint without meta; ``catalog`` defaults to the
+    config's."""
     if not cfg.TEST.model_path:
         raise UserError("TEST.model_path is not set: pass model_path=PATH/TO/model_final.pth")
-    return load_model_for_inference(cfg.TEST.model_path, device, model_name=cfg.TRAIN.model,
-                                    model_taxonomy=cfg.TEST.model_taxonomy, oracle_dataset=oracle_dataset)
+    return load_model_for_inference(cfg.TEST.model_path, device, model_name=cfg.TRAIN.model, model_taxonomy=cfg.TEST.model_taxonomy,
+                                    oracle_dataset=oracle_dataset, catalog=catalog or Catalog.from_config(cfg))
 
 
 def _model_space_names(loaded: LoadedModel) -> tuple[str, list[str], np.ndarray]:
-    name, names = model_class_names(loaded.model_taxonomy, loaded.train_datasets, loaded.universal_taxonomy)
-    return name, names, palette(len(names)) if loaded.model_taxonomy == "naive" else load_class_colors(name)
+    name, names = model_class_names(loaded.model_taxonomy, loaded.train_datasets, loaded.universal_taxonomy, loaded.catalog)
+    return name, names, palette(len(names)) if loaded.model_taxonomy == "naive" else loaded.catalog.class_colors(name)
 
 
 def _converter(loaded: LoadedModel, train: list[str], test: list[str]):
+    catalog = loaded.catalog
     if loaded.model_taxonomy == "oracle":
-        return build_taxonomy_converter("oracle", loaded.train_datasets, test or None)
+        return build_taxonomy_converter("oracle", loaded.train_datasets, test or None, catalog=catalog)
     if loaded.model_taxonomy == "naive":
-        return build_taxonomy_converter("naive", loaded.train_datasets or UNRELABELED_TRAIN_DATASETS, test)
+        return build_taxonomy_converter("naive", loaded.train_datasets or UNRELABELED_TRAIN_DATASETS, test, catalog=catalog)
     # the model's universal taxonomy: a dataset mapped to another one is refused, naming both
-    return build_taxonomy_converter("universal", train, test, universal=loaded.universal_taxonomy)
+    return build_taxonomy_converter("universal", train, test, universal=loaded.universal_taxonomy, catalog=catalog)
 
 
 def _normalised(name: str) -> str:
@@ -266,7 +269,7 @@ def _owner(model_class: str, candidates: list[int], names: Sequence[str]) -> int
 def _training_taxonomy_groups(loaded: LoadedModel, taxonomy: str, model_names: Sequence[str]) -> tuple[list[list[int]], list[str]]:
     """Per class of a training taxonomy, the model classes whose probability it receives, and notes on the classes
     the shared rule leaves without any."""
-    names = load_class_names(taxonomy)
+    names = loaded.catalog.class_names(taxonomy)
     if loaded.model_taxonomy == "naive":  # MSeg's naive rule: a class maps to the naive class of the same name
         naive_id = {n: i for i, n in enumerate(model_names) if n}
         mapping = {k: naive_id[c.lower()] for k, c in enumerate(names) if c.lower() in naive_id}
@@ -295,7 +298,7 @@ def output_projection(loaded: LoadedModel, taxonomy: str) -> tuple[Projection | 
     own, model_names, _ = _model_space_names(loaded)
     if taxonomy == own:
         return None, []
-    role = get_taxonomy(taxonomy).role
+    role = loaded.catalog.taxonomy(taxonomy).role
     if loaded.model_taxonomy == "oracle":
         conv = _converter(loaded, [loaded.train_datasets[0]], [taxonomy])  # raises unless the classes are the same
         return conv.projection(taxonomy), []
@@ -304,7 +307,7 @@ def output_projection(loaded: LoadedModel, taxonomy: str) -> tuple[Projection | 
     if role == "train":
         groups, notes = _training_taxonomy_groups(loaded, taxonomy, model_names)
         return Projection(loaded.num_classes, groups), notes
-    valid = [n for n in taxonomy_names() if get_taxonomy(n).role in ("train", "test")]
+    valid = [n for n in loaded.catalog.taxonomy_names() if loaded.catalog.taxonomy(n).role in ("train", "test")]
     raise UserError(f"TEST.output_taxonomy={taxonomy!r} has role {role!r}: predictions can be given in a test or training "
                     f"taxonomy ({', '.join(valid[:8])}, ...) or in the model's own classes ({own})")
 
@@ -316,7 +319,8 @@ def _space(loaded: LoadedModel, taxonomy: str, uncovered: str) -> OutputSpace:
     if projection is None:
         name, names, colors = _model_space_names(loaded)
         return OutputSpace(name, names, colors, None, uncovered=uncovered)
-    return OutputSpace(taxonomy, load_class_names(taxonomy), load_class_colors(taxonomy), projection, uncovered=uncovered, notes=notes)
+    return OutputSpace(taxonomy, loaded.catalog.class_names(taxonomy), loaded.catalog.class_colors(taxonomy), projection,
+                       uncovered=uncovered, notes=notes)
 
 
 def evaluation_space(loaded: LoadedModel, dataset: str, output_taxonomy: str | None = None, uncovered: str = "drop") -> OutputSpace:
@@ -326,7 +330,7 @@ def evaluation_space(loaded: LoadedModel, dataset: str, output_taxonomy: str | N
     its own ids (its classes receive the model's probabilities by :func:`output_projection`), not in the model's
     taxonomy over its classes.
     """
-    role = get_taxonomy(dataset).role
+    role = loaded.catalog.taxonomy(dataset).role
     if output_taxonomy is not None and output_taxonomy != dataset:
         raise UserError(f"TEST.output_taxonomy={output_taxonomy!r} but the dataset is {dataset!r}: mseg-test scores in the "
                         f"dataset's own taxonomy (output_taxonomy={dataset}) or, unset, as MSeg does")

@@ -30,11 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from mseg_semantic.config import ConfigError
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.evaluation.evaluate import EvalData, evaluate_dataset
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings
 from mseg_semantic.evaluation.model_space import LoadedModel, evaluation_space, universal_taxonomy_of
-from mseg_semantic.evaluation.zero_shot import find_missing
 from mseg_semantic.model import save_weights, unwrap_model
+from mseg_semantic.taxonomy import Catalog
 
 __all__ = ["BEST_NAME", "STATE_KEY", "ValidationSettings", "Validator", "build_validator"]
 
@@ -79,7 +80,8 @@ class Validator:
         max_iters: int,
         state: dict,
         write_scalars: Callable[[int, Mapping[str, float]], None],
-        is_main: bool,
+        info: DistInfo,
+        catalog: Catalog,
         defer_last: bool = False,
     ):
         self.settings = settings
@@ -91,14 +93,15 @@ class Validator:
         self.max_iters = max_iters
         self.state = state  # TrainingParts.extra: the Checkpointer saves it, a resume refills it
         self.write_scalars = write_scalars
-        self.is_main = is_main
+        self.info = info  # the ranks share the images; rank 0 writes model_best.pth
+        self.catalog = catalog
         self.defer_last = defer_last  # precise BN re-estimates the statistics after the last iteration
 
     def loaded(self) -> LoadedModel:
         meta = self.meta
         return LoadedModel(unwrap_model(self.model), str(self.output_dir), meta["model"], meta["model_taxonomy"],
                            int(meta["num_classes"]), list(meta["train_datasets"]), dict(meta),
-                           universal_taxonomy_of(meta, list(meta["train_datasets"])))
+                           universal_taxonomy_of(meta, list(meta["train_datasets"]), self.catalog), self.catalog)
 
     def due(self, iteration: int) -> bool:
         if iteration == self.max_iters:
@@ -132,7 +135,7 @@ class Validator:
             engine = InferenceModel(loaded.model, self.inference)  # a prepared copy: the trained weights stay as they are
             scalars: dict[str, float] = {}
             for dataset in self.settings.datasets:
-                metrics = evaluate_dataset(loaded, dataset, self.inference, self.data, progress=False, engine=engine).metrics
+                metrics = evaluate_dataset(loaded, dataset, self.inference, self.data, progress=False, engine=engine, info=self.info).metrics
                 for key in PER_DATASET:
                     scalars[f"val/{dataset}/{key}"] = float(getattr(metrics, key))
             del engine
@@ -146,7 +149,7 @@ class Validator:
         if improved:
             best = {"metric": name, "value": value, "iteration": iteration}
             self.state[STATE_KEY] = best
-            if self.is_main:
+            if self.info.is_main:
                 meta = {**self.meta, "iteration": iteration, "val_metric": name, "val_value": value}
                 save_weights(unwrap_model(self.model).state_dict(), meta, self.output_dir / BEST_NAME)
         if best is not None:
@@ -166,21 +169,22 @@ def _cuda_devices(model: torch.nn.Module) -> list[int]:
     return []
 
 
-def build_validator(cfg: Any, model: torch.nn.Module, meta: Mapping[str, Any], state: dict, output_dir: Path,
-                    max_iters: int, is_main: bool, write_scalars: Callable[[int, Mapping[str, float]], None]) -> Validator | None:
+def build_validator(cfg: Any, model: torch.nn.Module, meta: Mapping[str, Any], state: dict, output_dir: Path, max_iters: int,
+                    info: DistInfo, write_scalars: Callable[[int, Mapping[str, float]], None],
+                    catalog: Catalog | None = None) -> Validator | None:
     """The validation hook a config asks for (None when ``TRAIN.val_every`` is 0). Every list and every dataset's
     scoring are checked now, so that a wrong name stops the run before the first iteration, not at the first
-    validation."""
+    validation. ``catalog``: the run's (default: the config's)."""
     if cfg.TRAIN.val_every == 0:
         return None
+    catalog = catalog or Catalog.from_config(cfg)
     settings = ValidationSettings.from_config(cfg.TRAIN, meta["train_datasets"])
-    data = EvalData(cfg.TEST.split, cfg.DATA.data_root or None, cfg.DATA.dataset_roots, cfg.DATA.dataset_lists,
-                    index_start=0, index_step=settings.images, images_per_batch=cfg.TEST.batch_size_val, workers=0)
+    data = EvalData(cfg.TEST.split, catalog, index_start=0, index_step=settings.images, images_per_batch=cfg.TEST.batch_size_val, workers=0)
     validator = Validator(settings, InferenceSettings.from_config(cfg.TEST), data, model, meta, output_dir, max_iters, state,
-                          write_scalars, is_main, defer_last=cfg.TRAIN.precise_bn_iters > 0)
+                          write_scalars, info, catalog, defer_last=cfg.TRAIN.precise_bn_iters > 0)
     loaded = validator.loaded()
     for dataset in settings.datasets:
-        reason = find_missing(dataset, data.split, data.data_root, data.dataset_roots, data.dataset_lists)
+        reason = catalog.list_file_missing(dataset, data.split)
         if reason is not None:
             raise ConfigError(f"TRAIN.val_datasets: {dataset} {data.split} list {reason}; fix DATA.data_root / dataset_lists, "
                               f"or validate other datasets (val_datasets=[...])")

@@ -22,17 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from mseg_semantic.data.catalog import locate
+from mseg_semantic.errors import UnknownNameError
 from mseg_semantic.evaluation.metrics import harmonic_mean
-from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS
+from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS, Catalog
 
 __all__ = [
     "ZERO_SHOT_DATASETS",
-    "COLUMN_LABELS",
     "FORMULAS",
     "TABLE_FORMULA",
     "ZeroShotEntry",
-    "find_missing",
+    "column_label",
     "run_zero_shot",
     "format_zero_shot_table",
     "zero_shot_figure",
@@ -46,14 +45,12 @@ FORMULAS = {
     "miou": "classes absent from prediction and ground truth left out of the mean (the Cityscapes scripts' rule)",
 }
 
-COLUMN_LABELS = {
-    "voc2012": "VOC",
-    "pascal-context-60": "PC",
-    "camvid-11": "CamVid",
-    "wilddash-19": "WD",
-    "kitti-19": "KITTI",
-    "scannet-20": "SN",
-}
+def column_label(dataset: str) -> str:
+    """The dataset's title in the dataset table (MSeg's column names: VOC, PC, CamVid, WD, KITTI, SN), else its name."""
+    try:
+        return Catalog.builtin().dataset(dataset).title
+    except UnknownNameError:
+        return dataset
 
 
 @dataclass
@@ -74,23 +71,6 @@ class ZeroShotEntry:
     def miou(self) -> float | None:
         """The table's number: MSeg's formula at its best base size."""
         return self.value(TABLE_FORMULA)
-
-
-def find_missing(
-    dataset: str,
-    split: str,
-    data_root: str | None,
-    dataset_roots: Mapping[str, str] | None = None,
-    dataset_lists: Mapping[str, Mapping[str, str]] | None = None,
-) -> str | None:
-    """None when the split list exists, else 'not found at PATH' (or why it cannot be located)."""
-    try:
-        location = locate(dataset, split, data_root, dataset_roots, dataset_lists)
-    except ValueError as exc:
-        return str(exc)
-    if not Path(location.list_file).is_file():
-        return f"not found at {location.list_file}"
-    return None
 
 
 def run_zero_shot(
@@ -129,7 +109,7 @@ def _hmean(entries: Sequence[ZeroShotEntry], formula: str = TABLE_FORMULA) -> tu
 
 
 def _table(model_label: str, entries: Sequence[ZeroShotEntry], formula: str) -> list[str]:
-    heads = [COLUMN_LABELS.get(e.dataset, e.dataset) + " mIoU" for e in entries]
+    heads = [column_label(e.dataset) + " mIoU" for e in entries]
     hmean, complete = _hmean(entries, formula)
     cells = [f"{100 * e.value(formula):.1f}" if e.value(formula) is not None else "missing" for e in entries]
     hcell = f"{hmean:.1f}" if complete else "incomplete"
@@ -141,7 +121,7 @@ def _table(model_label: str, entries: Sequence[ZeroShotEntry], formula: str) -> 
     ]
     evaluated = [e for e in entries if e.value(formula) is not None]
     if evaluated:
-        sizes = ", ".join(f"{COLUMN_LABELS.get(e.dataset, e.dataset)} {e.best_base_size(formula)}" for e in evaluated)
+        sizes = ", ".join(f"{column_label(e.dataset)} {e.best_base_size(formula)}" for e in evaluated)
         lines.append(f"Best base size per dataset (short side): {sizes}.")
     return lines
 
@@ -173,7 +153,7 @@ def zero_shot_figure(model_label: str, entries: Sequence[ZeroShotEntry], partial
         value = e.value(formula)
         return None if value is None else 100 * value
 
-    labels = [COLUMN_LABELS.get(e.dataset, e.dataset) for e in entries]
+    labels = [column_label(e.dataset) for e in entries]
     series = [("mIoU, MSeg's formula (the table)", [percent(e, TABLE_FORMULA) for e in entries]),
               ("mIoU, absent classes left out", [percent(e, "miou") for e in entries])]
     title = f"{model_label}: zero-shot mIoU, best base size per dataset" + (" (PARTIAL: a slice of each list)" if partial else "")
@@ -197,7 +177,7 @@ def zero_shot_summary(model_label: str, entries: Sequence[ZeroShotEntry], split:
         "datasets": [
             {
                 "dataset": e.dataset,
-                "column": COLUMN_LABELS.get(e.dataset, e.dataset),
+                "column": column_label(e.dataset),
                 "miou_mseg": _rounded(e.value(TABLE_FORMULA)),
                 "best_base_size": e.best_base_size(TABLE_FORMULA),
                 "miou_mseg_by_base_size": {str(b): _rounded(v[TABLE_FORMULA]) for b, v in e.by_base_size.items()},

@@ -46,13 +46,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
 from mseg_semantic.errors import EXIT_BAD_INPUT, EXIT_CHECKS_FAILED
 from mseg_semantic.prepare import formats
 from mseg_semantic.prepare.layouts import MAPILLARY_SPLITS, ade20k_instance_maps, mapillary_annotation_dir
 from mseg_semantic.prepare.records import SegmentRecord, load_records
 from mseg_semantic.prepare.remap import _CTX, Job, default_workers, run_jobs, write_list_file, write_report
-from mseg_semantic.prepare.specs import ADE20K_FULL_2016, DatasetSpec, get_spec
+from mseg_semantic.prepare.specs import ADE20K_FULL_2016, DatasetSpec, dataset_dir, get_spec, list_file
 from mseg_semantic.prepare.tables import IGNORE, RemapTable, load_table
 
 log = logging.getLogger("mseg_semantic.prepare")
@@ -432,11 +431,11 @@ def relabel_target(dataset: str, target: RelabelTarget, records: list[SegmentRec
     """Write one relabeled taxonomy of a dataset and its split lists; returns its part of the report."""
     table = load_table(target.source, target.target)
     classes = RecordClasses(dataset, table)
-    base = root / DATASET_DIRS[target.target]
+    base = dataset_dir(root, target.target)
     instances_dirs = {split: str(mapillary_annotation_dir(base, folder, "instances")) for split, folder in MAPILLARY_SPLITS}
     tally = TargetTally()
     for split in SPLITS:
-        pairs = _read_list(default_list_file(root, target.base_list, split))
+        pairs = _read_list(list_file(root, target.base_list, split))
         by_image = updates_by_image(dataset, records, located, split, classes)
         jobs = _split_jobs(dataset, target, pairs, by_image, split, instance_maps, tally)
         context = {"base": str(base), "dataset": dataset, "lut": table.lut, "mode": mode, "source": target.source,
@@ -446,7 +445,7 @@ def relabel_target(dataset: str, target: RelabelTarget, records: list[SegmentRec
                            fn=_relabel_one))
         tally.images[split] = len(jobs)
         if len(tally.failures) == failures_before:
-            write_list_file(default_list_file(root, target.target, split), [(j.image, j.output) for j in jobs])
+            write_list_file(list_file(root, target.target, split), [(j.image, j.output) for j in jobs])
     return tally.summary(records)
 
 

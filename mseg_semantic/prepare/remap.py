@@ -1,7 +1,7 @@
 """Remap raw labels to each dataset's semseg taxonomy, in parallel over files, and write the split lists.
 
 For each dataset, :func:`find_remap_jobs` lists the files to convert: for every split, (image, raw label
-source, output label) paths relative to the dataset directory ``<root>/catalog.DATASET_DIRS[taxonomy]``. A
+source, output label) paths relative to the dataset directory (its dataset-table directory under ``<root>``). A
 process pool converts them (one uint8 PNG per image, ids 0..K-1, 255 = unlabeled), each written atomically;
 outputs that already exist are kept unless ``force``, so an interrupted run resumes.
 
@@ -29,11 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
-from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
 from mseg_semantic.errors import EXIT_CHECKS_FAILED, UserError
 from mseg_semantic.prepare import formats
 from mseg_semantic.prepare.layouts import MAPILLARY_SPLITS, bdd_layout, mapillary_annotation_dir
-from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, get_spec
+from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, dataset_dir, get_spec, list_file
 from mseg_semantic.prepare.tables import IGNORE, RemapTable, load_table
 
 log = logging.getLogger("mseg_semantic.prepare")
@@ -313,7 +312,7 @@ JOB_FINDERS: dict[str, Callable[[Path], RemapJobs]] = {
 def find_remap_jobs(spec: DatasetSpec, root: Path) -> RemapJobs:
     from mseg_semantic.taxonomy import load_class_names
 
-    found = JOB_FINDERS[spec.key](Path(root) / DATASET_DIRS[spec.taxonomy])
+    found = JOB_FINDERS[spec.key](dataset_dir(root, spec.taxonomy))
     found.num_classes = len(load_class_names(spec.taxonomy))
     return found
 
@@ -446,7 +445,7 @@ def write_split_lists(root: Path, taxonomy: str, jobs: list[Job], listed: list[b
     counts: dict[str, int] = {}
     for split in sorted({job.split for job in jobs}):
         pairs = [(j.image, j.output) for j, keep in zip(jobs, listed) if keep and j.split == split]
-        write_list_file(default_list_file(root, taxonomy, split), pairs)
+        write_list_file(list_file(root, taxonomy, split), pairs)
         counts[split] = len(pairs)
     return counts
 
@@ -477,7 +476,7 @@ def remap_dataset(key: str, root: Path, workers: int | None = None, unknown: str
     spec = get_spec(key)
     root = Path(root)
     found = find_remap_jobs(spec, root)
-    base = root / DATASET_DIRS[spec.taxonomy]
+    base = dataset_dir(root, spec.taxonomy)
     context = {"base": str(base), "kind": found.kind, "table": found.table, "num_classes": found.num_classes,
                "force": force, "unknown": unknown, "source_taxonomy": spec.raw_taxonomy or spec.taxonomy}
     started = time.time()
@@ -509,5 +508,5 @@ def remap_dataset(key: str, root: Path, workers: int | None = None, unknown: str
         log.warning("%s: %d file(s) had values not in %s, %s (--unknown ignore); values in %s", key, repaired,
                     spec.raw_taxonomy or spec.taxonomy, done, report_path)
     log.info("%s: %s labels remapped to %s (%s), lists in %s", key, len(found.jobs), spec.taxonomy,
-             ", ".join(f"{s} {n}" for s, n in listed.items()), root / "dataset_lists" / spec.taxonomy / "list")
+             ", ".join(f"{s} {n}" for s, n in listed.items()), list_file(root, spec.taxonomy, "train").parent)
     return report

@@ -2,7 +2,9 @@
 
 Archives live where MSeg's own scripts put them, ``<root>/<top dir>/<archive>`` (e.g.
 ``<root>/Cityscapes/gtFine_trainvaltest.zip``), so archives already downloaded by hand or by MSeg's scripts
-are picked up. Each dataset's files end up under ``<root>/catalog.DATASET_DIRS[taxonomy]``.
+are picked up. What a dataset is (its taxonomy, raw taxonomy, relabeled versions, directory, title) is its rows of
+the dataset table (``taxonomy/data/datasets/datasets.tsv``, the rows whose ``prepare`` column is the key); a spec here says
+only how to get it: archives, how they unpack, split sizes.
 Split sizes are those of MSeg's list files (mseg-api ``dataset_lists``) or, where MSeg used a subset,
 of the official split (noted in ``notes``).
 
@@ -17,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mseg_semantic.data.catalog import DATASET_DIRS
 from mseg_semantic.errors import UserError, did_you_mean
+from mseg_semantic.taxonomy import Catalog, DatasetRecord
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,23 @@ class ExtractStep:
     optional_prefixes: tuple[str, ...] = ()  # removed from members that start with one (a top folder some copies have)
 
 
+def dataset_dir(root: Path, taxonomy: str) -> Path:
+    """Where ``taxonomy``'s files go under the data root (its dataset-table directory)."""
+    return Path(root) / Catalog.builtin().dataset(taxonomy).directory
+
+
+def list_file(root: Path, taxonomy: str, split: str) -> Path:
+    """Where ``taxonomy``'s split list goes under the data root (the dataset table's list layout)."""
+    return Path(root) / Catalog.builtin().dataset(taxonomy).list_path(split)
+
+
+def _rows(key: str) -> tuple[DatasetRecord, ...]:
+    return tuple(row for row in (Catalog.builtin().dataset(n) for n in Catalog.builtin().dataset_names()) if row.prepare_key == key)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     key: str
-    title: str
-    role: str  # "train" | "test"
-    taxonomy: str  # the semseg taxonomy its labels are remapped to
-    raw_taxonomy: str | None  # the taxonomy of the raw labels (None: distributed in the semseg taxonomy)
-    relabeled: tuple[str, ...]  # relabeled taxonomies produced by `relabel`
     registration: str  # "none" | "login" | "personal link" | "browser"
     archives: tuple[Archive, ...]
     extract: tuple[ExtractStep, ...]
@@ -76,14 +87,45 @@ class DatasetSpec:
     disk_gb: float  # archives + extracted + remapped, approximate
     notes: str = ""
     releases: tuple[Release, ...] = field(default=())  # alternative archive sets; archives in none are always needed
+    source: str = ""  # which form of the dataset is downloaded (shown by `mseg-prepare list`)
+
+    @property
+    def _main(self) -> DatasetRecord:
+        """The dataset-table row of what remap produces: not a relabeled version, not another row's raw taxonomy."""
+        rows = _rows(self.key)
+        raws = {row.raw_taxonomy for row in rows}
+        return next(row for row in rows if not row.relabeled_from and row.name not in raws)
+
+    @property
+    def taxonomy(self) -> str:
+        """The taxonomy its labels are remapped to."""
+        return self._main.name
+
+    @property
+    def raw_taxonomy(self) -> str | None:
+        """The taxonomy of the downloaded labels (None: distributed in ``taxonomy``)."""
+        return self._main.raw_taxonomy or None
+
+    @property
+    def relabeled(self) -> tuple[str, ...]:
+        """The relabeled taxonomies `relabel` produces."""
+        return tuple(row.name for row in _rows(self.key) if row.relabeled_from)
+
+    @property
+    def role(self) -> str:
+        return Catalog.builtin().taxonomy(self.taxonomy).role
+
+    @property
+    def title(self) -> str:
+        return f"{self._main.title} ({self.source})" if self.source else self._main.title
 
     @property
     def top_dir(self) -> str:
-        return DATASET_DIRS[self.taxonomy].split("/")[0]
+        return self.dataset_dir.split("/")[0]
 
     @property
     def dataset_dir(self) -> str:
-        return DATASET_DIRS[self.taxonomy]
+        return self._main.directory
 
     def archive(self, filename: str) -> Archive | None:
         for archive in self.archives:
@@ -117,8 +159,7 @@ ADE20K_FULL_2016 = "ADE20K_2016_07_26.zip"
 ADE20K_FULL_2021 = "ADE20K_2021_17_01.zip"
 
 _add(DatasetSpec(
-    key="ade20k", title="ADE20K (SceneParsing 2016 + a full release for instances)", role="train",
-    taxonomy="ade20k-150", raw_taxonomy="ade20k-151", relabeled=("ade20k-150-relabeled",), registration="none",
+    key="ade20k", source="SceneParsing 2016 + a full release for instances", registration="none",
     archives=(
         Archive("ADEChallengeData2016.zip", url="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
                 digest="sha1:219e1696abb36c8ba3a3afe7fb2f4b4606a897c7", size="923 MB"),
@@ -153,8 +194,7 @@ _BDD_PORTAL = ("Register and log in at https://bdd-data.berkeley.edu/ , open the
                "and accept the terms, then click ")
 
 _add(DatasetSpec(
-    key="bdd", title="BDD100K semantic segmentation (10K images)", role="train", taxonomy="bdd", raw_taxonomy=None,
-    relabeled=("bdd-relabeled",), registration="browser",
+    key="bdd", source="BDD100K semantic segmentation, 10K images", registration="browser",
     archives=(
         Archive(BDD_IMAGES_10K, size="~1 GB", manual=_BDD_PORTAL + f"'10K Images' ({BDD_IMAGES_10K})."),
         Archive(BDD_SEM_SEG_LABELS, size="~0.5 GB", manual=_BDD_PORTAL + f"'Segmentation' under Semantic Segmentation ({BDD_SEM_SEG_LABELS})."),
@@ -175,8 +215,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="cityscapes", title="Cityscapes (gtFine + leftImg8bit)", role="train", taxonomy="cityscapes-19",
-    raw_taxonomy="cityscapes-34", relabeled=("cityscapes-19-relabeled", "cityscapes-34-relabeled"), registration="login",
+    key="cityscapes", source="gtFine + leftImg8bit", registration="login",
     archives=(
         Archive("gtFine_trainvaltest.zip", url=f"{CITYSCAPES_BASE}/file-handling/?packageID=1", login="cityscapes", size="241 MB",
                 manual="Log in at https://www.cityscapes-dataset.com/login/ and download package 1, gtFine_trainvaltest.zip."),
@@ -188,8 +227,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="coco", title="COCO Panoptic 2017", role="train", taxonomy="coco-panoptic-133", raw_taxonomy="coco-panoptic-201",
-    relabeled=("coco-panoptic-133-relabeled",), registration="none",
+    key="coco", source="Panoptic 2017", registration="none",
     archives=(
         Archive("panoptic_annotations_trainval2017.zip", url="http://images.cocodataset.org/annotations/panoptic_annotations_trainval2017.zip", size="821 MB"),
         Archive("train2017.zip", url="http://images.cocodataset.org/zips/train2017.zip",
@@ -205,8 +243,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="idd", title="India Driving Dataset, segmentation part I", role="train", taxonomy="idd-39", raw_taxonomy="idd-40",
-    relabeled=("idd-39-relabeled",), registration="personal link",
+    key="idd", source="India Driving Dataset, segmentation part I", registration="personal link",
     archives=(Archive("idd-segmentation.tar.gz", personal_url=True, size="18.5 GB", manual=(
         "Register and log in at https://idd.insaan.iiit.ac.in/ , open Dataset > Download and start "
         "'IDD - Segmentation (IDD 20k Part I)' (idd-segmentation.tar.gz, 18.5 GB) in a browser. Either let the browser "
@@ -225,9 +262,7 @@ _MAPILLARY_LINK = (" Put the link in MSEG_MAPILLARY_URL (or 'mapillary: {url: ..
                    "the file yourself.")
 
 _add(DatasetSpec(
-    key="mapillary", title="Mapillary Vistas research edition (v1.2; v2.0 and v1.1 accepted)", role="train",
-    taxonomy="mapillary-public65", raw_taxonomy="mapillary-public66", relabeled=("mapillary-public65-relabeled",),
-    registration="personal link",
+    key="mapillary", source="v1.2; v2.0 and v1.1 accepted", registration="personal link",
     archives=(
         Archive(MAPILLARY_V12, personal_url=True, size="25 GB", manual=(
             _MAPILLARY_REQUEST + f"v1.2 ({MAPILLARY_V12}) and v2.0 ({MAPILLARY_V20}, whose v1.2 labels are used): either works."
@@ -251,8 +286,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="sunrgbd", title="SUN RGB-D (37-class semantic release)", role="train", taxonomy="sunrgbd-37", raw_taxonomy="sunrgbd-38",
-    relabeled=("sunrgbd-37-relabeled",), registration="none",
+    key="sunrgbd", source="37-class semantic release", registration="none",
     archives=(Archive("sun_rgbd.tgz", url="http://cvgl.stanford.edu/data2/sun_rgbd.tgz", size="6.4 GB"),),
     extract=(ExtractStep("sun_rgbd.tgz", exclude=("depth/",)),),
     splits={"train": 5285, "val": 5050}, disk_gb=10.0,
@@ -260,8 +294,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="camvid", title="CamVid (SegNet split)", role="test", taxonomy="camvid-11", raw_taxonomy="camvid-32",
-    relabeled=(), registration="none",
+    key="camvid", source="SegNet split", registration="none",
     archives=(
         Archive("701_StillsRaw_full.zip", url="http://web4.cs.ucl.ac.uk/staff/g.brostow/MotionSegRecData/files/701_StillsRaw_full.zip", size="557 MB"),
         Archive("LabeledApproved_full.zip", url="http://web4.cs.ucl.ac.uk/staff/g.brostow/MotionSegRecData/data/LabeledApproved_full.zip", size="16 MB"),
@@ -271,8 +304,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="kitti", title="KITTI semantic segmentation 2015", role="test", taxonomy="kitti-19", raw_taxonomy="kitti-34",
-    relabeled=(), registration="personal link",
+    key="kitti", source="semantic segmentation 2015", registration="personal link",
     archives=(Archive("data_semantics.zip", personal_url=True, size="314 MB", manual=(
         "Register at http://www.cvlibs.net/datasets/kitti/eval_semseg.php?benchmark=semantics2015 and request "
         "data_semantics.zip; cvlibs.net e-mails a download link. Put it in MSEG_KITTI_URL (or 'kitti: {url: ...}' in "
@@ -283,8 +315,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="pascal-context", title="PASCAL Context (VOC 2010 images)", role="test", taxonomy="pascal-context-60",
-    raw_taxonomy="pascal-context-460", relabeled=(), registration="none",
+    key="pascal-context", source="VOC 2010 images", registration="none",
     archives=(
         Archive("VOCtrainval_03-May-2010.tar", url="http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
                 digest="md5:da459979d0c395079b5c75ee67908abb", size="1.3 GB"),
@@ -297,8 +328,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="voc2012", title="PASCAL VOC 2012 + SBD (SegmentationClassAug)", role="test", taxonomy="voc2012", raw_taxonomy=None,
-    relabeled=(), registration="none",
+    key="voc2012", source="VOC 2012 + SBD SegmentationClassAug", registration="none",
     archives=(
         Archive("VOCtrainval_11-May-2012.tar", url="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
                 digest="md5:6cd6e144f989b92b3379bac3b3de84fd", size="1.9 GB"),
@@ -311,8 +341,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="scannet", title="ScanNet v2, official 25k-frame subset", role="test", taxonomy="scannet-20", raw_taxonomy="scannet-41",
-    relabeled=(), registration="personal link",
+    key="scannet", source="v2, official 25k-frame subset", registration="personal link",
     archives=(
         Archive("scannet_frames_25k.zip", personal_url=True, personal_url_suffix="v2/tasks/scannet_frames_25k.zip", size="5.6 GB", manual=(
             "Fill in the ScanNet Terms of Use (http://kaldir.vc.in.tum.de/scannet/ScanNet_TOS.pdf) and mail it to "
@@ -328,8 +357,7 @@ _add(DatasetSpec(
 ))
 
 _add(DatasetSpec(
-    key="wilddash", title="WildDash v1 (validation set)", role="test", taxonomy="wilddash-19", raw_taxonomy="wilddash-34",
-    relabeled=(), registration="login",
+    key="wilddash", source="WildDash v1 validation set", registration="login",
     archives=(
         Archive("wd_val_01.zip", url=f"{WILDDASH_BASE}/download/wd_val_01.zip", login="wilddash", size="122 MB",
                 manual="Log in at https://wilddash.cc/accounts/login?next=/download and download wd_val_01.zip."),

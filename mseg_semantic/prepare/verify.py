@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
 from mseg_semantic.prepare.remap import Job, _CTX, default_workers, run_jobs, write_report
-from mseg_semantic.prepare.specs import get_spec
+from mseg_semantic.prepare.specs import dataset_dir, get_spec, list_file
 from mseg_semantic.prepare.tables import IGNORE
 
 MAX_SHOWN = 20
@@ -58,21 +57,21 @@ def verify_dataset(key: str, root: Path, check_labels: bool = True, workers: int
     root = Path(root)
     result = VerifyResult(key)
     for taxonomy in (spec.taxonomy, *spec.relabeled):
-        base = root / DATASET_DIRS[taxonomy]
+        base = dataset_dir(root, taxonomy)
         num_classes = len(load_class_names(taxonomy))
         result.counts[taxonomy] = {}
         for split, expected in spec.splits.items():
-            list_file = default_list_file(root, taxonomy, split)
-            if not list_file.is_file():
-                result.problems.append(f"{taxonomy}/{split}: list file {list_file} is missing")
+            listed = list_file(root, taxonomy, split)
+            if not listed.is_file():
+                result.problems.append(f"{taxonomy}/{split}: list file {listed} is missing")
                 continue
             jobs, missing, malformed = [], [], []
-            for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+            for lineno, line in enumerate(listed.read_text().splitlines(), 1):
                 if not line.strip():
                     continue
                 cells = line.split()
                 if len(cells) != 2:
-                    malformed.append(f"{list_file}:{lineno}: expected 'image label', got {line!r}")
+                    malformed.append(f"{listed}:{lineno}: expected 'image label', got {line!r}")
                     continue
                 image, label = cells
                 for rel in (image, label):

@@ -24,14 +24,7 @@ import numpy as np
 import torch
 
 from mseg_semantic.errors import UnknownNameError, UserError, did_you_mean
-from mseg_semantic.taxonomy.catalog import (
-    DEFAULT_TEST_DATASETS,
-    DEFAULT_TRAIN_DATASETS,
-    UNRELABELED_TRAIN_DATASETS,
-    get_taxonomy,
-    naive_class_names,
-    taxonomy_names,
-)
+from mseg_semantic.taxonomy.catalog import DEFAULT_TEST_DATASETS, DEFAULT_TRAIN_DATASETS, UNRELABELED_TRAIN_DATASETS, Catalog
 from mseg_semantic.taxonomy.files import DEFAULT_UNIVERSAL, IGNORE_INDEX, UNLABELED, TaxonomyFileError
 from mseg_semantic.taxonomy.label_sets import LabelSets
 from mseg_semantic.taxonomy.validation import validate_taxonomies
@@ -238,7 +231,8 @@ class _LabelSpaceConverter:
 
     model_taxonomy = ""
 
-    def __init__(self, train_datasets, test_datasets, class_names: list[str]):
+    def __init__(self, train_datasets, test_datasets, class_names: list[str], catalog: Catalog):
+        self.catalog = catalog
         self.train_datasets = list(train_datasets)
         self.test_datasets = list(test_datasets)
         self.ignore_label = IGNORE_INDEX
@@ -250,7 +244,7 @@ class _LabelSpaceConverter:
         for uid, name in self.id_to_name.items():
             self.name_to_id.setdefault(name, uid)
         self.name_to_id[UNLABELED] = IGNORE_INDEX
-        self.dataset_class_names = {d: list(get_taxonomy(d).class_names)
+        self.dataset_class_names = {d: list(catalog.taxonomy(d).class_names)
                                     for d in dict.fromkeys(self.train_datasets + self.test_datasets)}
         self.label_maps: dict[str, dict[int, int]] = {}  # training dataset: source id -> model id (255 -> 255)
         # what the ids transform_label writes stand for: model classes (one-hot), or label-set codes (set_valued)
@@ -333,9 +327,9 @@ class _LabelSpaceConverter:
         raise self._unknown(dataset, "training or test", list(self.label_maps) + list(self._projections))
 
 
-def _universal_of(datasets: list[str]) -> str:
+def _universal_of(datasets: list[str], catalog: Catalog) -> str:
     """The universal taxonomy the datasets map to (MSeg's when there are none); they must agree."""
-    targets = {d: get_taxonomy(d).maps_to for d in dict.fromkeys(datasets)}
+    targets = {d: catalog.taxonomy(d).maps_to for d in dict.fromkeys(datasets)}
     distinct = sorted(set(targets.values()))
     if len(distinct) > 1:
         shown = ", ".join(f"{d} -> {u}" for d, u in targets.items())
@@ -345,10 +339,10 @@ def _universal_of(datasets: list[str]) -> str:
     return distinct[0] if distinct else DEFAULT_UNIVERSAL
 
 
-def _require_role(name: str, roles: tuple[str, ...], purpose: str) -> None:
-    tax = get_taxonomy(name)
+def _require_role(name: str, roles: tuple[str, ...], purpose: str, catalog: Catalog) -> None:
+    tax = catalog.taxonomy(name)
     if tax.role not in roles:
-        valid = [n for n in taxonomy_names() if get_taxonomy(n).role in roles]
+        valid = [n for n in catalog.taxonomy_names() if catalog.taxonomy(n).role in roles]
         raise UserError(f"{name!r} has role {tax.role!r} and cannot be a {purpose}; valid: {', '.join(valid)}")
 
 
@@ -362,29 +356,30 @@ class TaxonomyConverter(_LabelSpaceConverter):
 
     model_taxonomy = "universal"
 
-    def __init__(self, train_datasets=tuple(DEFAULT_TRAIN_DATASETS), test_datasets=tuple(DEFAULT_TEST_DATASETS),
-                 universal: str | None = None, set_valued: bool = False):
+    def __init__(self, train_datasets=DEFAULT_TRAIN_DATASETS, test_datasets=DEFAULT_TEST_DATASETS,
+                 universal: str | None = None, set_valued: bool = False, catalog: Catalog | None = None):
+        catalog = catalog or Catalog.builtin()
         for d in train_datasets:
-            _require_role(d, ("train",), "training dataset of a universal converter")
+            _require_role(d, ("train",), "training dataset of a universal converter", catalog)
         for d in test_datasets:
-            _require_role(d, ("test",), "test dataset of a universal converter")
+            _require_role(d, ("test",), "test dataset of a universal converter", catalog)
         if universal is None:
-            universal = _universal_of([*train_datasets, *test_datasets])
-        _require_role(universal, ("universal",), "universal taxonomy")
-        uni = get_taxonomy(universal)
-        involved = [get_taxonomy(d) for d in dict.fromkeys([*train_datasets, *test_datasets])]
+            universal = _universal_of([*train_datasets, *test_datasets], catalog)
+        _require_role(universal, ("universal",), "universal taxonomy", catalog)
+        uni = catalog.taxonomy(universal)
+        involved = [catalog.taxonomy(d) for d in dict.fromkeys([*train_datasets, *test_datasets])]
         for tax in involved:
             if tax.maps_to != universal:
                 raise UserError(f"dataset {tax.name!r} maps to {tax.maps_to!r}, not to {universal!r}")
         report = validate_taxonomies([uni, *involved], check_coverage=False)
         if report.errors:
             raise TaxonomyFileError(report)
-        super().__init__(train_datasets, test_datasets, list(uni.class_names))
+        super().__init__(train_datasets, test_datasets, list(uni.class_names), catalog)
         self.universal = universal
         self.set_valued = bool(set_valued)
         # training dataset -> per source class: its label set as model ids, the one-hot target first; () = ignore
         self.class_sets: dict[str, list[tuple[int, ...]]] = {
-            d: [() if t[0] == UNLABELED else tuple(self.name_to_id[u] for u in t) for t in get_taxonomy(d).universal]
+            d: [() if t[0] == UNLABELED else tuple(self.name_to_id[u] for u in t) for t in catalog.taxonomy(d).universal]
             for d in self.train_datasets}
         if self.set_valued:
             self.label_sets = LabelSets.for_sets(self.num_classes, (s for d in self.train_datasets for s in self.class_sets[d]))
@@ -394,7 +389,7 @@ class TaxonomyConverter(_LabelSpaceConverter):
             self._add_train_mapping(d, one_hot, {i: self.label_sets.code_of(s) for i, s in enumerate(sets)}
                                     if self.set_valued else None)
         for d in self.test_datasets:
-            tax = get_taxonomy(d)
+            tax = catalog.taxonomy(d)
             self._add_test_projection(d, [(self.name_to_id[u], i) for i, us in enumerate(tax.universal) for u in us])
         supplied = {u for d in self.train_datasets for u in self.dataset_universal_ids(d)}
         # universal classes no training dataset labels (empty with MSeg's 15 datasets); the model never learns them
@@ -406,13 +401,14 @@ class NaiveTaxonomyConverter(_LabelSpaceConverter):
 
     model_taxonomy = "naive"
 
-    def __init__(self, train_datasets=tuple(UNRELABELED_TRAIN_DATASETS),
-                 test_datasets=tuple(DEFAULT_TEST_DATASETS)):
+    def __init__(self, train_datasets=UNRELABELED_TRAIN_DATASETS, test_datasets=DEFAULT_TEST_DATASETS,
+                 catalog: Catalog | None = None):
+        catalog = catalog or Catalog.builtin()
         for d in train_datasets:
-            _require_role(d, ("train",), "training dataset of a naive converter")
+            _require_role(d, ("train",), "training dataset of a naive converter", catalog)
         for d in test_datasets:
-            _require_role(d, ("test", "train"), "test dataset of a naive converter")
-        super().__init__(train_datasets, test_datasets, naive_class_names(train_datasets))
+            _require_role(d, ("test", "train"), "test dataset of a naive converter", catalog)
+        super().__init__(train_datasets, test_datasets, catalog.naive_class_names(train_datasets), catalog)
         for d in self.train_datasets:
             self._add_train_mapping(d, {i: self.name_to_id[c.lower()]
                                         for i, c in enumerate(self.dataset_class_names[d])})
@@ -432,40 +428,42 @@ class OracleTaxonomyConverter(_LabelSpaceConverter):
 
     model_taxonomy = "oracle"
 
-    def __init__(self, train_datasets, test_datasets=None):
+    def __init__(self, train_datasets, test_datasets=None, catalog: Catalog | None = None):
+        catalog = catalog or Catalog.builtin()
         train_datasets = [train_datasets] if isinstance(train_datasets, str) else list(train_datasets)
         if len(train_datasets) != 1:
             raise UserError(f"an oracle converter trains on exactly one dataset, got {train_datasets}")
         dataset = train_datasets[0]
-        names = list(get_taxonomy(dataset).class_names)
+        names = list(catalog.taxonomy(dataset).class_names)
         test_datasets = [dataset] if test_datasets is None else list(test_datasets)
         for d in test_datasets:
-            if list(get_taxonomy(d).class_names) != names:
+            if list(catalog.taxonomy(d).class_names) != names:
                 raise UserError(f"oracle test dataset {d!r} has other classes than the training dataset "
                                  f"{dataset!r}; an oracle model can only be tested in its own taxonomy")
-        super().__init__(train_datasets, test_datasets, names)
+        super().__init__(train_datasets, test_datasets, names, catalog)
         self._add_train_mapping(dataset, {i: i for i in range(len(names))})
         for d in self.test_datasets:
             self._add_test_projection(d, [(i, i) for i in range(len(names))])
 
 
 def build_taxonomy_converter(model_taxonomy: str, train_datasets=None, test_datasets=None, set_valued: bool = False,
-                             universal: str | None = None):
+                             universal: str | None = None, catalog: Catalog | None = None):
     """The converter of a model taxonomy ('universal' | 'naive' | 'oracle'); None datasets mean its defaults.
     ``set_valued`` (universal only): training labels carry label sets (see :class:`TaxonomyConverter`).
-    ``universal`` (universal only): the universal taxonomy, when it must be a given one (a model's)."""
+    ``universal`` (universal only): the universal taxonomy, when it must be a given one (a model's).
+    ``catalog``: the run's taxonomies (default: the built-in ones)."""
     if set_valued and model_taxonomy != "universal":
         raise UserError(f"label sets exist in the universal taxonomy only; the {model_taxonomy} taxonomy maps every "
                         "class to one model class")
     if model_taxonomy == "universal":
         return TaxonomyConverter(train_datasets if train_datasets is not None else DEFAULT_TRAIN_DATASETS,
                                  test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS,
-                                 universal=universal, set_valued=set_valued)
+                                 universal=universal, set_valued=set_valued, catalog=catalog)
     if model_taxonomy == "naive":
         return NaiveTaxonomyConverter(train_datasets if train_datasets is not None else UNRELABELED_TRAIN_DATASETS,
-                                      test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS)
+                                      test_datasets if test_datasets is not None else DEFAULT_TEST_DATASETS, catalog)
     if model_taxonomy == "oracle":
         if not train_datasets:
             raise UserError("an oracle converter needs train_datasets=[one dataset]")
-        return OracleTaxonomyConverter(train_datasets, test_datasets)
+        return OracleTaxonomyConverter(train_datasets, test_datasets, catalog)
     raise UnknownNameError(f"unknown model taxonomy {model_taxonomy!r}{did_you_mean(model_taxonomy, MODEL_TAXONOMIES)}; valid: {', '.join(MODEL_TAXONOMIES)}")

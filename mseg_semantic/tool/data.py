@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mseg_semantic.data.catalog import DATA_ROOT_ENV
+from mseg_semantic.taxonomy.catalog import DATA_ROOT_ENV
 from mseg_semantic.tool.cli import add_debug_flag, run_tool
 
 
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--dataset", required=True, help="taxonomy name of the dataset, e.g. cityscapes-19")
     verify.add_argument("--split", default="train", help="split list to check (default train)")
     verify.add_argument("--data-root", help=f"common data root (default: the config's DATA.data_root, then ${DATA_ROOT_ENV})")
-    verify.add_argument("--config", help="training config whose DATA section gives data_root, dataset_roots, dataset_lists")
+    verify.add_argument("--config", help="training config whose DATA section gives data_root, dataset_roots, dataset_lists, taxonomy_files")
     verify.add_argument("--workers", type=int, default=0, help="worker processes (default 0: this process)")
     demo = commands.add_parser("demo", help="write the SYNTHETIC demo world (3 training datasets + camvid-11 held out)")
     demo.add_argument("--out", required=True, help="directory to write (use it as data_root)")
@@ -44,16 +44,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"use it with data_root={world.root} (or {DATA_ROOT_ENV}={world.root})")
         return 0
 
+    from mseg_semantic.config import load_config
     from mseg_semantic.data.verify import verify_split
+    from mseg_semantic.taxonomy import Catalog
 
-    data_root, dataset_roots, dataset_lists = args.data_root, None, None
-    if args.config:
-        from mseg_semantic.config import load_config
-
-        cfg = load_config(args.config)
-        data_root = data_root or cfg.DATA.data_root or None
-        dataset_roots, dataset_lists = cfg.DATA.dataset_roots, cfg.DATA.dataset_lists
-    report = verify_split(args.dataset, args.split, data_root, dataset_roots, dataset_lists, workers=args.workers)
+    cfg = load_config(args.config, [f"data_root={args.data_root}"] if args.data_root else [])
+    report = verify_split(Catalog.from_config(cfg), args.dataset, args.split, workers=args.workers)
     print(report.format())
     return 0 if report.ok else 1
 

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from mseg_semantic.data.catalog import DATA_ROOT_ENV, resolve_data_root
+from mseg_semantic.taxonomy import DATA_ROOT_ENV, Catalog
 from mseg_semantic.errors import EXIT_CHECKS_FAILED, UserError
 from mseg_semantic.prepare import pipeline
 from mseg_semantic.prepare.extract import GIB, ExtractionLimits
@@ -234,9 +234,9 @@ def _one_step(key: str, root: Path, args: argparse.Namespace, options: pipeline.
 def _run(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     if args.command == "list":
-        return _list(resolve_data_root(args.root) if (args.root or os.environ.get(DATA_ROOT_ENV)) else None)
+        return _list(Catalog(data_root=args.root).resolved_data_root() if (args.root or os.environ.get(DATA_ROOT_ENV)) else None)
     try:
-        root = resolve_data_root(args.root)
+        root = Catalog(data_root=args.root).resolved_data_root()
     except ValueError as exc:  # no --root and no $MSEG_DATA_ROOT
         raise UserError(str(exc)) from None
     options = _options(args, progress)

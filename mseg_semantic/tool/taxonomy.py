@@ -25,15 +25,11 @@ from mseg_semantic.taxonomy import (
     DEFAULT_TRAIN_DATASETS,
     IGNORE_INDEX,
     UNRELABELED_TRAIN_DATASETS,
+    Catalog,
     NaiveTaxonomyConverter,
     TaxonomyConverter,
     TaxonomyFileError,
-    add_taxonomy_file,
-    get_taxonomy,
-    taxonomy_names,
-    validate_file,
 )
-from mseg_semantic.taxonomy.catalog import all_taxonomies
 from mseg_semantic.taxonomy.files import ROLES, ValidationReport
 from mseg_semantic.taxonomy.validation import validate_taxonomies
 from mseg_semantic.tool.cli import add_debug_flag, run_tool
@@ -74,63 +70,62 @@ def main(argv=None) -> int:
 
 
 def _run(args: argparse.Namespace, out) -> int:
-    for path in args.taxonomy_file:
-        report = add_taxonomy_file(path)
-        if report.warnings:
-            print(report.format(), file=sys.stderr)
+    catalog = Catalog(args.taxonomy_file)
+    if catalog.warnings.warnings:
+        print(catalog.warnings.format(with_info=False), file=sys.stderr)
     if args.command == "list":
-        cmd_list(args.role, out)
+        cmd_list(catalog, args.role, out)
     elif args.command == "show":
-        cmd_show(args.dataset, args.kind, out)
+        cmd_show(catalog, args.dataset, args.kind, out)
     elif args.command == "sets":
-        cmd_sets(args.dataset, out)
+        cmd_sets(catalog, args.dataset, out)
     elif args.command == "validate":
-        return cmd_validate(args.files, out)
+        return cmd_validate(catalog, args.files, out)
     elif args.command == "export":
-        text = export_mapping(args.kind, args.format)
+        text = export_mapping(catalog, args.kind, args.format)
         if args.output:
             atomic_write_text(args.output, text)
             print(f"wrote {args.output}", file=out)
         else:
             out.write(text)
     elif args.command == "summary":
-        cmd_summary(out)
+        cmd_summary(catalog, out)
     elif args.command == "import-mseg":
         cmd_import(args.mseg_data_dir, args.output_dir, out)
     return 0
 
 
-def _converters(kind: str) -> list:
-    names = taxonomy_names()
+def _converters(catalog: Catalog, kind: str) -> list:
+    names = catalog.taxonomy_names()
     if kind == "naive":
-        return [NaiveTaxonomyConverter()]
+        return [NaiveTaxonomyConverter(catalog=catalog)]
     # one converter per universal taxonomy, with every train/test dataset that maps to it
     convs = []
-    for uni in taxonomy_names("universal"):
-        train = [n for n in names if get_taxonomy(n).role == "train" and get_taxonomy(n).maps_to == uni]
-        test = [n for n in names if get_taxonomy(n).role == "test" and get_taxonomy(n).maps_to == uni]
-        convs.append(TaxonomyConverter(train, test, universal=uni))
+    for uni in catalog.taxonomy_names("universal"):
+        train = [n for n in names if catalog.taxonomy(n).role == "train" and catalog.taxonomy(n).maps_to == uni]
+        test = [n for n in names if catalog.taxonomy(n).role == "test" and catalog.taxonomy(n).maps_to == uni]
+        convs.append(TaxonomyConverter(train, test, universal=uni, catalog=catalog))
     return convs
 
 
-def cmd_list(role: str | None, out) -> None:
+def cmd_list(catalog: Catalog, role: str | None, out) -> None:
     rows = [("name", "role", "classes", "maps_to", "default")]
-    for name in taxonomy_names(role):
-        tax = get_taxonomy(name)
+    for name in catalog.taxonomy_names(role):
+        tax = catalog.taxonomy(name)
         default = ("train" if name in DEFAULT_TRAIN_DATASETS else "test" if name in DEFAULT_TEST_DATASETS else "")
         rows.append((name, tax.role, str(tax.num_classes), tax.maps_to if tax.role in ("train", "test") else "",
                      default))
     _print_table(rows, out)
 
 
-def cmd_show(dataset: str, kind: str, out) -> None:
-    tax = get_taxonomy(dataset)
+def cmd_show(catalog: Catalog, dataset: str, kind: str, out) -> None:
+    tax = catalog.taxonomy(dataset)
     print(f"{dataset}: role {tax.role}, {tax.num_classes} classes, source {tax.source}", file=out)
     if kind == "naive":
         if tax.role not in ("train", "test"):
             raise CliError(f"{dataset!r} has role {tax.role!r}; the naive mapping exists for train/test datasets")
         conv = NaiveTaxonomyConverter(test_datasets=[dataset] if tax.role == "test" else DEFAULT_TEST_DATASETS,
-                                      train_datasets=UNRELABELED_TRAIN_DATASETS)
+                                      train_datasets=UNRELABELED_TRAIN_DATASETS, catalog=catalog)
         names = conv.class_names
         if tax.role == "train" and dataset in conv.label_maps:
             rows = [("id", "class", "naive_id", "naive_class")]
@@ -154,7 +149,7 @@ def cmd_show(dataset: str, kind: str, out) -> None:
     elif tax.role == "raw":
         rows = [("id", "class")] + [(str(i), c) for i, c in enumerate(tax.class_names)]
     else:
-        uni = TaxonomyConverter([], [], universal=tax.maps_to)
+        uni = TaxonomyConverter([], [], universal=tax.maps_to, catalog=catalog)
         if tax.role == "train":
             rows = [("id", "class", "universal_id", "universal_class", "label_set")]
             for i, c in enumerate(tax.class_names):
@@ -175,13 +170,13 @@ def cmd_show(dataset: str, kind: str, out) -> None:
     _print_table(rows, out)
 
 
-def cmd_sets(dataset: str, out) -> None:
+def cmd_sets(catalog: Catalog, dataset: str, out) -> None:
     """Each source class with its label set (first: the one-hot target)."""
-    tax = get_taxonomy(dataset)
+    tax = catalog.taxonomy(dataset)
     if tax.role != "train":
-        valid = ", ".join(taxonomy_names("train"))
+        valid = ", ".join(catalog.taxonomy_names("train"))
         raise CliError(f"{dataset!r} has role {tax.role!r}; label sets belong to training taxonomies: {valid}")
-    conv = TaxonomyConverter([dataset], [])
+    conv = TaxonomyConverter([dataset], [], catalog=catalog)
     sets = conv.class_sets[dataset]
     set_valued = [i for i in range(tax.num_classes) if tax.is_set_valued(i)]
     print(f"{dataset}: {tax.num_classes} classes, {len(set_valued)} with a label set of several universal classes "
@@ -193,10 +188,10 @@ def cmd_sets(dataset: str, out) -> None:
     _print_table(rows, out)
 
 
-def cmd_validate(files: list[str], out) -> int:
+def cmd_validate(catalog: Catalog, files: list[str], out) -> int:
     report = ValidationReport()
     for path in files:
-        blocks, file_report = validate_file(path)
+        blocks, file_report = catalog.validate_file(path)
         report.extend(file_report)
         for tax in blocks:
             print(f"{path}: {tax.name} ({tax.role}, {tax.num_classes} classes)", file=out)
@@ -207,11 +202,11 @@ def cmd_validate(files: list[str], out) -> int:
     return 0
 
 
-def export_mapping(kind: str, fmt: str) -> str:
+def export_mapping(catalog: Catalog, kind: str, fmt: str) -> str:
     """Long table: one row per (dataset class, model class) pair; a test class fed by nothing gets one empty row."""
     header = ["taxonomy", "role", "class_id", "class_name", "model_id", "model_class"]
     rows = []
-    for conv in _converters(kind):
+    for conv in _converters(catalog, kind):
         for d in conv.train_datasets:
             for i, c in enumerate(conv.dataset_class_names[d]):
                 uid = conv.label_maps[d][i]
@@ -245,9 +240,9 @@ def _md(text) -> str:
     return str(text).replace("|", "\\|")
 
 
-def cmd_summary(out) -> None:
-    conv = TaxonomyConverter()
-    naive = NaiveTaxonomyConverter()
+def cmd_summary(catalog: Catalog, out) -> None:
+    conv = TaxonomyConverter(catalog=catalog)
+    naive = NaiveTaxonomyConverter(catalog=catalog)
     print(f"universal classes: {conv.num_classes} (ignore id {IGNORE_INDEX})", file=out)
     print(f"naive taxonomy: {len(naive.id_to_name) - 1} classes, {naive.num_classes} logits", file=out)
     print(f"default training datasets ({len(DEFAULT_TRAIN_DATASETS)}):", file=out)
@@ -259,13 +254,13 @@ def cmd_summary(out) -> None:
         print(f"  {d:30s} {len(conv.dataset_class_names[d]):4d} classes <- "
               f"{len(conv.dataset_universal_ids(d)):4d} universal", file=out)
     print(f"universal classes no default training dataset supplies: {len(conv.unsupplied_uids)}", file=out)
-    sets = TaxonomyConverter(UNRELABELED_TRAIN_DATASETS, [], set_valued=True).label_sets
-    set_valued = {d: sum(get_taxonomy(d).is_set_valued(i) for i in range(get_taxonomy(d).num_classes))
+    sets = TaxonomyConverter(UNRELABELED_TRAIN_DATASETS, [], set_valued=True, catalog=catalog).label_sets
+    set_valued = {d: sum(catalog.taxonomy(d).is_set_valued(i) for i in range(catalog.taxonomy(d).num_classes))
                   for d in DEFAULT_TRAIN_DATASETS}
     print(f"set-valued training classes (partial-label training): {sum(set_valued.values())} in "
           f"{sum(1 for n in set_valued.values() if n)} datasets; the unrelabeled datasets have {len(sets.set_codes)} "
           f"distinct sets of up to {sets.max_set_size} classes", file=out)
-    report = validate_taxonomies(list(all_taxonomies().values()))
+    report = validate_taxonomies(list(catalog.all_taxonomies().values()))
     print(f"validation of all known taxonomy data: {len(report.errors)} error(s), "
           f"{len(report.warnings)} warning(s), {len(report.infos)} info (label sets that share classes within a "
           "dataset, as they may: mseg-taxonomy sets DATASET)", file=out)

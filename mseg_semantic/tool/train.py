@@ -22,13 +22,14 @@ EXIT_CONFIG_ERROR = EXIT_BAD_INPUT
 
 
 def train(cfg: Config) -> int:
-    from mseg_semantic.training.distributed import init_distributed, shutdown_distributed
-    from mseg_semantic.training.run import check_run, run_training
+    from mseg_semantic.distributed import init_distributed, shutdown_distributed
+    from mseg_semantic.training.run import plan_run, run_training
 
-    check_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail on a bad config before any process group
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = plan_run(cfg, world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))  # a bad config fails before any process group
     info = init_distributed(cfg.Distributed.dist_backend)
     try:
-        final = run_training(cfg, info)
+        final = run_training(cfg, info, plan)
         if info.is_main:
             print(f"final model: {final}")
         return 0

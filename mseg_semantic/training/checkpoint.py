@@ -32,7 +32,7 @@ from mseg_semantic.atomic import atomic_write, link_or_copy_atomic, remove_stale
 from mseg_semantic.errors import UserError
 from mseg_semantic.model import unwrap_model
 from mseg_semantic.model.loading import TRAINING_MODEL_KEY
-from mseg_semantic.training.distributed import DistInfo, all_gather_objects
+from mseg_semantic.distributed import DistInfo, all_gather_objects
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,12 @@
-"""The training loop: batch -> backward step -> clip -> optimizer step -> poly LR -> report -> checkpoint.
+"""The training loop: batch -> optimizer step -> poly LR -> report -> hooks -> checkpoint, in the shape of detectron2's
+SimpleTrainer.
 
 Everything arrives as plain objects (the run's :class:`~mseg_semantic.training.checkpoint.TrainingParts`, a
-backward step, a checkpointer, a reporter); :mod:`mseg_semantic.training.run` builds them from the config. One
-iteration is one optimizer step on one global batch, from ``start_iteration`` to ``settings.max_iters``.
-
-The host never waits for the device between report iterations. With a fused optimizer a non-finite loss is
-caught on the device: the optimizer skips that update (``optimizer.found_inf``) and the loop raises
-:class:`NonFiniteLossError` at the next report iteration, before any checkpoint; without one (the CPU default)
-the loss is checked on the host every iteration, where reading it costs nothing.
+backward step, a checkpointer, a reporter); :mod:`mseg_semantic.training.setup` builds them from the config. One
+iteration is one optimizer step (:mod:`mseg_semantic.training.step`: eager, or graphed with ``cuda_graphs``) on one
+global batch, from ``start_iteration`` to ``settings.max_iters``. The host never waits for the device between report
+iterations; report and checkpoint iterations are the sync points, where a non-finite loss is raised and the ranks
+agree on a preemption signal.
 """
 
 from __future__ import annotations
@@ -20,24 +19,18 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from mseg_semantic.data.transforms import normalize_images
-from mseg_semantic.errors import EXIT_NON_FINITE
+from mseg_semantic.distributed import DistInfo, all_reduce_sum
 from mseg_semantic.model import unwrap_model
 from mseg_semantic.training.checkpoint import Checkpointer, TrainingParts
-from mseg_semantic.training.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from mseg_semantic.training.gradients import BackwardStep, StepContext, StepOutput
 from mseg_semantic.training.preemption import Preempted, PreemptionSignal
 from mseg_semantic.training.report import TrainingReporter
 from mseg_semantic.training.speed import GraphedStep
+from mseg_semantic.training.step import EagerStep, NonFiniteLossError, OptimizerStep
 
 log = logging.getLogger("mseg_semantic.training")
 
-__all__ = ["LoopSettings", "LoopStats", "NonFiniteLossError", "recalibrate_batchnorm", "set_train_mode", "train_loop"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became nan or inf; that step was not applied and no checkpoint was written after it."""
-
-    exit_code = EXIT_NON_FINITE
+__all__ = ["LoopSettings", "LoopStats", "NonFiniteLossError", "optimizer_step_for", "recalibrate_batchnorm", "set_train_mode", "train_loop"]
 
 
 @dataclass(frozen=True)
@@ -69,67 +62,39 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
                 module.eval()
 
 
-def _reduce_for_log(out: StepOutput, info: DistInfo) -> tuple[float, list[float]]:
-    """Mean loss over ranks and per-dataset means over the ranks that saw the dataset (nan: none did)."""
+def optimizer_step_for(parts: TrainingParts, backward_step: BackwardStep, ctx: StepContext, settings: LoopSettings, info: DistInfo,
+                       checkpoints: str) -> OptimizerStep:
+    """The graphed step with ``cuda_graphs`` (captured on CUDA, eager elsewhere), else the eager one."""
+    if settings.cuda_graphs:
+        return GraphedStep(parts.model, parts.optimizer, backward_step, ctx, settings.grad_clip, capture=info.device.type == "cuda",
+                           info=info, checkpoints=checkpoints)
+    return EagerStep(parts.model, parts.optimizer, backward_step, ctx, settings.grad_clip, parts.scaler, info, checkpoints)
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch contract on the device: normalised float images, int64 labels, dataset indices."""
+    images = normalize_images(batch["image"].to(device, non_blocking=True))
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch["label"].to(device, non_blocking=True).long(), batch["dataset_index"].to(device, non_blocking=True)
+
+
+def report_step(reporter: TrainingReporter, iteration: int, out: StepOutput, parts: TrainingParts, ctx: StepContext, info: DistInfo) -> None:
+    """One log line: the mean loss over ranks and per-dataset means over the ranks that saw the dataset (nan: none did)."""
     per_dataset = out.per_dataset_loss.detach().float()
     seen = ~torch.isnan(per_dataset)
     packed = torch.cat([out.loss.detach().float().reshape(1), torch.where(seen, per_dataset, torch.zeros_like(per_dataset)), seen.float()])
-    all_reduce_sum(packed, info)
+    values = all_reduce_sum(packed, info).tolist()
     n = per_dataset.numel()
-    values = packed.tolist()
-    sums, counts = values[1 : 1 + n], values[1 + n :]
-    return values[0] / info.world_size, [s / c if c > 0 else float("nan") for s, c in zip(sums, counts)]
+    means = [s / c if c > 0 else float("nan") for s, c in zip(values[1 : 1 + n], values[1 + n :])]
+    scalars = dict(out.scalars)
+    if parts.scaler is not None:
+        scalars["amp/loss_scale"] = float(parts.scaler.get_scale())
+    reporter.report(iteration, values[0] / info.world_size, float(parts.optimizer.param_groups[0]["lr"]),
+                    {ctx.dataset_name(i): v for i, v in enumerate(means)}, scalars)
 
 
-class _NonFiniteWatch:
-    """Where a non-finite loss is looked for: on the host every step, or on the device until a sync point.
-
-    Every rank reaches the same verdict (the flags are reduced over ranks), so every rank raises together.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, flagged_elsewhere: bool, info: DistInfo):
-        # the fused optimizer skips a flagged update on the device; a grad scaler (inf gradients) and the graphed
-        # step (inside the graph) set the flag themselves
-        self.on_device = bool(optimizer.defaults.get("fused"))
-        self.flag_optimizer = self.on_device and not flagged_elsewhere
-        self.optimizer = optimizer
-        self.info = info
-        self.first_bad = torch.full((1,), -1, dtype=torch.int64, device=info.device) if self.on_device else None
-
-    def after_backward(self, out: StepOutput, iteration: int, checkpoints: str, step_context: StepContext) -> None:
-        if not self.on_device:
-            bad = torch.logical_not(torch.isfinite(out.loss.detach())).float().reshape(1)
-            if bool(all_reduce_sum(bad, self.info).item() > 0):
-                raise _non_finite(float(out.loss), iteration, float(self.optimizer.param_groups[0]["lr"]), out, step_context, checkpoints)
-            return
-        bad = ~torch.isfinite(out.loss.detach().reshape(1))
-        if self.flag_optimizer:
-            self.optimizer.found_inf = bad.to(torch.float32).reshape(())
-        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, iteration), self.first_bad)
-
-    def check(self, checkpoints: str) -> None:
-        """A sync point: raise if any step since the start was non-finite."""
-        if not self.on_device:
-            return
-        first_bad = int(all_reduce_max(self.first_bad.clone(), self.info).item())
-        if first_bad >= 0:
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {first_bad}; that update was skipped on the device and no checkpoint "
-                f"was written after it: {checkpoints} holds the last good state. Lower TRAIN.base_lr, set TRAIN.grad_clip, "
-                f"or use precision=fp32/bf16."
-            )
-
-
-def _non_finite(loss: float, iteration: int, lr: float, out: StepOutput, ctx: StepContext, checkpoints: str) -> NonFiniteLossError:
-    per_dataset = ", ".join(f"{ctx.dataset_name(i)}={v:.4g}" for i, v in enumerate(out.per_dataset_loss.tolist()))
-    return NonFiniteLossError(
-        f"non-finite loss {loss} at iteration {iteration} (lr {lr:.6g}; per dataset: {per_dataset}). The step was not "
-        f"applied and no checkpoint was written: {checkpoints} holds the last good state. Lower TRAIN.base_lr, set "
-        f"TRAIN.grad_clip, or use precision=fp32/bf16."
-    )
-
-
-def _stop_requested(preemption: PreemptionSignal | None, info: DistInfo, sync_point: bool) -> bool:
+def stop_requested(preemption: PreemptionSignal | None, info: DistInfo, sync_point: bool = True) -> bool:
     """Whether every rank agrees to stop now (ranks compare their signals at sync points only)."""
     if preemption is None:
         return False
@@ -138,8 +103,7 @@ def _stop_requested(preemption: PreemptionSignal | None, info: DistInfo, sync_po
     if not sync_point:
         return False
     flag = torch.tensor([1.0 if preemption.received else 0.0], device=info.device)
-    all_reduce_sum(flag, info)
-    return bool(flag.item() > 0)
+    return bool(all_reduce_sum(flag, info).item() > 0)
 
 
 def train_loop(
@@ -162,73 +126,39 @@ def train_loop(
     a signal.
     """
     stats = LoopStats()
-    model, optimizer, scheduler, scaler = parts.model, parts.optimizer, parts.scheduler, parts.scaler
-    params = [p for p in model.parameters() if p.requires_grad]
-    watch = _NonFiniteWatch(optimizer, scaler is not None or settings.cuda_graphs, info)
-    graphed: GraphedStep | None = None
-    set_train_mode(model, settings.freeze_bn)
+    step = optimizer_step_for(parts, backward_step, step_context, settings, info, str(checkpointer.directory))
+    set_train_mode(parts.model, settings.freeze_bn)
     batches = iter(parts.loader)
     started = time.perf_counter()
-    checkpoints = str(checkpointer.directory)
     for iteration in range(start_iteration, settings.max_iters):
         waited = time.perf_counter()
         batch = next(batches)
         stats.data_wait_seconds += time.perf_counter() - waited
 
-        images = normalize_images(batch["image"].to(info.device, non_blocking=True))
-        if settings.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].to(info.device, non_blocking=True).long()
-        dataset_index = batch["dataset_index"].to(info.device, non_blocking=True)
-
         done = iteration + 1
-        if settings.cuda_graphs:
-            if graphed is None:
-                example = {"image": images, "label": labels, "dataset_index": dataset_index}
-                graphed = GraphedStep(model, optimizer, backward_step, step_context, settings.grad_clip, example,
-                                      capture=info.device.type == "cuda")
-            out = graphed(images, labels, dataset_index)
-            watch.after_backward(out, done, checkpoints, step_context)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            out = backward_step(model, images, labels, dataset_index, step_context)
-            watch.after_backward(out, done, checkpoints, step_context)
-            if settings.grad_clip is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-        scheduler.step()
+        out = step(*to_device(batch, info.device, settings.channels_last), iteration=done)
+        parts.scheduler.step()
         stats.iterations += 1
         reporter.tick()
 
         checkpoint_due = done % settings.checkpoint_every == 0 or done == settings.max_iters
         sync_point = reporter.is_report_iteration(done) or checkpoint_due
         if sync_point:
-            watch.check(checkpoints)
+            step.check_finite()
         if reporter.is_report_iteration(done):
-            loss, per_dataset = _reduce_for_log(out, info)
-            scalars = dict(out.scalars)
-            if scaler is not None:
-                scalars["amp/loss_scale"] = float(scaler.get_scale())
-            lr = float(optimizer.param_groups[0]["lr"])
-            reporter.report(done, loss, lr, {step_context.dataset_name(i): v for i, v in enumerate(per_dataset)}, scalars)
+            report_step(reporter, done, out, parts, step_context, info)
         for hook in hooks:
             hook(done, stats)
         if checkpoint_due:
             checkpointer.save(parts, done)
-        if _stop_requested(preemption, info, sync_point) and done < settings.max_iters:
-            watch.check(checkpoints)
+        if stop_requested(preemption, info, sync_point) and done < settings.max_iters:
+            step.check_finite()
             if checkpointer.last_saved_iteration != done:
                 checkpointer.save(parts, done)
             stats.wall_seconds = time.perf_counter() - started
             raise Preempted(f"stopped by {preemption.received} after iteration {done} of {settings.max_iters}; "
-                            f"checkpoint written to {checkpoints}: {settings.resume_hint}")
-    watch.check(checkpoints)
+                            f"checkpoint written to {checkpointer.directory}: {settings.resume_hint}")
+    step.check_finite()
     stats.wall_seconds = time.perf_counter() - started
     return stats
 
@@ -240,12 +170,15 @@ def recalibrate_batchnorm(
     iterations: int,
     info: DistInfo,
     channels_last: bool = False,
+    preemption: PreemptionSignal | None = None,
+    resume_hint: str = LoopSettings.resume_hint,
 ) -> int:
     """Replace BatchNorm running statistics by their plain mean over ``iterations`` training batches ("precise BN").
 
     With MSeg's BN momentum of 0.01 the running statistics trail the weights by a few hundred iterations, which
     matters only for short runs. Forward passes only (no gradient, weights unchanged); the statistics are
-    averaged over ranks. Returns the number of BatchNorm layers updated.
+    averaged over ranks. Returns the number of BatchNorm layers updated. A preemption signal stops it between
+    batches (:class:`Preempted`: the last checkpoint holds the trained weights, and a rerun does the rest).
     """
     model = unwrap_model(model)
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -259,6 +192,9 @@ def recalibrate_batchnorm(
     model.train()
     batches = iter(loader)
     for _ in range(iterations):
+        if stop_requested(preemption, info):
+            raise Preempted(f"stopped by {preemption.received} during precise BN, after the last training iteration; the "
+                            f"last checkpoint holds the trained weights: {resume_hint} (precise BN and model_final.pth)")
         images = normalize_images(next(batches)["image"].to(info.device, non_blocking=True))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -45,7 +45,12 @@ def build_sgd(params: Iterable[torch.nn.Parameter], base_lr: float | torch.Tenso
     uses it on GPUs; on CPUs the plain implementation keeps the numbers of earlier runs.
     """
     trainable = [p for p in params if p.requires_grad]
-    return torch.optim.SGD(trainable, lr=base_lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
+    optimizer = torch.optim.SGD(trainable, lr=base_lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
+    if fused:
+        # a skipped first update must not leave the momentum buffers uninitialised (zeros: the same first step)
+        for param in trainable:
+            optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def make_grad_scaler(precision: str, device_type: str) -> torch.amp.GradScaler | None:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.model.hrnet import HighResolutionModule
 from mseg_semantic.training.gradients import BackwardStep, PixelLoss, StepContext, StepOutput
 from mseg_semantic.training.gradients.common import UpsampledPixelLoss
+from mseg_semantic.training.step import DeviceNonFiniteFlag, zero_grads
 
 __all__ = ["GraphedStep", "compile_loss_head", "compile_regions", "inductor_cache_dir"]
 
@@ -59,32 +61,40 @@ class GraphedStep:
     ``capture=True`` (CUDA) records it as a CUDA graph after a few warm-up steps (cuDNN autotuning, lazy buffers);
     the warm-up's effect on the weights, BatchNorm statistics and optimizer state is undone, so the run trains
     exactly the iterations it counts. ``capture=False`` runs the same step eagerly (how the CPU tests check it).
-    A non-finite loss sets the optimizer's ``found_inf`` inside the step, so that update is skipped on the device.
+    A non-finite loss sets the optimizer's ``found_inf`` inside the step, so that update is skipped on the device;
+    :meth:`check_finite` raises at the loop's next sync point. The static buffers are made from ``example`` (or the
+    first batch); a batch of another shape is refused, never broadcast into them.
     """
 
     WARMUP_STEPS = 3
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, backward_step: BackwardStep,
-                 ctx: StepContext, grad_clip: float | None, example: dict[str, torch.Tensor], capture: bool):
+                 ctx: StepContext, grad_clip: float | None, example: dict[str, torch.Tensor] | None = None, capture: bool = True,
+                 info: DistInfo = DistInfo(), checkpoints: str = "the checkpoint directory"):
         if not optimizer.defaults.get("fused"):
             raise ValueError("a graphed step needs the fused optimizer (its update reads found_inf on the device)")
         self.model, self.optimizer, self.backward_step, self.ctx, self.grad_clip = model, optimizer, backward_step, ctx, grad_clip
+        self.capture = capture
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.images = example["image"].clone()
-        self.labels = example["label"].clone()
-        self.dataset_index = example["dataset_index"].clone()
-        self.found_inf = torch.zeros((), dtype=torch.float32, device=self.images.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: StepOutput | None = None
+        self.buffers: dict[str, torch.Tensor] | None = None
+        self.device_flag = DeviceNonFiniteFlag(info, checkpoints)
+        if example is not None:
+            self._make_buffers(example)
+
+    def _make_buffers(self, example: dict[str, torch.Tensor]) -> None:
+        self.buffers = {key: example[key].clone() for key in ("image", "label", "dataset_index")}
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=self.buffers["image"].device)
         for p in self.params:
             p.grad = torch.zeros_like(p)  # static gradient buffers: zeroed, never replaced
-        if capture:
+        if self.capture:
             self._capture()
 
     def _step(self) -> StepOutput:
-        for p in self.params:
-            p.grad.zero_()
-        out = self.backward_step(self.model, self.images, self.labels, self.dataset_index, self.ctx)
+        zero_grads(self.params)
+        b = self.buffers
+        out = self.backward_step(self.model, b["image"], b["label"], b["dataset_index"], self.ctx)
         self.found_inf.copy_(torch.logical_not(torch.isfinite(out.loss)).to(torch.float32))
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
@@ -93,6 +103,7 @@ class GraphedStep:
         return out
 
     def _snapshot(self) -> list[torch.Tensor]:
+        """Everything the warm-up changes: parameters and buffers (BatchNorm statistics), momentum buffers."""
         state = list(self.model.state_dict().values())
         for group in self.optimizer.param_groups:
             state += [self.optimizer.state[p]["momentum_buffer"] for p in group["params"] if "momentum_buffer" in self.optimizer.state[p]]
@@ -113,13 +124,22 @@ class GraphedStep:
             for tensor, value in zip(self._snapshot(), saved):
                 tensor.copy_(value)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor) -> StepOutput:
-        self.images.copy_(images, non_blocking=True)
-        self.labels.copy_(labels, non_blocking=True)
-        self.dataset_index.copy_(dataset_index, non_blocking=True)
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, iteration: int | None = None) -> StepOutput:
+        batch = {"image": images, "label": labels, "dataset_index": dataset_index}
+        if self.buffers is None:
+            self._make_buffers(batch)
+        for key, value in batch.items():
+            static = self.buffers[key]
+            if value.shape != static.shape:
+                raise ValueError(f"a graphed step replays one batch shape: {key} of shape {tuple(value.shape)}, captured "
+                                 f"{tuple(static.shape)} (TRAIN.cuda_graphs needs every batch the same size)")
+            static.copy_(value, non_blocking=True)
         if self.graph is not None:
             self.graph.replay()
         else:
             self.out = self._step()
+        self.device_flag.record(self.found_inf > 0, -1 if iteration is None else iteration)
         return self.out
 
+    def check_finite(self) -> None:
+        self.device_flag.check()

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from mseg_semantic.data import ValDataset, locate, read_list_file
+from mseg_semantic.data import ValDataset, read_list_file
+from mseg_semantic.taxonomy import Catalog
 from mseg_semantic.data.demo_world import (
     DEMO_RELABELED_DATASETS,
     DEMO_TEST_DATASETS,
@@ -26,14 +27,14 @@ def test_world_layout_matches_the_catalog(small_world):
     assert marker["seed"] == 0 and marker["counts"]["camvid-11"] == {"val": 3, "test": 2}
     for name in DEMO_TRAIN_DATASETS + DEMO_RELABELED_DATASETS:
         for split, n in (("train", 8), ("val", 3)):
-            pairs = read_list_file(locate(name, split, small_world))
+            pairs = read_list_file(Catalog(data_root=small_world).locate(name, split))
             assert len(pairs) == n
             assert all(image.suffix == ".jpg" and image.is_file() and label.suffix == ".png" for image, label in pairs)
     # a relabeled version shows the same images with its own labels
-    plain = read_list_file(locate("ade20k-150", "val", small_world))
-    relabeled = read_list_file(locate("ade20k-150-relabeled", "val", small_world))
+    plain = read_list_file(Catalog(data_root=small_world).locate("ade20k-150", "val"))
+    relabeled = read_list_file(Catalog(data_root=small_world).locate("ade20k-150-relabeled", "val"))
     assert [i for i, _ in plain] == [i for i, _ in relabeled] and all(a != b for (_, a), (_, b) in zip(plain, relabeled))
-    assert not locate("camvid-11", "train", small_world).list_file.exists()  # held out: no training split
+    assert not Catalog(data_root=small_world).locate("camvid-11", "train").list_file.exists()  # held out: no training split
 
 
 def test_generation_is_idempotent_and_seeded(tmp_path):
@@ -56,7 +57,7 @@ def test_generation_is_idempotent_and_seeded(tmp_path):
 def test_each_dataset_labels_only_what_its_taxonomy_expresses(small_world):
     for name in (*DEMO_TRAIN_DATASETS, *DEMO_RELABELED_DATASETS, *DEMO_TEST_DATASETS):
         split = "val"
-        dataset = ValDataset(name, split, data_root=small_world)
+        dataset = ValDataset(Catalog(data_root=small_world), name, split)
         num_classes = len(load_class_names(name))
         for i in range(len(dataset)):
             ids = set(np.unique(dataset[i]["label"]).tolist())

@@ -4,13 +4,14 @@ import cv2
 import numpy as np
 import pytest
 
-from mseg_semantic.data import BadSampleError, ValDataset, locate, read_label, read_list_file
+from mseg_semantic.data import BadSampleError, ValDataset, read_label, read_list_file
+from mseg_semantic.taxonomy import Catalog
 from mseg_semantic.data.verify import verify_split
 from mseg_semantic.tool.data import main
 
 
 def test_list_lines_resolve_against_the_dataset_root(small_world):
-    location = locate("ade20k-150", "val", small_world)
+    location = Catalog(data_root=small_world).locate("ade20k-150", "val")
     pairs = read_list_file(location)
     assert len(pairs) == 3
     assert all(image.is_file() and label.is_file() for image, label in pairs)
@@ -22,9 +23,9 @@ def test_malformed_and_missing_lists_are_named(tmp_path):
     list_file.parent.mkdir(parents=True)
     list_file.write_text("a.jpg a.png\n\nb.jpg\n")
     with pytest.raises(ValueError, match=r"val.txt:3: expected 'rgb_relpath label_relpath'"):
-        read_list_file(locate("camvid-11", "val", tmp_path))
+        read_list_file(Catalog(data_root=tmp_path).locate("camvid-11", "val"))
     with pytest.raises(FileNotFoundError, match=r"test.txt .*camvid-11"):
-        read_list_file(locate("camvid-11", "test", tmp_path))
+        read_list_file(Catalog(data_root=tmp_path).locate("camvid-11", "test"))
 
 
 def test_colour_and_16_bit_labels_are_refused(tmp_path):
@@ -39,7 +40,7 @@ def test_colour_and_16_bit_labels_are_refused(tmp_path):
 
 
 def test_val_dataset_yields_full_images_in_the_dataset_taxonomy(small_world):
-    dataset = ValDataset("camvid-11", "test", data_root=small_world)
+    dataset = ValDataset(Catalog(data_root=small_world), "camvid-11", "test")
     assert len(dataset) == 2
     item = dataset[1]
     assert item["image"].dtype == np.uint8 and item["image"].shape == (144, 192, 3)
@@ -52,7 +53,7 @@ def test_val_dataset_yields_full_images_in_the_dataset_taxonomy(small_world):
 
 
 def test_verify_a_clean_dataset(small_world, capsys):
-    report = verify_split("mapillary-public65", "train", small_world, workers=2)
+    report = verify_split(Catalog(data_root=small_world), "mapillary-public65", "train", workers=2)
     assert report.ok and report.num_ok == report.num_samples == 8
     names = report.class_names
     assert report.class_pixels[names.index("Lane Marking - General")] > 0
@@ -64,7 +65,7 @@ def test_verify_a_clean_dataset(small_world, capsys):
 
 def test_verify_reports_every_problem_with_its_file(writable_world, capsys):
     root = writable_world / "Cityscapes"
-    pairs = read_list_file(locate("cityscapes-19", "train", writable_world))
+    pairs = read_list_file(Catalog(data_root=writable_world).locate("cityscapes-19", "train"))
     pairs[0][0].unlink()  # missing image
     pairs[1][0].write_bytes(pairs[1][0].read_bytes()[:40])  # truncated JPEG
     label = cv2.imread(str(pairs[2][1]), cv2.IMREAD_UNCHANGED)

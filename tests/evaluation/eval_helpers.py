@@ -47,10 +47,10 @@ def write_dataset(data_root, name: str, samples, split: str = "val") -> None:
 
     import cv2
 
-    from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
+    from mseg_semantic.taxonomy import Catalog
 
-    data_root = Path(data_root)
-    root = data_root / DATASET_DIRS[name]
+    location = Catalog(data_root=data_root).locate(name, split)
+    root = location.root
     lines = []
     for i, (image, label) in enumerate(samples):
         rgb_rel, label_rel = f"images/{split}/img_{i:03d}.png", f"labels/{split}/img_{i:03d}.png"
@@ -59,7 +59,7 @@ def write_dataset(data_root, name: str, samples, split: str = "val") -> None:
         cv2.imwrite(str(root / rgb_rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(root / label_rel), label)
         lines.append(f"{rgb_rel} {label_rel}")
-    list_file = default_list_file(data_root, name, split)
+    list_file = location.list_file
     list_file.parent.mkdir(parents=True, exist_ok=True)
     list_file.write_text("\n".join(lines) + "\n")
 
@@ -94,5 +94,6 @@ def eval_data(data_root, split: str = "val", **changes):
     import dataclasses
 
     from mseg_semantic.evaluation.evaluate import EvalData
+    from mseg_semantic.taxonomy import Catalog
 
-    return dataclasses.replace(EvalData(split, str(data_root), {}, {}), **changes)
+    return dataclasses.replace(EvalData(split, Catalog(data_root=str(data_root))), **changes)

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from eval_helpers import ColourOracleNet, colour_world, eval_data, inference_settings, write_dataset
-from mseg_semantic.data.catalog import DATASET_DIRS
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.evaluate import OutputOptions, evaluate_dataset, format_per_class_table
 from mseg_semantic.evaluation.model_space import LoadedModel, display_space, evaluation_space, output_projection
 from mseg_semantic.evaluation.outputs import UINT16_SCALE, distribution, pixel_outputs, write_confidence, write_probabilities
-from mseg_semantic.taxonomy import TaxonomyFileError, add_taxonomy_files, build_taxonomy_converter, catalog, get_taxonomy, load_class_colors, load_class_names, taxonomy_names
+from mseg_semantic.taxonomy import Catalog, TaxonomyFileError, build_taxonomy_converter, get_taxonomy, load_class_colors, load_class_names, taxonomy_names
 
 FAR = 10_000.0
 
@@ -140,19 +139,19 @@ id\tname\tuniversal\tcolor
 """
 
 
-def test_user_taxonomy_file_loads_once_and_serves_as_output(tmp_path, monkeypatch):
-    monkeypatch.setattr(catalog, "_user", {})
-    monkeypatch.setattr(catalog, "_user_files", {})
+def test_user_taxonomy_file_loads_once_and_serves_as_output(tmp_path):
     path = tmp_path / "roads.tsv"
     path.write_text(USER_FILE)
-    add_taxonomy_files([str(path)])
-    add_taxonomy_files(str(path))  # the same file again (every tool loads the key): nothing to do, no 'already exists'
-    assert "my-roads-4" in taxonomy_names()
-    projection, notes = output_projection(universal(), "my-roads-4")
+    catalog = Catalog([str(path)])
+    catalog = catalog.with_taxonomy_files(str(path))  # the same file again (every tool loads the key): nothing to do, no 'already exists'
+    assert "my-roads-4" in catalog.taxonomy_names()
+    model = universal()
+    model.catalog = catalog
+    projection, notes = output_projection(model, "my-roads-4")
     assert [list(g) for g in projection.members] == [[uid("road")], [uid("car")], [uid("vegetation")], []]
     assert any("blur" in n for n in notes)
     with pytest.raises(TaxonomyFileError, match="nowhere.tsv: error: cannot read taxonomy file"):
-        add_taxonomy_files([str(tmp_path / "nowhere.tsv")])
+        Catalog([str(tmp_path / "nowhere.tsv")])
 
 
 def perfect_universal_model(dataset):
@@ -174,7 +173,7 @@ def test_training_dataset_scored_in_its_own_ids_with_output_taxonomy(tmp_path):
     assert result.space.name == "cityscapes-19" and result.space.num_classes == 19 and result.space.valid_classes is None
     assert result.metrics.pixel_acc == pytest.approx(1.0)
     gray = cv2.imread(str(tmp_path / "out" / "predictions" / "gray" / "images" / "val" / "img_000.png"), cv2.IMREAD_UNCHANGED)
-    label = cv2.imread(str(tmp_path / DATASET_DIRS["cityscapes-19"] / "labels" / "val" / "img_000.png"), cv2.IMREAD_UNCHANGED)
+    label = cv2.imread(str(Catalog(data_root=tmp_path).locate("cityscapes-19", "val").root / "labels" / "val" / "img_000.png"), cv2.IMREAD_UNCHANGED)
     keep = label != 255
     np.testing.assert_array_equal(gray[keep], label[keep])  # cityscapes-19 ids, not universal ones
     for name in ("img_000_maxprob.png", "img_000_entropy.png"):

@@ -6,6 +6,7 @@ import torch
 
 from eval_helpers import ColourOracleNet, colour_world, write_dataset
 from mseg_semantic.config import ConfigError, load_config
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.evaluation.validation import BEST_NAME, STATE_KEY, build_validator
 from mseg_semantic.taxonomy import build_taxonomy_converter, load_class_colors
 
@@ -37,7 +38,7 @@ def config(world, *overrides):
 def test_best_model_is_kept_by_the_chosen_metric_and_the_state_survives_a_resume(world):
     model = camvid_model()
     logged, state = [], {}
-    validator = build_validator(config(world), model, META, state, world, max_iters=8, is_main=True,
+    validator = build_validator(config(world), model, META, state, world, max_iters=8, info=DistInfo(),
                                 write_scalars=lambda it, s: logged.append((it, dict(s))))
     with torch.no_grad():
         model.scale.fill_(-4.0)  # a bad model first
@@ -62,11 +63,11 @@ def test_best_model_is_kept_by_the_chosen_metric_and_the_state_survives_a_resume
                                   "val/miou_mseg", "val/pixel_acc", "val/seconds"}
 
     # a resumed run gets the checkpoint's extra state back: a worse score does not replace model_best.pth
-    resumed = build_validator(config(world), model, META, dict(state), world, max_iters=8, is_main=True, write_scalars=lambda it, s: None)
+    resumed = build_validator(config(world), model, META, dict(state), world, max_iters=8, info=DistInfo(), write_scalars=lambda it, s: None)
     resumed(8)
     assert torch.load(world / BEST_NAME, weights_only=True)["meta"]["iteration"] == 4
     # without that state (a fresh start) the first validation writes it
-    fresh = build_validator(config(world), model, META, {}, world, max_iters=8, is_main=True, write_scalars=lambda it, s: None)
+    fresh = build_validator(config(world), model, META, {}, world, max_iters=8, info=DistInfo(), write_scalars=lambda it, s: None)
     fresh(8)
     assert torch.load(world / BEST_NAME, weights_only=True)["meta"]["iteration"] == 8
 
@@ -74,7 +75,7 @@ def test_best_model_is_kept_by_the_chosen_metric_and_the_state_survives_a_resume
 def test_changed_metric_starts_a_new_best_and_rank_other_than_0_writes_nothing(world):
     model = camvid_model()
     state = {STATE_KEY: {"metric": "val/miou", "value": 2.0, "iteration": 2}}  # unbeatable by mIoU
-    validator = build_validator(config(world, "val_metric=pixel_acc"), model, META, state, world, max_iters=4, is_main=False,
+    validator = build_validator(config(world, "val_metric=pixel_acc"), model, META, state, world, max_iters=4, info=DistInfo(rank=1),
                                 write_scalars=lambda it, s: None)
     validator(4)
     assert state[STATE_KEY]["metric"] == "val/pixel_acc" and state[STATE_KEY]["iteration"] == 4
@@ -84,8 +85,8 @@ def test_changed_metric_starts_a_new_best_and_rank_other_than_0_writes_nothing(w
 def test_validation_problems_are_found_before_training(world):
     model = camvid_model()
     with pytest.raises(ConfigError, match="TRAIN.val_datasets: kitti-19 val list not found at .*kitti-19/list/val.txt"):
-        build_validator(config(world, "val_datasets=[camvid-11,kitti-19]"), model, META, {}, world, 4, True, lambda it, s: None)
-    assert build_validator(config(world, "val_every=0"), model, META, {}, world, 4, True, lambda it, s: None) is None
+        build_validator(config(world, "val_datasets=[camvid-11,kitti-19]"), model, META, {}, world, 4, DistInfo(), lambda it, s: None)
+    assert build_validator(config(world, "val_every=0"), model, META, {}, world, 4, DistInfo(), lambda it, s: None) is None
     with pytest.raises(ConfigError, match="val_metric"):
         config(world, "val_metric=loss")
 
@@ -93,7 +94,7 @@ def test_validation_problems_are_found_before_training(world):
 def test_last_validation_waits_for_precise_bn(world):
     logged = []
     validator = build_validator(config(world, "val_every=3", "precise_bn_iters=5"), camvid_model(), META, {}, world, max_iters=4,
-                                is_main=True, write_scalars=lambda it, s: logged.append(it))
+                                info=DistInfo(), write_scalars=lambda it, s: logged.append(it))
     validator(3)
     validator(4)  # the last iteration: deferred
     assert logged == [3]

@@ -6,16 +6,10 @@ import io
 import pytest
 
 from mseg_semantic.taxonomy import load_class_names
-from mseg_semantic.taxonomy import catalog
 from mseg_semantic.tool.taxonomy import main
 
 GOOD = "taxonomy\tmy-ds\nrole\ttrain\nid\tname\tuniversal\n0\tstreet\troad\n1\tblur\tunlabeled\n"
 BAD = "taxonomy\tmy-ds\nrole\ttrain\nid\tname\tuniversal\n0\tstreet\traod\n"
-
-
-@pytest.fixture(autouse=True)
-def forget_user_taxonomies(monkeypatch):
-    monkeypatch.setattr(catalog, "_user", {})  # user files added by a test stay in that test
 
 
 def run(capsys, *argv):

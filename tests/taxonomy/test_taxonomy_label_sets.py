@@ -10,23 +10,15 @@ from mseg_semantic.taxonomy import (
     UNRELABELED_TRAIN_DATASETS,
     LabelSets,
     TaxonomyConverter,
+    Catalog,
     TaxonomyFileError,
-    add_taxonomy_file,
-    add_taxonomy_files,
     build_taxonomy_converter,
     get_taxonomy,
     validate_file,
 )
-from mseg_semantic.taxonomy import catalog
 from mseg_semantic.taxonomy.mseg_import import import_mseg
 from mseg_semantic.tool.taxonomy import main
 from tests.taxonomy.test_taxonomy_parity import REFERENCE, needs_reference
-
-
-@pytest.fixture(autouse=True)
-def forget_user_taxonomies(monkeypatch):
-    monkeypatch.setattr(catalog, "_user", {})  # user files added by a test stay in that test
-    monkeypatch.setattr(catalog, "_user_files", {})
 
 
 def write(tmp_path, text, name="user.tsv"):
@@ -143,13 +135,13 @@ def test_codes_past_255_make_the_labels_uint16(tmp_path):
     """A label space whose set codes pass 255 travels as uint16 (int16 in a batch), like the naive taxonomy."""
     classes = "".join(f"{i}\tc{i}\n" for i in range(250))
     rows = "".join(f"{k}\tpair{k}\tc{2 * k}, c{2 * k + 1}\n" for k in range(8))
-    add_taxonomy_file(write(tmp_path, f"taxonomy\twide\nrole\tuniversal\nid\tname\n{classes}\n"
-                                      f"taxonomy\twide-a\nrole\ttrain\nmaps_to\twide\nid\tname\tuniversal\n{rows}"))
-    conv = TaxonomyConverter(["wide-a"], [], set_valued=True)
+    catalog = Catalog([write(tmp_path, f"taxonomy\twide\nrole\tuniversal\nid\tname\n{classes}\n"
+                                       f"taxonomy\twide-a\nrole\ttrain\nmaps_to\twide\nid\tname\tuniversal\n{rows}")])
+    conv = TaxonomyConverter(["wide-a"], [], set_valued=True, catalog=catalog)
     codes = conv.transform_label(np.arange(8, dtype=np.uint8), "wide-a")
     assert codes.dtype == np.uint16 and codes.tolist() == [250, 251, 252, 253, 254, 256, 257, 258]
     assert conv.label_sets.members[256] == (10, 11)
-    assert TaxonomyConverter(["wide-a"], []).transform_label(np.arange(8, dtype=np.uint8), "wide-a").dtype == np.uint8
+    assert TaxonomyConverter(["wide-a"], [], catalog=catalog).transform_label(np.arange(8, dtype=np.uint8), "wide-a").dtype == np.uint8
 
 
 # ---- user files ----------------------------------------------------------------------------------------------------
@@ -167,16 +159,17 @@ id\tname\tuniversal
 
 
 def test_user_sets_validate_and_overlaps_are_information(tmp_path):
-    report = add_taxonomy_file(write(tmp_path, SETS_FILE))
+    catalog = Catalog([write(tmp_path, SETS_FILE)])
+    report = catalog.warnings
     assert report.ok and not report.warnings
     info = [p for p in report.infos if p.line == 5]
     assert info and "'person'" not in info[0].message and "2 'walker': person" in info[0].message
-    conv = TaxonomyConverter(["my-street"], [], set_valued=True)
+    conv = TaxonomyConverter(["my-street"], [], set_valued=True, catalog=catalog)
     label = conv.transform_label(np.array([0, 1, 2, 3, 4, 255], dtype=np.uint8), "my-street")
     assert [sorted(conv.class_names[m] for m in conv.label_sets.members[c]) for c in label[:4]] == \
         [["road", "sidewalk_pavement"], ["bicycle", "bicyclist", "person"], ["person"], ["bicycle"]]
     assert label[4:].tolist() == [255, 255]
-    assert TaxonomyConverter(["my-street"], []).transform_label(np.array([1], np.uint8), "my-street")[0] == \
+    assert TaxonomyConverter(["my-street"], [], catalog=catalog).transform_label(np.array([1], np.uint8), "my-street")[0] == \
         conv.name_to_id["bicyclist"]  # one-hot: the first class
 
 
@@ -222,31 +215,31 @@ id\tname\tuniversal
 
 
 def test_extensions_add_a_universal_class_and_change_mappings(tmp_path):
-    add_taxonomy_files([write(tmp_path, CROSSWALK_FILE)])
-    uni = get_taxonomy("universal-crosswalk")
+    catalog = Catalog([write(tmp_path, CROSSWALK_FILE)])
+    uni = catalog.taxonomy("universal-crosswalk")
     assert uni.num_classes == 195 and uni.class_names[:194] == get_taxonomy("universal").class_names
     assert tuple(uni.colors[194]) == (200, 128, 128) and uni.extra["parent"][194] == ""
     conv = TaxonomyConverter(["cityscapes-19-crosswalk", "mapillary-public65-crosswalk"], ["camvid-11-crosswalk"],
-                             set_valued=True)  # the universal taxonomy is the one the datasets map to
+                             set_valued=True, catalog=catalog)  # the universal taxonomy is the one the datasets map to
     assert conv.universal == "universal-crosswalk" and conv.num_classes == 195
     crosswalk = conv.name_to_id["crosswalk"]
     assert conv.transform_label(np.array([23], np.uint8), "mapillary-public65-crosswalk")[0] == crosswalk
     road = conv.transform_label(np.array([0], np.uint8), "cityscapes-19-crosswalk")[0]
     assert conv.label_sets.members[road] == (conv.name_to_id["road"], crosswalk)
-    mapillary = get_taxonomy("mapillary-public65")
-    extended = get_taxonomy("mapillary-public65-crosswalk")
+    mapillary = catalog.taxonomy("mapillary-public65")
+    extended = catalog.taxonomy("mapillary-public65-crosswalk")
     assert extended.class_names == mapillary.class_names
     assert [u for i, u in enumerate(extended.universal) if i != 23] == [u for i, u in enumerate(mapillary.universal) if i != 23]
     road_test = conv.projection("camvid-11-crosswalk").members[5]
     assert road_test == (conv.name_to_id["road"], crosswalk)
     with pytest.raises(ValueError, match="different universal taxonomies"):
-        TaxonomyConverter(["cityscapes-19-crosswalk", "bdd"], [])
-    # adding the same file again is a no-op; a changed file is refused
+        TaxonomyConverter(["cityscapes-19-crosswalk", "bdd"], [], catalog=catalog)
+    # adding the same file again is a no-op; a catalog keeps what it read when the file changes afterwards
     path = tmp_path / "user.tsv"
-    assert add_taxonomy_files([path]).ok
+    assert catalog.with_taxonomy_files([path]).taxonomy_files == catalog.taxonomy_files
     path.write_text(CROSSWALK_FILE.replace("200 128 128", "1 2 3"))
-    with pytest.raises(TaxonomyFileError, match="changed since"):
-        add_taxonomy_files([path])
+    assert tuple(catalog.taxonomy("universal-crosswalk").colors[194]) == (200, 128, 128)
+    assert tuple(Catalog([path]).taxonomy("universal-crosswalk").colors[194]) == (1, 2, 3)
 
 
 def test_extension_errors(tmp_path):

@@ -5,14 +5,12 @@ import pytest
 import torch
 
 from mseg_semantic.taxonomy import (
+    Catalog,
     TaxonomyConverter,
     TaxonomyFileError,
-    add_taxonomy_file,
-    load_class_colors,
     load_class_names,
     validate_file,
 )
-from mseg_semantic.taxonomy import catalog
 from mseg_semantic.taxonomy.files import palette
 
 DATASET_FILE = """\
@@ -51,11 +49,6 @@ id\tname\tuniversal
 """
 
 
-@pytest.fixture(autouse=True)
-def forget_user_taxonomies(monkeypatch):
-    monkeypatch.setattr(catalog, "_user", {})  # user files added by a test stay in that test
-
-
 def write(tmp_path, text, name="user.tsv"):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -63,11 +56,12 @@ def write(tmp_path, text, name="user.tsv"):
 
 
 def test_add_a_dataset_and_train_with_it(tmp_path):
-    report = add_taxonomy_file(write(tmp_path, DATASET_FILE))
+    catalog = Catalog([write(tmp_path, DATASET_FILE)])
+    report = catalog.warnings
     assert report.ok
-    assert load_class_names("my-roads-4") == ["asphalt", "auto", "tree", "blur"]
-    np.testing.assert_array_equal(load_class_colors("my-roads-4"), palette(4))
-    conv = TaxonomyConverter(train_datasets=["bdd", "my-roads-4"], test_datasets=["camvid-11"])
+    assert catalog.class_names("my-roads-4") == ["asphalt", "auto", "tree", "blur"]
+    np.testing.assert_array_equal(catalog.class_colors("my-roads-4"), palette(4))
+    conv = TaxonomyConverter(train_datasets=["bdd", "my-roads-4"], test_datasets=["camvid-11"], catalog=catalog)
     label = torch.tensor([[0, 1, 2, 3, 255]], dtype=torch.uint8)
     expected = [conv.uname2uid[n] for n in ("road", "car", "vegetation")] + [255, 255]
     assert conv.transform_label(label, "my-roads-4").tolist() == [expected]
@@ -76,18 +70,19 @@ def test_add_a_dataset_and_train_with_it(tmp_path):
 
 
 def test_add_a_whole_taxonomy(tmp_path):
-    assert add_taxonomy_file(write(tmp_path, WHOLE_TAXONOMY_FILE)).ok
-    conv = TaxonomyConverter(["tiny-a"], ["tiny-test"], universal="tiny-universal")
+    catalog = Catalog([write(tmp_path, WHOLE_TAXONOMY_FILE)])
+    assert catalog.warnings.ok
+    conv = TaxonomyConverter(["tiny-a"], ["tiny-test"], universal="tiny-universal", catalog=catalog)
     assert conv.num_uclasses == 3 and conv.class_names == ["road", "car", "person"]
     assert conv.transform_label(np.array([2, 0, 255], dtype=np.uint8), "tiny-a").tolist() == [2, 0, 255]
     logits = torch.randn(1, 3, 2, 2)
     probs = torch.softmax(logits, 1)
     out = conv.transform_predictions_test(logits, "tiny-test")
     torch.testing.assert_close(out[:, 1], probs[:, 1] + probs[:, 2])
-    assert tuple(load_class_colors("tiny-universal")[2]) == (30, 30, 30)
+    assert tuple(catalog.class_colors("tiny-universal")[2]) == (30, 30, 30)
     # a built-in dataset maps to MSeg's universal taxonomy, not to this one
     with pytest.raises(ValueError, match="maps to 'universal'"):
-        TaxonomyConverter(["bdd"], [], universal="tiny-universal")
+        TaxonomyConverter(["bdd"], [], universal="tiny-universal", catalog=catalog)
 
 
 def test_validation_lists_every_problem_with_lines_and_suggestions(tmp_path):
@@ -124,7 +119,7 @@ id\tname\tuniversal
     assert len(report.errors) == 7 and len(report.warnings) == 1
     assert all(str(path) in str(p) for p in report.problems)
     with pytest.raises(TaxonomyFileError) as info:
-        add_taxonomy_file(path)
+        Catalog([path])
     assert "raod" in str(info.value) and "bus" in str(info.value)
     with pytest.raises(KeyError):
         load_class_names("bad-train")  # nothing was registered

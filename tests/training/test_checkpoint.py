@@ -23,7 +23,7 @@ from mseg_semantic.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from mseg_semantic.training.distributed import DistInfo
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.training.lock import OutputDirInUse, OutputDirLock
 from mseg_semantic.training.optim import PolyLR, build_sgd
 

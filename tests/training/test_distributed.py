@@ -7,7 +7,7 @@ import torch
 
 from mseg_semantic.model import build_model
 from mseg_semantic.training.run import seed_everything
-from mseg_semantic.training.distributed import per_rank_batch_size
+from mseg_semantic.distributed import per_rank_batch_size
 from train_helpers import final_state, make_world, run_torchrun, run_train, write_config
 
 

@@ -15,7 +15,7 @@ import torch
 from mseg_semantic.data.transforms import normalize_images
 from mseg_semantic.model import autocast_context
 from mseg_semantic.training.checkpoint import Checkpointer, TrainingParts, list_checkpoints, load_checkpoint
-from mseg_semantic.training.distributed import DistInfo
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.training.gradients import StepContext
 from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
 from mseg_semantic.training.loop import LoopSettings, NonFiniteLossError, recalibrate_batchnorm, train_loop

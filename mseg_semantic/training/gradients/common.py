@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Protocol
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from mseg_semantic.distributed import DistInfo, all_reduce_sum
 from mseg_semantic.model.hrnet import upsample_logits
 from mseg_semantic.taxonomy import IGNORE_INDEX
 
@@ -41,7 +41,11 @@ class StepContext:
     dataset_names: list[str] = field(default_factory=list)  # by dataset index, for readable logged names
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None
-    distributed: bool = False  # True under DistributedDataParallel (the model is wrapped)
+    info: DistInfo = DistInfo()  # the processes: several means the model is wrapped in DistributedDataParallel
+
+    @property
+    def distributed(self) -> bool:
+        return self.info.distributed
 
     def dataset_name(self, index: int) -> str:
         return self.dataset_names[index] if index < len(self.dataset_names) else str(index)
@@ -111,12 +115,9 @@ def global_pixel_mean(loss_sum: torch.Tensor, valid_count: torch.Tensor, ctx: St
     with B/N crops take the same step as one rank with B crops (MSeg's per-GPU mean differs slightly when ranks
     hold different numbers of ignored pixels).
     """
-    world_size = 1
     if ctx.distributed:
-        world_size = dist.get_world_size()
-        valid_count = valid_count.detach().clone()
-        dist.all_reduce(valid_count)
-    return loss_sum * (world_size / valid_count.float().clamp(min=1.0))
+        valid_count = all_reduce_sum(valid_count.detach().clone(), ctx.info)
+    return loss_sum * (ctx.info.world_size / valid_count.float().clamp(min=1.0))
 
 
 def per_dataset_mean(values: torch.Tensor, counts: torch.Tensor, dataset_index: torch.Tensor, num_datasets: int) -> torch.Tensor:

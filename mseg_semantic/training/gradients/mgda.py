@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from mseg_semantic.distributed import all_reduce_sum, broadcast_tensor
 from mseg_semantic.model import unwrap_model
 from mseg_semantic.training.gradients.common import PixelLoss, StepContext, StepOutput, check_dataset_index, cross_entropy_pixels
 
@@ -232,8 +232,7 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
         local_counts = torch.zeros(num_datasets, device=pixel_loss.device, dtype=torch.float64).index_add(0, dataset_index, valid_per_image.double())
 
         totals = torch.stack([loss_sums.detach().double(), local_counts])
-        if ctx.distributed:
-            dist.all_reduce(totals)
+        all_reduce_sum(totals, ctx.info)
         global_sums, global_counts = totals[0], totals[1]
         tasks = [t for t in range(num_datasets) if global_counts[t] > 0]
         per_dataset_loss = torch.where(global_counts > 0, global_sums / global_counts.clamp_min(1), torch.full_like(global_sums, math.nan)).float()
@@ -248,8 +247,7 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
                 grad = _flat_gradient(scaler.scale(task_loss) if scaler else task_loss, params)
             else:
                 grad = torch.zeros(sum(p.numel() for p in params), device=pixel_loss.device)
-            if ctx.distributed:
-                dist.all_reduce(grad)
+            all_reduce_sum(grad, ctx.info)
             task_grads.append(grad)
         del logits, pixel_loss, loss_sums
 
@@ -264,9 +262,7 @@ def mgda_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: tor
     else:
         weights = np.full(len(tasks), 1.0 / len(tasks))
     if ctx.distributed:
-        shared = torch.as_tensor(weights, dtype=torch.float64, device=task_grads[0].device)
-        dist.broadcast(shared, src=0)
-        weights = shared.cpu().numpy()
+        weights = broadcast_tensor(torch.as_tensor(weights, dtype=torch.float64, device=task_grads[0].device), ctx.info).cpu().numpy()
 
     combined = torch.zeros_like(task_grads[0])
     for weight, grad in zip(weights, task_grads):

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from gradient_helpers import TinySegNet, make_batch, mgda_options
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.training.gradients import mgda
 from mseg_semantic.training.gradients.mgda import gradient_normalizers, min_norm_weights, mgda_backward_step
 from mseg_semantic.training.gradients import StepContext
@@ -170,7 +171,7 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
             model, ddp = _ddp_model(sync_bn, wrap=True)
             images, labels, dataset_index = make_batch(4, DDP_DATASETS, seed=7)
             rows = slice(rank * 2, rank * 2 + 2)
-            ctx = StepContext(num_datasets=4, distributed=True)
+            ctx = StepContext(num_datasets=4, info=DistInfo(rank, world_size, backend="gloo"))
             out = mgda_backward_step(ddp, images[rows], labels[rows], dataset_index[rows], ctx, mgda_options())
             grads = [p.grad.clone() for p in model.parameters()]
             torch.save({"grads": grads, "scalars": out.scalars, "loss": out.loss, "per_dataset": out.per_dataset_loss,

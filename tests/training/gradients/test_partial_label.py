@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from gradient_helpers import TinySegNet, make_batch, mgda_options
 from mseg_semantic.config import ConfigError, load_config
+from mseg_semantic.distributed import DistInfo
 from mseg_semantic.taxonomy import IGNORE_INDEX, LabelSets
 from mseg_semantic.training.gradients import StepContext, backward_step_for, pixel_loss_for
 from mseg_semantic.training.gradients.common import cross_entropy_pixels
@@ -159,7 +160,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         codes = random_codes((4, 16, 16), SETS, seed=8, ignore_fraction=0.4)
         rows = slice(rank * 2, rank * 2 + 2)
         step = backward_step_for("ce", None, PartialLabelLoss(SETS))
-        step(model, images[rows], codes[rows], dataset_index[rows], StepContext(num_datasets=2, distributed=True))
+        step(model, images[rows], codes[rows], dataset_index[rows], StepContext(num_datasets=2, info=DistInfo(rank, world_size, backend="gloo")))
         if rank == 0:
             torch.save([p.grad for p in model.module.parameters()], os.path.join(out_dir, "ddp.pt"))
     finally:
@@ -259,10 +260,8 @@ def test_partial_label_demo_trains_and_resumes(demo_root, tmp_path):
 
 def test_the_crosswalk_example_trains_a_class_only_mapillary_labels(demo_root, tmp_path, monkeypatch):
     """docs/training.md's worked example: a user taxonomy file adds `crosswalk`; the run's model has 195 classes."""
-    from mseg_semantic.taxonomy import catalog
+    from mseg_semantic.taxonomy import Catalog
 
-    monkeypatch.setattr(catalog, "_user", {})
-    monkeypatch.setattr(catalog, "_user_files", {})
     monkeypatch.chdir(REPO)  # the config names the taxonomy file relative to the repository
     output_dir = tmp_path / "crosswalk"
     # validation scores in the model's 195 classes (a 194-class space would fail on the first crosswalk prediction)
@@ -278,7 +277,7 @@ def test_the_crosswalk_example_trains_a_class_only_mapillary_labels(demo_root, t
     from mseg_semantic.errors import UnknownNameError, UserError
     from mseg_semantic.evaluation.model_space import evaluation_space, load_model_for_inference, output_projection
 
-    loaded = load_model_for_inference(output_dir / "model_final.pth", torch.device("cpu"))
+    loaded = load_model_for_inference(output_dir / "model_final.pth", torch.device("cpu"), catalog=Catalog(["config/taxonomy/crosswalk.tsv"]))
     assert loaded.universal_taxonomy == "universal-crosswalk"
     space = evaluation_space(loaded, "cityscapes-19-crosswalk")
     assert space.name == "universal-crosswalk" and space.class_names[194] == "crosswalk" and len(space.colors) == 195
@@ -286,7 +285,6 @@ def test_the_crosswalk_example_trains_a_class_only_mapillary_labels(demo_root, t
     assert camvid.num_inputs == 195 and 194 in camvid.members[5]  # Road receives crosswalk
     with pytest.raises(UserError, match="maps to 'universal', not to 'universal-crosswalk'"):
         output_projection(loaded, "camvid-11")
-    monkeypatch.setattr(catalog, "_user", {})
     with pytest.raises(UnknownNameError, match="taxonomy_files"):
         load_model_for_inference(output_dir / "model_final.pth", torch.device("cpu"))
 

@@ -1,4 +1,5 @@
-"""Process-group setup from torchrun's environment, and the few collectives the trainer needs.
+"""Process-group setup from torchrun's environment, and the few collectives the tools need: one :class:`DistInfo`
+that every caller (training, evaluation, the gradient steps) takes.
 
 torchrun (single node or ``--nnodes N --node_rank i --rdzv_backend c10d --rdzv_endpoint HOST:PORT``) sets
 RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT; a plain ``python`` run is rank 0
@@ -125,18 +126,8 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def with_sync_batchnorm(model: torch.nn.Module, info: DistInfo, sync_bn: bool) -> torch.nn.Module:
-    """BatchNorm -> SyncBatchNorm for several ranks on GPUs with ``sync_bn`` (SyncBatchNorm is CUDA-only, so CPU runs
-    keep per-process BatchNorm); parameter names do not change."""
-    if info.distributed and sync_bn and info.device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
-
-
-def wrap_distributed(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
-    """DistributedDataParallel when there are several ranks."""
-    if not info.distributed:
-        return model
-    device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
+def broadcast_tensor(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Rank 0's values in ``tensor`` on every rank (in place)."""
+    if info.distributed:
+        dist.broadcast(tensor, src=0)
+    return tensor
