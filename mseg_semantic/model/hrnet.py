@@ -307,7 +307,8 @@ def init_weights(module: nn.Module) -> None:
 
 
 def build_model(name: str, num_classes: int) -> HRNet:
-    """``build_model("hrnet_w48", num_classes=194)``; names: :data:`MODEL_NAMES`."""
+    """``build_model("hrnet_w48", num_classes=194)``; HRNet names only (:data:`MODEL_NAMES`): every architecture
+    is built by ``mseg_semantic.model.build_model``."""
     spec = HRNET_SPECS.get(name)
     if spec is None:
         raise UnknownNameError(f"unknown model {name!r}{did_you_mean(str(name), MODEL_NAMES)}; valid names: {', '.join(MODEL_NAMES)}")

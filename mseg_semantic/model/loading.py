@@ -1,5 +1,5 @@
-"""Weights files: read them (MSeg releases, official HRNet ImageNet checkpoints, this project's files), load
-them into an HRNet, and write this project's final-weights file.
+"""Weights files: read them (MSeg releases, official HRNet ImageNet checkpoints, Meta's DINOv2 backbones, this
+project's files), load them into a model, and write this project's final-weights file.
 
 Files are read with ``torch.load(weights_only=True)``: no pickled code from a downloaded file ever runs. Key
 names are translated to this project's (:func:`mseg_semantic.compat.translate_state_dict`: MSeg's positional
@@ -15,12 +15,17 @@ kind                       layout
 ``imagenet_classification`` official HRNet-Image-Classification weights: a bare state dict that also holds the
                            classification head (``incre_modules``, ``downsamp_modules``, ``final_layer``,
                            ``classifier``). Those keys are skipped; the segmentation head keeps its initialisation.
+``dinov2_backbone``        Meta's DINOv2 backbone checkpoints: a bare state dict in the official ViT layout
+                           (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*``). It is
+                           loaded into ``model.backbone`` with ``load_state_dict(strict=True)``; the head (and any LoRA
+                           adapters) keep their initialisation and are reported as missing.
 ``state_dict``             any other bare state dict with this model's key names
 =========================  ==================================================================================
 
 Every key of the model must come from the file (an ImageNet file: every backbone key), except the BatchNorm
 ``num_batches_tracked`` counters, which older PyTorch versions did not save. A key with a different shape is an
-error, unless it belongs to the head and ``reinit_head=True``.
+error, unless it belongs to the head and ``reinit_head=True``. LoRA adapter keys (``.attn.lora.``) the file lacks
+keep their initialisation (reported as missing): adapters inserted for training start from any plain checkpoint.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch.nn as nn
 from mseg_semantic import compat
 from mseg_semantic.atomic import atomic_write
 from mseg_semantic.errors import UserError
+from mseg_semantic.model.dinov2 import ADAPTER_KEY, DINOV2_SPECS, DinoV2Backbone
 from mseg_semantic.model.hrnet import HRNET_SPECS, init_weights
 
 __all__ = ["CheckpointMismatchError", "LoadReport", "guess_variant", "load_weights", "read_state_dict", "save_weights", "unwrap_model"]
@@ -45,7 +51,9 @@ logger = logging.getLogger(__name__)
 HEAD_PREFIX = "head."
 CLASSIFIER_PREFIX = "head.classifier."
 IMAGENET_ONLY_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
-KINDS = ("project_training", "project_final", "mseg_release", "imagenet_classification", "state_dict")
+KINDS = ("project_training", "project_final", "mseg_release", "imagenet_classification", "dinov2_backbone", "state_dict")
+DINOV2_BACKBONE_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight")  # all present, at the top level
+BACKBONE_PREFIX = "backbone."
 TRAINING_MODEL_KEY = "model"  # where a training checkpoint keeps the model's state dict
 
 
@@ -130,6 +138,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dic
         )
     if kind in ("state_dict", "mseg_release") and any(k.startswith(IMAGENET_ONLY_PREFIXES) for k in state):
         kind = "imagenet_classification"
+    if kind == "state_dict" and all(k in state for k in DINOV2_BACKBONE_KEYS):
+        kind = "dinov2_backbone"
     meta = compat.translate_meta(obj["meta"]) if kind.startswith("project_") and isinstance(obj.get("meta"), Mapping) else {}
     return state, kind, meta
 
@@ -140,8 +150,26 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
     return atomic_write(path, lambda handle: torch.save({"state_dict": dict(state_dict), "meta": dict(meta)}, handle), durable=True)
 
 
+def _guess_dinov2(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The DINOv2 variant (width, depth, registers) of a model's state dict or of an official backbone file."""
+    for prefix in (BACKBONE_PREFIX, ""):
+        cls_token = state.get(prefix + "cls_token")
+        if cls_token is None:
+            continue
+        depth = len({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "blocks.")})
+        registers = state.get(prefix + "register_tokens")
+        found = (cls_token.shape[-1], depth, 0 if registers is None else registers.shape[1])
+        for name, spec in DINOV2_SPECS.items():
+            if (spec.embed_dim, spec.depth, spec.num_register_tokens) == found:
+                return name
+    return None
+
+
 def guess_variant(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The HRNet width whose first-branch width and stage-1 depth match the state dict, if any."""
+    """The HRNet width (first-branch width and stage-1 depth) or DINOv2 variant that matches the state dict, if any."""
+    dinov2 = _guess_dinov2(state)
+    if dinov2 is not None:
+        return dinov2
     first = state.get("transition1.0.0.weight")
     if first is None:
         return None
@@ -187,6 +215,37 @@ def _mismatch_message(path: Path, key: str, file_shape, model_shape, state, mode
     return msg
 
 
+def _load_dinov2_backbone(target: nn.Module, path: Path, state: dict[str, torch.Tensor], report: LoadReport, strict: bool) -> None:
+    """An official DINOv2 backbone file into ``target.backbone`` (strictly unless ``strict=False``)."""
+    backbone = getattr(target, "backbone", None)
+    guess = guess_variant(state)
+    name = getattr(target, "name", "") or type(target).__name__
+    if not isinstance(backbone, DinoV2Backbone):
+        raise CheckpointMismatchError(
+            f"{path}: a DINOv2 backbone file ({guess or 'unknown width'}), but the model {name!r} has no DINOv2 backbone: "
+            f"build_model({guess or 'dinov2_vitb14'!r}, num_classes=...)"
+        )
+    own = backbone.state_dict()
+    hint = f" The file looks like {guess!r}, the model is {name!r}: build_model({guess!r}, ...)." if guess and guess != name else ""
+    for key, value in state.items():
+        if key in own and value.shape != own[key].shape:
+            raise CheckpointMismatchError(
+                f"{path}: backbone key {key!r} has shape {tuple(value.shape)} in the file but {tuple(own[key].shape)} in the model.{hint}"
+            )
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and ADAPTER_KEY not in "." + k]
+    if strict and (unexpected or missing):
+        raise CheckpointMismatchError(
+            f"{path} (dinov2_backbone): {len(unexpected)} file keys are not in the model's backbone{_examples(unexpected)}; "
+            f"{len(missing)} backbone keys are missing from the file{_examples(missing)}.{hint} strict=False loads the rest."
+        )
+    backbone.load_state_dict(state, strict=strict)
+    report.loaded = [BACKBONE_PREFIX + k for k in state if k in own]
+    report.skipped = unexpected
+    report.missing = [k for k in target.state_dict() if not k.startswith(BACKBONE_PREFIX) or ADAPTER_KEY in k]
+    report.missing += [BACKBONE_PREFIX + k for k in missing]
+
+
 def load_weights(
     model: nn.Module,
     path: str | Path,
@@ -207,6 +266,11 @@ def load_weights(
     target = unwrap_model(model)
     state, kind, meta = contents if contents is not None else read_state_dict(path)
     report = LoadReport(path=str(path), kind=kind, meta=meta)
+    if kind == "dinov2_backbone":
+        _load_dinov2_backbone(target, path, state, report, strict)
+        if log:
+            logger.info(report.summary())
+        return report
 
     model_name = getattr(target, "name", "")
     if meta.get("model") and model_name and meta["model"] != model_name:
@@ -240,6 +304,11 @@ def load_weights(
         if strict:
             guess = guess_variant(state)
             hint = f" The file looks like {guess!r}." if guess and guess != model_name else ""
+            lora = [k for k in unexpected if ADAPTER_KEY in k]
+            if lora:
+                rank = state[lora[0]].shape[0] if lora[0].endswith(".down") else state[lora[0]].shape[1]
+                hint += (f" The file has LoRA adapters (rank {rank}): set_backbone_mode(model, 'adapters', lora_rank={rank}) "
+                         "before loading, or save weights merged with merge_lora.")
             raise CheckpointMismatchError(
                 f"{path}: {len(unexpected)} keys of the file are not in the model{_examples(unexpected)}."
                 f"{hint} Is it another architecture (e.g. HRNet-OCR) or width? strict=False skips them."
@@ -251,7 +320,7 @@ def load_weights(
     for key in absent:
         if key.startswith(HEAD_PREFIX) and reinit_head:
             reinit_modules.add(key.rsplit(".", 1)[0])
-        elif key.endswith("num_batches_tracked"):
+        elif key.endswith("num_batches_tracked") or ADAPTER_KEY in key:
             report.missing.append(key)
         elif key.startswith(HEAD_PREFIX) and kind == "imagenet_classification":
             report.missing.append(key)

@@ -1,4 +1,5 @@
-"""Released weights: a registry of MSeg's checkpoints and the ImageNet HRNet-W48 backbone, and a download cache.
+"""Released weights: a registry of MSeg's checkpoints, the ImageNet HRNet-W48 backbone and Meta's DINOv2 backbones
+(Apache-2.0), and a download cache.
 
 Cache: ``$MSEG_CACHE`` (default ``~/.cache/mseg_semantic``), files under ``<cache>/weights/``.
 - A download goes to a partial file beside its target and is renamed into place (``os.replace``) only when
@@ -64,7 +65,7 @@ class WeightsEntry:
     filename: str
     model: str  # a name for mseg_semantic.model.build_model
     num_classes: int | None  # None: a backbone without the segmentation head
-    taxonomy: str  # "universal" | "naive" | "oracle:<test dataset>" | "imagenet"
+    taxonomy: str  # "universal" | "naive" | "oracle:<test dataset>" | "imagenet" | "lvd142m" (self-supervised, no classes)
     gdrive_id: str | None = None
     url: str | None = None  # a direct HTTP(S) link
     manual_url: str | None = None  # a page to download from by hand when no direct link is known
@@ -72,6 +73,7 @@ class WeightsEntry:
     zero_shot_miou: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
     harmonic_mean: float | None = None  # of the zero-shot mIoU over the six test datasets, as published
     note: str = ""
+    licence: str = ""  # the weights' licence, where the publisher states one
 
     @property
     def source(self) -> str:
@@ -131,8 +133,29 @@ HRNET_W48_IMAGENET = WeightsEntry(
     note="HRNet-W48-C ImageNet classification weights (backbone init for training); OneDrive, manual download",
 )
 
+
+def _dinov2_entry(name: str) -> WeightsEntry:
+    """Meta's DINOv2 backbone-only checkpoints (facebookresearch/dinov2 README and hub/backbones.py): the ``_reg``
+    models' files are named ``..._reg4_pretrain.pth``. No checksum is published: the first download's is recorded."""
+    arch = name.removesuffix("_reg")
+    filename = f"{arch}_reg4_pretrain.pth" if name.endswith("_reg") else f"{arch}_pretrain.pth"
+    return WeightsEntry(
+        name=name,
+        filename=filename,
+        model=name,
+        num_classes=None,
+        taxonomy="lvd142m",
+        url=f"https://dl.fbaipublicfiles.com/dinov2/{arch}/{filename}",
+        note="DINOv2 self-supervised backbone (LVD-142M), official layout; loads into model.backbone",
+        licence="Apache-2.0",
+    )
+
+
+DINOV2_WEIGHTS = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg")
+
 WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in [_mseg_entry(*row) for row in _MSEG_RELEASES]}
 WEIGHTS[HRNET_W48_IMAGENET.name] = HRNET_W48_IMAGENET
+WEIGHTS.update((name, _dinov2_entry(name)) for name in DINOV2_WEIGHTS)
 
 
 class WeightsError(RuntimeError):

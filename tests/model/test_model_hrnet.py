@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mseg_semantic.compat import HEAD_KEY_MAP, translate_key
-from mseg_semantic.model import MODEL_NAMES, build_model
+from mseg_semantic.model import build_model
 from mseg_semantic.model import hrnet as hrnet_module
 
 REFERENCE_MANIFEST = Path("/work/shared/reference/hrnet_w48_seg_194_state_dict_shapes.json")
@@ -85,7 +85,7 @@ def test_w48_forward_small_input(w48):
     assert emb.shape == (1, 720, 16, 16)
 
 
-@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "hrnet_w48"])
+@pytest.mark.parametrize("name", [n for n in hrnet_module.HRNET_SPECS if n != "hrnet_w48"])
 def test_forward_every_width_train_and_eval(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=5)
