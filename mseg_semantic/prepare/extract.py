@@ -11,6 +11,7 @@ untouched. A marker file records a finished extraction; a second call is a no-op
 from __future__ import annotations
 
 import bz2
+import collections
 import gzip
 import json
 import logging
@@ -277,7 +278,8 @@ class _TailKeeper:
     def __init__(self, stream: BinaryIO):
         self.stream = stream
         self.total = 0
-        self.kept = b""
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.kept = 0
 
     def read(self, size: int = -1) -> bytes:
         try:
@@ -285,17 +287,20 @@ class _TailKeeper:
         except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # what the decompressors say about a bad stream
             raise tarfile.ReadError(f"{type(exc).__name__}: {exc}") from None
         self.total += len(data)
-        self.kept = (self.kept + data)[-self.KEEP:]
+        self.chunks.append(data)
+        self.kept += len(data)
+        while self.kept - len(self.chunks[0]) >= self.KEEP:
+            self.kept -= len(self.chunks.popleft())
         return data
 
     def window(self, start: int, length: int) -> bytes:
         """Bytes ``start .. start + length`` of the stream, reading on as far as needed (short at its end)."""
         while self.total < start + length and self.read(length):
             pass
-        first = self.total - len(self.kept)
+        first = self.total - self.kept
         if start < first:
             raise RuntimeError(f"tar end check: byte {start} is no longer kept")  # a bug, not bad input
-        return self.kept[start - first:start - first + length]
+        return b"".join(self.chunks)[start - first:start - first + length]
 
     def drain(self) -> None:
         while self.read(1 << 20):
