@@ -105,8 +105,10 @@ def verify_split(
     """
     if class_names is None:
         class_names = load_class_names(name)
-    location, pairs = locate_and_read(name, split, data_root, dataset_roots, dataset_lists)
+    location, pairs = locate_and_read(name, split, data_root, dataset_roots, dataset_lists, allow_empty=True)
     report = VerifyReport(name, split, location.list_file, location.root, list(class_names), num_samples=len(pairs))
+    if not pairs:
+        report.problems.append((str(location.list_file), "names no samples (an empty split list)"))
     report.duplicates = len(pairs) - len({image for image, _ in pairs})
     tasks = [(str(image), str(label), len(class_names)) for image, label in pairs]
     if workers > 0 and len(tasks) > 1:

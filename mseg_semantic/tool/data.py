@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from mseg_semantic.data.catalog import DATA_ROOT_ENV
+from mseg_semantic.errors import UserError
 from mseg_semantic.tool.cli import add_debug_flag, run_tool
 
 
@@ -45,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     from mseg_semantic.data.verify import verify_split
+
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers}: must be 0 (check in this process) or a number of worker processes")
 
     data_root, dataset_roots, dataset_lists = args.data_root, None, None
     if args.config:
