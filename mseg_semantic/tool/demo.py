@@ -8,6 +8,9 @@
 training taxonomy (cityscapes-19, ade20k-150, camvid-11, ...) or one of ``DATA.taxonomy_files``: the
 probabilities summed into it (rules: mseg_semantic/evaluation/model_space.py). ``save_confidence`` /
 ``save_probabilities`` add the confidence maps and the class probabilities of each image.
+
+Exit codes: 0 done; 1 some images of a folder could not be read (each named on stderr; the others are segmented);
+2 bad input (the config, the model, an input that is not an image, folder or video, a single unreadable image).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import sys
 from pathlib import Path
 
 from mseg_semantic.config import Config, ConfigError
+from mseg_semantic.errors import EXIT_CHECKS_FAILED
 from mseg_semantic.tool.cli import config_tool
 
 __all__ = ["main", "run"]
 
 
-def run(cfg: Config) -> list[Path]:
+def run(cfg: Config, unreadable: list[str] | None = None) -> list[Path]:
+    """The demo of ``cfg``; returns the files written. ``unreadable``: in a folder, images that cannot be read are
+    reported on stderr (one line each), appended to it and skipped, instead of stopping the run."""
     from mseg_semantic.evaluation.demo import run_demo
     from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings
     from mseg_semantic.evaluation.model_space import display_space, load_model_from_config, pick_device
@@ -43,12 +49,27 @@ def run(cfg: Config) -> list[Path]:
     else:
         model = Path(t.model_path)
         out_dir = model.parent / f"{model.stem}_demo"
+    def report(error: Exception) -> None:
+        print(f"mseg-demo: skipped {error}", file=sys.stderr)
+        unreadable.append(str(error))
+
     written = run_demo(engine, space, settings, source, out_dir, batch_size=t.batch_size_val, progress=sys.stderr.isatty(),
-                       confidence=t.save_confidence, probabilities=t.save_probabilities)
+                       confidence=t.save_confidence, probabilities=t.save_probabilities,
+                       on_unreadable=report if unreadable is not None else None)
     for note in space.notes:
         print(f"{space.name}: {note}")
     print(f"{len(written)} files in {out_dir} (taxonomy {space.name})")
     return written
+
+
+def _demo(cfg: Config) -> int:
+    unreadable: list[str] = []
+    run(cfg, unreadable)
+    if unreadable:
+        print(f"mseg-demo: {len(unreadable)} image(s) could not be read (listed above); the others were segmented",
+              file=sys.stderr)
+        return EXIT_CHECKS_FAILED
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "Segment an image, a folder of images, or a video.",
         "config/test/default_config_360_ms.yaml",
         "key=value overrides: model_path=... input=... [output_taxonomy=cityscapes-19 save_confidence=true save_folder=DIR]",
-        run,
+        _demo,
         argv,
     )
 
