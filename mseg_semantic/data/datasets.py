@@ -91,7 +91,9 @@ class TrainSampleReader(torch.utils.data.Dataset):
                 skipped.append(SkippedSample(self.dataset_names[ref.dataset], exc.path, exc.reason))
                 # a replacement drawn from (seed, position, attempt): the same for every run, rank count and worker
                 index = int(stream_rng(self.seed, STREAM_REPLACEMENT, ref.position, attempt).integers(len(self.samples[ref.dataset])))
-        message = f"{MAX_REPLACEMENTS + 1} samples of {self.dataset_names[ref.dataset]} in a row were bad; last: {skipped[-1].reason}"
+        name = self.dataset_names[ref.dataset]
+        message = (f"{MAX_REPLACEMENTS + 1} samples of {name} in a row were bad, replacements included: the dataset is "
+                   f"broken, not one file (`mseg-data verify --dataset {name}` lists every problem); last: {skipped[-1].reason}")
         return {"error": str(BadSampleError(skipped[-1].path, message)), "batch_index": ref.batch, "skipped": skipped}
 
 

@@ -70,3 +70,34 @@ def test_negative_workers_are_refused_naming_the_option(tmp_path, capsys):
     assert main(["verify", "--dataset", "camvid-11", "--split", "val", "--data-root", str(tmp_path), "--workers", "-3"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--workers -3: must be 0 (check in this process) or a number of worker processes" in line
+
+
+def _break_every_label(world) -> None:
+    list_file = world / "dataset_lists/cityscapes-19/list/train.txt"
+    for line in list_file.read_text().splitlines():
+        (world / "Cityscapes" / line.split()[1]).write_bytes(b"not a png")
+
+
+def _skip_mode_error(world, converter) -> str:
+    from mseg_semantic.config import load_config
+    from mseg_semantic.data import build_train_loader
+
+    cfg = load_config(None, [f"data_root={world}", "batch_size=2", "train_h=32", "train_w=32", "short_size=40", "on_bad_sample=skip"])
+    loader = build_train_loader(cfg, ["cityscapes-19"], converter)
+    with pytest.raises(BadSampleError) as caught:
+        next(iter(loader))
+    return str(caught.value)
+
+
+def test_a_dataset_that_is_all_bad_under_skip_says_the_dataset_is_broken(writable_world, universal_converter):
+    _break_every_label(writable_world)
+    message = _skip_mode_error(writable_world, universal_converter)
+    assert "samples of cityscapes-19 in a row were bad, replacements included: the dataset is broken" in message
+    assert "mseg-data verify --dataset cityscapes-19" in message and "cannot be decoded" in message
+
+
+@pytest.mark.xfail(strict=True, reason="the hint is appended in data/loader.py (TrainLoader.__iter__), which the lead "
+                                       "is rewriting: it must be left out when DATA.on_bad_sample is already skip")
+def test_a_dataset_that_is_all_bad_under_skip_does_not_suggest_skip(writable_world, universal_converter):
+    _break_every_label(writable_world)
+    assert "on_bad_sample=skip replaces" not in _skip_mode_error(writable_world, universal_converter)
