@@ -146,8 +146,10 @@ def write_1080p_world(root: Path, per_dataset: int) -> None:
 
     sys.path.insert(0, str(REPO))
     from mseg_semantic.atomic import atomic_write_text
-    from mseg_semantic.data.catalog import DATASET_DIRS, default_list_file
     from mseg_semantic.data.demo_world import render_sample
+    from mseg_semantic.taxonomy import Catalog
+
+    catalog = Catalog(data_root=root)
 
     for name in ("cityscapes-19", "ade20k-150", "mapillary-public65"):
         lines = []
@@ -156,13 +158,13 @@ def write_1080p_world(root: Path, per_dataset: int) -> None:
             image = cv2.resize(image, (1920, 1080), interpolation=cv2.INTER_LINEAR)
             label = cv2.resize(label, (1920, 1080), interpolation=cv2.INTER_NEAREST)
             rel_image, rel_label = f"hd/images/{i:04d}.jpg", f"hd/labels/{i:04d}.png"
-            out = root / DATASET_DIRS[name]
+            out = catalog.locate(name, "train").root
             (out / rel_image).parent.mkdir(parents=True, exist_ok=True)
             (out / rel_label).parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(out / rel_image), image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
             cv2.imwrite(str(out / rel_label), label)
             lines.append(f"{rel_image} {rel_label}\n")
-        atomic_write_text(default_list_file(root, name, "train"), "".join(lines))
+        atomic_write_text(catalog.locate(name, "train").list_file, "".join(lines))
 
 
 def run_job(command: list[str], env: dict, limit: float) -> tuple[int | None, str, str]:

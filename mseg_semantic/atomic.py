@@ -6,11 +6,16 @@ adds an fsync of the file and of its directory (checkpoints: the rename survives
 
 Temporary names are ``.<name>.<pid>-<random>.tmp<suffix>``: :func:`remove_stale_temporaries` deletes the ones a
 killed process left behind and never those of a process that is still running.
+
+A full file system (``ENOSPC``) or a spent quota (``EDQUOT``) while writing is bad input the user can fix, not a
+bug: it becomes :class:`DiskFullError` (exit 2) naming the file, also when a writer such as ``torch.save`` wraps
+the ``OSError`` in its own exception. The temporary is removed and the previous file, if any, is unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -18,7 +23,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from mseg_semantic.errors import UserError
+
 __all__ = [
+    "DISK_FULL_ERRNOS",
+    "DiskFullError",
+    "raise_if_disk_full",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -31,6 +41,32 @@ __all__ = [
 ]
 
 _TEMPORARY = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp(\.[^.]*)?$")
+DISK_FULL_ERRNOS = {errno.ENOSPC: "no space left on device"}  # errno -> how the one-line error says it
+if hasattr(errno, "EDQUOT"):
+    DISK_FULL_ERRNOS[errno.EDQUOT] = "disk quota exceeded"
+
+
+class DiskFullError(UserError):
+    """A file could not be written because its file system is full or the user's quota is spent."""
+
+
+def _full_errno(exc: BaseException) -> int | None:
+    """ENOSPC / EDQUOT when ``exc`` or an exception it was raised from (``__cause__`` / ``__context__``) is one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def raise_if_disk_full(exc: BaseException, path: str | os.PathLike) -> None:
+    """:class:`DiskFullError` naming ``path`` when ``exc`` comes from a full disk or quota; else nothing."""
+    code = _full_errno(exc)
+    if code is not None:
+        raise DiskFullError(f"{path}: cannot be written: {DISK_FULL_ERRNOS[code]} (the previous file, if any, is unchanged; "
+                            f"free some space and run the command again)") from exc
 
 
 def _default_mode() -> int:
@@ -43,8 +79,12 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     """An empty, uniquely named file beside ``path`` with the mode a plain ``open`` would give (mkstemp
     makes 0600, which would leave shared data directories unreadable to others). The caller renames it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix)
+    except OSError as exc:
+        raise_if_disk_full(exc, path)
+        raise
     os.close(fd)
     os.chmod(tmp, _default_mode())
     return Path(tmp)
@@ -74,8 +114,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], dura
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, path)
         raise
     if durable:
         _fsync_directory(path.parent)
@@ -103,6 +144,9 @@ def renamed_into_place(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except BaseException as exc:
+        raise_if_disk_full(exc, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -119,8 +163,9 @@ def link_or_copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             with open(src, "rb") as source:
                 atomic_write(tmp, lambda handle: _copy(source, handle), durable=True)
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, dst)
         raise
     _fsync_directory(dst.parent)
     return dst

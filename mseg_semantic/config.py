@@ -25,7 +25,7 @@ import yaml
 
 from mseg_semantic import compat
 from mseg_semantic.atomic import atomic_write_text
-from mseg_semantic.errors import UserError, did_you_mean
+from mseg_semantic.errors import UserError, did_you_mean, not_utf8_error
 
 __all__ = [
     "SCHEMA",
@@ -453,6 +453,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return name, value
 
 
+STAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")  # one plain folder under output_dir
+
+
 def _validate_stages(raw: Any, where: str) -> list[dict[str, Any]]:
     if raw is None:
         return []
@@ -466,6 +469,10 @@ def _validate_stages(raw: Any, where: str) -> list[dict[str, Any]]:
         if extra:
             raise ConfigError(f"{where}: STAGES[{i}] has unknown fields {sorted(extra)}; valid: name, overrides")
         name = str(stage["name"])
+        if not STAGE_NAME.fullmatch(name) or ".." in name:
+            raise ConfigError(f"{where}: STAGES[{i}] name {name!r} is not a folder name: each stage writes into "
+                              f"<output_dir>/<name>/, so use letters, digits, '_', '-' and '.' (not first), "
+                              f"without '/' or '..', e.g. 'pretrain'")
         if name in seen:
             raise ConfigError(f"{where}: stage name {name!r} appears twice")
         seen.add(name)
@@ -493,7 +500,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = _load_yaml(path.read_text()) or {}
+            data = _load_yaml(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(not_utf8_error(path, exc, "a YAML config"))) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):

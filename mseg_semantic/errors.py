@@ -21,6 +21,7 @@ __all__ = [
     "UnknownNameError",
     "UserError",
     "did_you_mean",
+    "not_utf8_error",
 ]
 
 EXIT_OK = 0
@@ -57,3 +58,11 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 1) -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+def not_utf8_error(path: object, error: UnicodeDecodeError, what: str) -> UserError:
+    """The one-line error for a text file that is not UTF-8 (a binary file, or another encoding), naming the line."""
+    data = error.object if isinstance(error.object, (bytes, bytearray)) else b""
+    line = data[: error.start].count(b"\n") + 1
+    byte = f"byte 0x{data[error.start]:02x}" if error.start < len(data) else "a byte"
+    return UserError(f"{path}:{line}: not UTF-8 text ({byte} at offset {error.start}); {what} must be a UTF-8 text file")

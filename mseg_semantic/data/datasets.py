@@ -90,7 +90,9 @@ class TrainSampleReader(torch.utils.data.Dataset):
                 skipped.append(SkippedSample(self.dataset_names[ref.dataset], exc.path, exc.reason))
                 # a replacement drawn from (seed, position, attempt): the same for every run, rank count and worker
                 index = int(stream_rng(self.seed, STREAM_REPLACEMENT, ref.position, attempt).integers(len(self.samples[ref.dataset])))
-        message = f"{MAX_REPLACEMENTS + 1} samples of {self.dataset_names[ref.dataset]} in a row were bad; last: {skipped[-1].reason}"
+        name = self.dataset_names[ref.dataset]
+        message = (f"{MAX_REPLACEMENTS + 1} samples of {name} in a row were bad, replacements included: the dataset is "
+                   f"broken, not one file (`mseg-data verify --dataset {name}` lists every problem); last: {skipped[-1].reason}")
         return {"error": str(BadSampleError(skipped[-1].path, message)), "batch_index": ref.batch, "skipped": skipped}
 
 
@@ -126,9 +128,7 @@ class ValDataset(torch.utils.data.Dataset):
     def __init__(self, catalog: Catalog, name: str, split: str = "val"):
         self.name = name
         self.split = split
-        self.location, self.samples = locate_and_read(catalog, name, split)
-        if not self.samples:
-            raise UserError(f"split list {self.location.list_file} of {name} is empty")
+        self.location, self.samples = locate_and_read(catalog, name, split)  # never empty
 
     def __len__(self) -> int:
         return len(self.samples)

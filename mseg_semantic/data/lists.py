@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mseg_semantic.errors import UserError
+from mseg_semantic.errors import UserError, not_utf8_error
 from mseg_semantic.taxonomy import Catalog, DatasetLocation
 
 
@@ -31,24 +31,38 @@ def read_list_file(location: DatasetLocation) -> list[tuple[Path, Path]]:
             f"generate the demo world (mseg-data demo --out DIR), or point DATA.dataset_lists at the right file"
         )
     pairs = []
-    with open(list_file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise UserError(f"{list_file}:{number}: expected 'rgb_relpath label_relpath' (2 fields), got {len(fields)}: {line.strip()!r}")
-            pairs.append((location.root / fields[0], location.root / fields[1]))
+    try:
+        text = list_file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(list_file, exc, "a split list ('rgb_relpath label_relpath' per line)") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise UserError(f"{list_file}:{number}: expected 'rgb_relpath label_relpath' (2 fields), got {len(fields)}: {line.strip()!r}")
+        pairs.append((location.root / fields[0], location.root / fields[1]))
     return pairs
 
 
-def locate_and_read(catalog: Catalog, name: str, split: str) -> tuple[DatasetLocation, list[tuple[Path, Path]]]:
-    """:meth:`Catalog.locate` the split, then :func:`read_list_file` it."""
+def locate_and_read(catalog: Catalog, name: str, split: str, allow_empty: bool = False) -> tuple[DatasetLocation, list[tuple[Path, Path]]]:
+    """:meth:`Catalog.locate` the split, then :func:`read_list_file` it; a list that names no sample is an error naming
+    the file unless ``allow_empty`` (a checker reports it among its problems)."""
     location = catalog.locate(name, split)
-    return location, read_list_file(location)
+    pairs = read_list_file(location)
+    if not pairs and not allow_empty:
+        raise UserError(empty_list_message(location))
+    return location, pairs
+
+
+def empty_list_message(location: DatasetLocation) -> str:
+    return (f"split list {location.list_file} of dataset {location.name!r} names no samples (an empty file); prepare the "
+            f"dataset again (mseg-prepare) or point DATA.dataset_lists at the right file")
 
 
 def _read(path: Path, flags: int) -> np.ndarray:
+    if path.is_dir():
+        raise BadSampleError(path, "is a directory, not an image file")
     if not path.is_file():
         raise BadSampleError(path, "file does not exist")
     data = np.fromfile(str(path), dtype=np.uint8)

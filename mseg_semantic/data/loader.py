@@ -123,7 +123,8 @@ class TrainLoader:
                 self._skipped[skipped.dataset] += 1
                 log.warning("skipped bad sample of %s (%d so far): %s: %s", skipped.dataset, self._skipped[skipped.dataset], skipped.path, skipped.reason)
             if "error" in batch:
-                raise BadSampleError(f"{batch['error']} (DATA.on_bad_sample=skip replaces bad samples instead)")
+                hint = "" if self.reader.on_bad_sample == "skip" else " (DATA.on_bad_sample=skip replaces bad samples instead)"
+                raise BadSampleError(f"{batch['error']}{hint}")
             self._cursor = batches.cursor_after.pop(index)
             yield batch
 

@@ -101,8 +101,10 @@ def verify_split(
     """
     if class_names is None:
         class_names = catalog.class_names(name)
-    location, pairs = locate_and_read(catalog, name, split)
+    location, pairs = locate_and_read(catalog, name, split, allow_empty=True)
     report = VerifyReport(name, split, location.list_file, location.root, list(class_names), num_samples=len(pairs))
+    if not pairs:
+        report.problems.append((str(location.list_file), "names no samples (an empty split list)"))
     report.duplicates = len(pairs) - len({image for image, _ in pairs})
     tasks = [(str(image), str(label), len(class_names)) for image, label in pairs]
     if workers > 0 and len(tasks) > 1:

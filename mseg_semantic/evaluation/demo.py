@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mseg_semantic.data.lists import read_image_rgb
+from mseg_semantic.data.lists import BadSampleError, read_image_rgb
 from mseg_semantic.atomic import renamed_into_place
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
@@ -69,9 +69,12 @@ def run_demo(
     progress: bool = True,
     confidence: bool = False,
     probabilities: bool = False,
+    on_unreadable: Callable[[BadSampleError], None] | None = None,
 ) -> list[Path]:
     """Segment ``input_path`` (image, folder of images, or video) into ``out_dir``; returns the files written.
-    ``confidence`` / ``probabilities``: also the confidence maps / the class probabilities (images only)."""
+    ``confidence`` / ``probabilities``: also the confidence maps / the class probabilities (images only).
+    ``on_unreadable``: in a folder, an image that cannot be read is passed to it and skipped (the others are
+    still segmented) instead of stopping the run."""
     input_path = Path(input_path)
     out_dir = Path(out_dir)
     batch_size = max(1, int(batch_size))
@@ -81,7 +84,7 @@ def run_demo(
         images = list_images(input_path)
         if not images:
             raise FileNotFoundError(f"{input_path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return _run_images(engine, space, settings, images, out_dir, batch_size, progress, **extras)
+        return _run_images(engine, space, settings, images, out_dir, batch_size, progress, on_unreadable=on_unreadable, **extras)
     if not input_path.exists():
         raise FileNotFoundError(f"demo input {input_path} does not exist (give an image, a folder of images, or a video)")
     suffix = input_path.suffix.lower()
@@ -102,14 +105,32 @@ def output_stems(paths: Sequence[Path]) -> dict[Path, str]:
     return {p: p.stem if stems[p.stem] == 1 else p.name for p in paths}
 
 
+def _readable(paths: Sequence[Path], on_unreadable: Callable[[BadSampleError], None] | None) -> tuple[list[Path], list[np.ndarray]]:
+    kept, images = [], []
+    with _opencv_quiet():
+        for path in paths:
+            try:
+                images.append(read_image_rgb(path))
+            except BadSampleError as exc:
+                if on_unreadable is None:
+                    raise
+                on_unreadable(exc)
+                continue
+            kept.append(path)
+    return kept, images
+
+
 def _run_images(engine, space, settings, paths: list[Path], out_dir: Path, batch_size: int, progress: bool,
-                confidence: bool = False, probabilities: bool = False) -> list[Path]:
+                confidence: bool = False, probabilities: bool = False,
+                on_unreadable: Callable[[BadSampleError], None] | None = None) -> list[Path]:
     written = []
     names = output_stems(paths)
     bar = tqdm(total=len(paths), desc="demo", unit="img", disable=not progress, dynamic_ncols=True)
-    for chunk in _batches(paths, batch_size):
-        with _opencv_quiet():
-            images = [read_image_rgb(p) for p in chunk]
+    for batch in _batches(paths, batch_size):
+        chunk, images = _readable(batch, on_unreadable)
+        if not chunk:
+            bar.update(len(batch))
+            continue
         for path, image, pixels in zip(chunk, images, _predict(engine, images, settings, space, confidence, probabilities)):
             label = pixels.label_array()
             frame = compose_demo_frame(image, label, space.class_names, space.colors)
@@ -120,7 +141,7 @@ def _run_images(engine, space, settings, paths: list[Path], out_dir: Path, batch
                 written += write_confidence(out_dir / name, pixels)
             if probabilities:
                 written.append(write_probabilities(out_dir / name, pixels, space.class_names))
-        bar.update(len(chunk))
+        bar.update(len(batch))
     bar.close()
     return written
 

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from mseg_semantic.atomic import renamed_into_place
+from mseg_semantic.errors import UserError
 
-__all__ = ["ExportReport", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript"]
+__all__ = ["ExportReport", "MIN_OPSET", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript", "supported_opsets"]
 
 
 @dataclass
@@ -52,6 +53,29 @@ def _example(height: int, width: int) -> torch.Tensor:
     return torch.randn(1, 3, height, width, generator=generator)
 
 
+MIN_OPSET = 17  # TEST.export_opset's minimum
+
+
+def supported_opsets(dynamo: bool = True) -> tuple[int, int]:
+    """The ONNX opsets :func:`export_onnx` can write with this installation: from :data:`MIN_OPSET` to the newest the
+    onnx package defines (the TorchScript-based exporter: to its own newest, where torch says)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not dynamo:
+        try:
+            from torch.onnx import _constants
+        except ImportError:
+            pass
+        else:
+            newest = min(newest, getattr(_constants, "ONNX_MAX_OPSET", newest))
+    return MIN_OPSET, newest
+
+
+def _exporter_name(dynamo: bool) -> str:
+    return "torch.export (dynamo)" if dynamo else "TorchScript-based"
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -64,6 +88,12 @@ def export_onnx(
     import onnx
 
     path = Path(path)
+    exporter = _exporter_name(dynamo)
+    if opset is not None:
+        low, high = supported_opsets(dynamo)
+        if not low <= opset <= high:
+            raise UserError(f"ONNX opset {opset} (TEST.export_opset): the {exporter} exporter here writes opsets "
+                            f"{low}..{high}; pick one of those, or leave export_opset unset for the exporter's default")
     wrapped = _LogitsOnly(model).eval().cpu()
     example = _example(height, width)
     kwargs: dict = {"input_names": ["image"], "output_names": ["logits"], "dynamo": dynamo}
@@ -82,9 +112,13 @@ def export_onnx(
             torch.onnx.export(wrapped, (example,), str(tmp), **kwargs)
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
-    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and opset_used != opset:  # the exporter's version conversion failed and kept its own
+            raise UserError(f"ONNX opset {opset} (TEST.export_opset): the {exporter} exporter could not convert the "
+                            f"model to it and wrote opset {opset_used}; nothing was written to {path}. Use "
+                            f"export_opset={opset_used}, or leave it unset")
     shape = (-1, 3, -1, -1) if dynamic else (1, 3, height, width)
-    return ExportReport(path, "onnx", shape, opset_used, "torch.export (dynamo)" if dynamo else "TorchScript-based")
+    return ExportReport(path, "onnx", shape, opset_used, exporter)
 
 
 def export_torchscript(model: torch.nn.Module, path: str | os.PathLike, height: int, width: int) -> ExportReport:

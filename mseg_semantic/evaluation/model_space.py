@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mseg_semantic.errors import UnknownNameError, UserError
+from mseg_semantic.errors import UnknownNameError, UserError, did_you_mean
 from mseg_semantic.model import WeightsFileError, build_model, load_weights
 from mseg_semantic.model.loading import CLASSIFIER_PREFIX, guess_variant, read_state_dict
 from mseg_semantic.taxonomy import (
@@ -298,7 +298,13 @@ def output_projection(loaded: LoadedModel, taxonomy: str) -> tuple[Projection | 
     own, model_names, _ = _model_space_names(loaded)
     if taxonomy == own:
         return None, []
-    role = loaded.catalog.taxonomy(taxonomy).role
+    catalog = loaded.catalog
+    if taxonomy not in catalog.taxonomy_names():
+        valid = [n for n in catalog.taxonomy_names() if catalog.taxonomy(n).role in ("train", "test")]
+        raise UnknownNameError(f"TEST.output_taxonomy={taxonomy!r} is not a known taxonomy{did_you_mean(taxonomy, valid)}: a "
+                               f"taxonomy of your own is read from its file, pass taxonomy_files=[path/to/FILE.tsv]; "
+                               f"built in: {', '.join(valid[:8])}, ... (`mseg-taxonomy list`)")
+    role = catalog.taxonomy(taxonomy).role
     if loaded.model_taxonomy == "oracle":
         conv = _converter(loaded, [loaded.train_datasets[0]], [taxonomy])  # raises unless the classes are the same
         return conv.projection(taxonomy), []

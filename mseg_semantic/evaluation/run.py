@@ -156,8 +156,10 @@ def _zero_shot(run: _Evaluation, datasets: list[str], missing) -> dict:
     return summary
 
 
-def run_demo_from_config(cfg: Config) -> list[Path]:
-    """``mseg-demo``: segment an image, a folder of images or a video (:func:`mseg_semantic.evaluation.demo.run_demo`)."""
+def run_demo_from_config(cfg: Config, unreadable: list[str] | None = None) -> list[Path]:
+    """``mseg-demo``: segment an image, a folder of images or a video (:func:`mseg_semantic.evaluation.demo.run_demo`).
+    ``unreadable``: in a folder, images that cannot be read are reported on stderr (one line each), appended to it
+    and skipped, instead of stopping the run."""
     from mseg_semantic.evaluation.demo import run_demo
     from mseg_semantic.evaluation.model_space import display_space
 
@@ -169,8 +171,14 @@ def run_demo_from_config(cfg: Config) -> list[Path]:
     space = display_space(loaded, t.output_taxonomy, t.uncovered_classes)
     engine = InferenceModel(loaded.model, settings, inplace=True)  # the loaded model is ours: no copy
     out_dir = Path(t.save_folder) if t.save_folder else Path(t.model_path).parent / f"{Path(t.model_path).stem}_demo"
+
+    def report(error: Exception) -> None:
+        print(f"mseg-demo: skipped {error}", file=sys.stderr)
+        unreadable.append(str(error))
+
     written = run_demo(engine, space, settings, t.input, out_dir, batch_size=t.batch_size_val, progress=sys.stderr.isatty(),
-                       confidence=t.save_confidence, probabilities=t.save_probabilities)
+                       confidence=t.save_confidence, probabilities=t.save_probabilities,
+                       on_unreadable=report if unreadable is not None else None)
     for note in space.notes:
         print(f"{space.name}: {note}")
     print(f"{len(written)} files in {out_dir} (taxonomy {space.name})")

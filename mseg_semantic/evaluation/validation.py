@@ -122,7 +122,8 @@ class Validator:
         best = self.state.get(STATE_KEY)
         if best and best.get("metric") != self.settings.metric_name:
             log.info(f"TRAIN.val_metric changed from {best.get('metric')} to {self.settings.metric_name}: "
-                     f"the best so far ({best.get('value')}) no longer counts; {BEST_NAME} is replaced by the next validation")
+                     f"the best so far ({100 * float(best.get('value', 0.0)):.2f}) no longer counts; {BEST_NAME} is replaced by "
+                     f"the next validation")
             self.state.pop(STATE_KEY)
             return None
         return best

@@ -31,6 +31,8 @@ keep their initialisation (reported as missing): adapters inserted for training 
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,7 +46,8 @@ from mseg_semantic.errors import UserError
 from mseg_semantic.model.dinov2 import ADAPTER_KEY, DINOV2_SPECS, DinoV2Backbone
 from mseg_semantic.model.hrnet import HRNET_SPECS, init_weights
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "guess_variant", "load_weights", "read_state_dict", "save_weights", "unwrap_model"]
+__all__ = ["CheckpointMismatchError", "LoadReport", "WeightsFileError", "guess_variant", "load_weights", "load_weights_only",
+           "read_state_dict", "save_weights", "unwrap_model", "weights_only_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,17 +98,46 @@ def _examples(keys: list[str], limit: int = 4) -> str:
     return f": {shown}" + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
 
 
-def _torch_load(path: Path) -> Any:
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6")
+
+
+def _first_useful_line(error: BaseException) -> str:
+    """torch's own message without its paragraphs of advice (one of which is to turn the safety off)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    text = (useful[0] if useful else "").split(". ")[0].rstrip(".")
+    text = re.sub(r"^WeightsUnpickler error:\s*", "", text)
+    return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
+
+
+def weights_only_problem(error: BaseException, path: Path) -> str:
+    """One line on why ``torch.load(path, weights_only=True)`` refused the file: objects a weights file has no use
+    for (pickled code, custom classes), or not a checkpoint at all (text, HTML, a cut or damaged file)."""
+    blocked = re.search(r"GLOBAL\s+([\w.]+)", str(error))
+    if blocked:
+        return f"{path} holds objects a weights file does not need ({blocked.group(1)}): refused"
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        return f"{path} is not a PyTorch checkpoint (it is empty)"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        return f"{path} is not a PyTorch checkpoint: a truncated or damaged file ({_first_useful_line(error)})"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # a pickle: torch's legacy format, or another one
+        return f"{path} is not a PyTorch checkpoint ({_first_useful_line(error)})"
+    return f"{path} is not a PyTorch checkpoint (it starts with {head!r})"
+
+
+def load_weights_only(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; a file it refuses is a :class:`WeightsFileError` of one line."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. the pickle protocol of a file that is refused anyway
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - whatever torch.load trips on, the file is not a readable checkpoint
-        raise WeightsFileError(
-            f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(error).__name__}: {error}). "
-            "Only tensors and plain containers are accepted (torch.load(weights_only=True)); a truncated "
-            "download also fails here: re-download it (mseg-weights download NAME --force)."
-        ) from error
+        raise WeightsFileError(weights_only_problem(error, path)) from error
 
 
 def _as_state_dict(obj: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
@@ -120,7 +152,7 @@ def _as_state_dict(obj: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
     """``(state_dict, kind, meta)`` of a checkpoint file, prefixes ``module.`` / ``_orig_mod.`` removed."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = load_weights_only(path)
     if not isinstance(obj, Mapping):
         raise WeightsFileError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     if TRAINING_MODEL_KEY in obj and isinstance(obj[TRAINING_MODEL_KEY], Mapping) and "state_dict" not in obj:

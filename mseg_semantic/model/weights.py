@@ -7,7 +7,9 @@ Cache: ``$MSEG_CACHE`` (default ``~/.cache/mseg_semantic``), files under ``<cach
   ``Range`` request on ``NAME.pth.part`` (``mseg_semantic.download.fetch``, shared with
   ``mseg-prepare``), Google Drive through gdown's own resume (``NAME.pth.gdown``).
 - Before a digest is recorded the file must be a PyTorch checkpoint (zip with ``data.pkl``, or the legacy
-  pickle format): a login page or a truncated file is moved to ``NAME.pth.invalid`` and never recorded.
+  pickle format): a login page or a truncated file is moved to ``NAME.pth.invalid`` and never recorded. Every
+  check (download, verify, use) also loads it with ``torch.load(weights_only=True)``: a file holding pickled
+  objects a weights file does not need is moved aside the same way.
 - The SHA-256 of every file is recorded in ``<cache>/weights/checksums.json`` the first time it is seen and
   checked on every later use, with the one policy of ``mseg_semantic.download.ChecksumManifest``: a file
   that differs from a published digest is moved to ``NAME.pth.sha256-mismatch``; one that differs from the
@@ -21,6 +23,7 @@ MSeg's models are HRNetV2-W48; their Google Drive ids and published zero-shot mI
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +34,11 @@ from mseg_semantic.download import (
     InvalidContent,
     content_problem,
     fetch,
+    move_aside,
     part_path,
 )
 from mseg_semantic.errors import EXIT_BAD_INPUT, EXIT_CHECKS_FAILED, did_you_mean
+from mseg_semantic.model.loading import WeightsFileError, load_weights_only
 from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS, load_class_names
 
 __all__ = [
@@ -218,9 +223,11 @@ def _way_out(entry: WeightsEntry) -> str:
 
 def _check(entry: WeightsEntry, path: Path, *, source: str = "", rerecord: bool = False,
            content_checked: bool = False, placed_by_user: bool = False) -> str:
-    """The manifest's policy on one cached file; its errors as WeightsErrors."""
+    """The manifest's policy on one cached file, then its content as ``torch.load(weights_only=True)`` reads it
+    (a zip with data.pkl may still hold pickled code); its errors as WeightsErrors."""
+    manifest = _manifest(path.parent)
     try:
-        return _manifest(path.parent).check(
+        digest = manifest.check(
             path, published=f"sha256:{entry.sha256}" if entry.sha256 else None, source=source,
             rehash=True,  # a checkpoint is checked on every use, not only when its size or mtime changed
             rerecord=rerecord, content_checked=content_checked, placed_by_user=placed_by_user, hint=_way_out(entry))
@@ -228,6 +235,14 @@ def _check(entry: WeightsEntry, path: Path, *, source: str = "", rerecord: bool 
         raise InvalidWeightsFile(f"{entry.name}: {error}", error.exit_code) from None
     except DigestMismatch as error:
         raise ChecksumMismatchError(str(error)) from None
+    try:
+        load_weights_only(path, mmap=zipfile.is_zipfile(path))  # mmap: the tensors are not read, only mapped
+    except WeightsFileError as error:
+        manifest.forget(path)
+        aside = move_aside(path, ".invalid")
+        raise InvalidWeightsFile(f"{entry.name}: {error}; it was moved to {aside} and nothing was recorded",
+                                 EXIT_BAD_INPUT if placed_by_user else EXIT_CHECKS_FAILED) from None
+    return digest
 
 
 def verify_weights(name: str | WeightsEntry, cache: str | Path | None = None, rerecord: bool = False) -> str:
@@ -360,7 +375,11 @@ def resolve_weights(name_or_path: str | Path, cache: str | Path | None = None, d
         )
     path = weights_path(name, cache)
     if path.is_file():
-        verify_weights(name, cache)
+        try:
+            verify_weights(name, cache)
+        except (ChecksumMismatchError, InvalidWeightsFile) as error:
+            error.exit_code = EXIT_BAD_INPUT  # a run given weights it cannot use: bad input, as a bad local file is
+            raise
         return path
     if download:
         return download_weights(name, cache)

@@ -10,9 +10,12 @@ untouched. A marker file records a finished extraction; a second call is a no-op
 
 from __future__ import annotations
 
+import bz2
+import collections
 import gzip
 import json
 import logging
+import lzma
 import os
 import posixpath
 import shutil
@@ -245,8 +248,73 @@ def _unpack(archive: Path, kind: str, tmp: Path, member_filter: MemberFilter, pr
                 limits.check(archive, sum(info.file_size for info in zf.infolist()))
                 return _place(archive, tmp, _counted(_zip_members(zf), bar), member_filter, limits)
         # streaming mode: one pass over multi-GB .tar.gz files; members are checked one by one before writing
-        with tarfile.open(archive, mode="r|*") as tf:
-            return _place(archive, tmp, _counted(_tar_members(tf), bar), member_filter, limits)
+        with _decompressed(archive) as stream:
+            tail = _TailKeeper(stream)
+            with tarfile.open(fileobj=tail, mode="r|") as tf:
+                count = _place(archive, tmp, _counted(_tar_members(tf), bar), member_filter, limits)
+                _check_tar_end(archive, tf.offset, tail)
+            return count
+
+
+def _decompressed(archive: Path) -> BinaryIO:
+    """The archive's tar bytes. gzip, bz2 and xz readers check the stream to its end: a cut file raises EOFError,
+    damaged data a CRC error (tarfile's own stream reader checks neither)."""
+    with open(archive, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(archive, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(archive, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(archive, "rb")
+    return open(archive, "rb")
+
+
+class _TailKeeper:
+    """A read-only stream that counts the bytes read and keeps the latest ones, for :func:`_check_tar_end`."""
+
+    KEEP = 1 << 16  # more than tarfile reads ahead (one 10 KiB record)
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.total = 0
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.kept = 0
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self.stream.read(size)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # what the decompressors say about a bad stream
+            raise tarfile.ReadError(f"{type(exc).__name__}: {exc}") from None
+        self.total += len(data)
+        self.chunks.append(data)
+        self.kept += len(data)
+        while self.kept - len(self.chunks[0]) >= self.KEEP:
+            self.kept -= len(self.chunks.popleft())
+        return data
+
+    def window(self, start: int, length: int) -> bytes:
+        """Bytes ``start .. start + length`` of the stream, reading on as far as needed (short at its end)."""
+        while self.total < start + length and self.read(length):
+            pass
+        first = self.total - self.kept
+        if start < first:
+            raise RuntimeError(f"tar end check: byte {start} is no longer kept")  # a bug, not bad input
+        return b"".join(self.chunks)[start - first:start - first + length]
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _check_tar_end(archive: Path, end: int, tail: _TailKeeper) -> None:
+    """The members stopped at byte ``end``: a complete archive has its two zero blocks there. tarfile also stops,
+    silently, at a header cut short or damaged; reading the rest checks the compressed stream to its end."""
+    marker = tail.window(end, 2 * tarfile.BLOCKSIZE)
+    if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+        what = "cut short" if len(marker) < 2 * tarfile.BLOCKSIZE else "not the end-of-archive blocks"
+        raise tarfile.ReadError(f"the member header at byte {end} is {what}")
+    tail.drain()
 
 
 def _counted(members: Iterator[Member], bar) -> Iterator[Member]:

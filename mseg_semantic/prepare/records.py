@@ -14,11 +14,12 @@ from __future__ import annotations
 import gzip
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from mseg_semantic.atomic import atomic_write_bytes
-from mseg_semantic.errors import UserError
+from mseg_semantic.errors import UserError, not_utf8_error
 
 RECORDS_DIR = Path(__file__).resolve().parent / "data" / "relabeling"
 
@@ -50,7 +51,7 @@ def read_reference_records(reference_dir: str | os.PathLike) -> dict[str, list[S
     if not table.is_file():
         raise RecordsError(f"{table} does not exist (expected relabeling_update_records.tsv and relabeled_data/ in {reference_dir})")
     out: dict[str, list[SegmentRecord]] = {}
-    lines = table.read_text(encoding="utf-8").splitlines()
+    lines = _utf8_text(table).splitlines()
     for lineno, line in enumerate(lines[1:], 2):
         if not line.strip():
             continue
@@ -65,7 +66,7 @@ def read_reference_records(reference_dir: str | os.PathLike) -> dict[str, list[S
         list_path = reference_dir / "relabeled_data" / list_file
         if not list_path.is_file():
             raise RecordsError(f"{table}:{lineno}: segment list {list_path} does not exist")
-        for entry in list_path.read_text(encoding="utf-8").splitlines():
+        for entry in _utf8_text(list_path).splitlines():
             entry = entry.strip()
             if entry:
                 out.setdefault(RECORD_DATASETS[dataset], []).append(SegmentRecord(split, original, new, list_file, entry))
@@ -87,20 +88,39 @@ def write_compiled(records: dict[str, list[SegmentRecord]], out_dir: str | os.Pa
     return written
 
 
+def _utf8_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordsError(str(not_utf8_error(path, exc, "a relabeling records file"))) from None
+
+
+def _compiled_text(path: Path) -> str:
+    """The text of a compiled records file; a cut, damaged or foreign file is one RecordsError naming it."""
+    try:
+        data = gzip.decompress(path.read_bytes())
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise RecordsError(f"{path}: not a complete gzip file ({type(exc).__name__}: {exc}); the records shipped with "
+                           f"the package are used without --records, or compile a records directory again "
+                           f"(python -m mseg_semantic.prepare.records REFERENCE_DIR OUT_DIR)") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordsError(str(not_utf8_error(path, exc, "the decompressed records"))) from None
+
+
 def read_compiled(key: str, records_dir: str | os.PathLike = RECORDS_DIR) -> list[SegmentRecord]:
     path = Path(records_dir) / f"{key}.tsv.gz"
     if not path.is_file():
         raise RecordsError(f"no relabeling records for {key!r} at {path}")
     items = []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
-            if not line or line.startswith("#") or line == "\t".join(HEADER):
-                continue
-            cells = line.split("\t")
-            if len(cells) != len(HEADER):
-                raise RecordsError(f"{path}:{lineno}: expected {len(HEADER)} columns, got {len(cells)}")
-            items.append(SegmentRecord(*cells))
+    for lineno, line in enumerate(_compiled_text(path).split("\n"), 1):
+        if not line or line.startswith("#") or line == "\t".join(HEADER):
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(HEADER):
+            raise RecordsError(f"{path}:{lineno}: expected {len(HEADER)} columns, got {len(cells)}")
+        items.append(SegmentRecord(*cells))
     return items
 
 
@@ -109,6 +129,10 @@ def load_records(key: str, records_dir: str | os.PathLike | None = None) -> list
     if records_dir is None:
         return read_compiled(key)
     records_dir = Path(records_dir)
+    if not records_dir.is_dir():
+        state = "is a file" if records_dir.exists() else "does not exist"
+        raise RecordsError(f"--records {records_dir}: {state}; give a directory laid out like mseg-api's "
+                           f"(relabeling_update_records.tsv and relabeled_data/) or of compiled KEY.tsv.gz files")
     if (records_dir / "relabeling_update_records.tsv").is_file():
         return read_reference_records(records_dir).get(key, [])
     return read_compiled(key, records_dir)

@@ -173,7 +173,7 @@ def parse_taxonomy_text(text: str, source: str = "<memory>") -> tuple[list[Taxon
         key = fields[0].strip()
         if key == "taxonomy":
             finish()
-            state = {"meta": {}, "meta_line": lineno, "columns": None, "rows": []}
+            state = {"meta": {}, "meta_line": lineno, "key_lines": {}, "columns": None, "rows": []}
         if state is None:
             report.error(source, lineno, None, f"expected 'taxonomy<TAB>NAME' to start a block, got {line[:60]!r}")
             continue
@@ -195,6 +195,7 @@ def parse_taxonomy_text(text: str, source: str = "<memory>") -> tuple[list[Taxon
                              f"key {key!r} is given twice in this block (first {state['meta'][key]!r}); keep one")
                 continue
             state["meta"][key] = fields[1].strip()
+            state["key_lines"][key] = lineno
             continue
         state["rows"].append((lineno, fields))
     finish()
@@ -217,7 +218,8 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
         report.error(source, at, name, f"missing 'role' line; valid roles: {', '.join(ROLES)}")
         return None
     if role not in ROLES:
-        report.error(source, at, name, f"unknown role {role!r}{did_you_mean(role, ROLES)}; valid roles: {', '.join(ROLES)}")
+        report.error(source, state["key_lines"]["role"], name,
+                     f"unknown role {role!r}{did_you_mean(role, ROLES)}; valid roles: {', '.join(ROLES)}")
         return None
     columns = state["columns"]
     if columns is None:
@@ -241,10 +243,10 @@ def _finish_block(state: dict, source: str, report: ValidationReport) -> Taxonom
     if bad_columns:
         return None
     if role == "universal" and "maps_to" in meta:
-        report.error(source, at, name, "'maps_to' applies to train/test taxonomies, not to a universal one")
+        report.error(source, state["key_lines"]["maps_to"], name, "'maps_to' applies to train/test taxonomies, not to a universal one")
     extends = meta.get("extends", "")
     if extends and role == "raw":
-        report.error(source, at, name, "'extends' applies to universal, train and test taxonomies, not to a raw one")
+        report.error(source, state["key_lines"]["extends"], name, "'extends' applies to universal, train and test taxonomies, not to a raw one")
         extends = ""
 
     col = {c: i for i, c in enumerate(columns)}

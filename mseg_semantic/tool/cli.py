@@ -16,6 +16,7 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from mseg_semantic.atomic import DISK_FULL_ERRNOS
 from mseg_semantic.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
 __all__ = ["add_debug_flag", "config_tool", "error_exit_code", "run_tool"]
@@ -35,6 +36,8 @@ def error_exit_code(exc: BaseException) -> int | None:
         return code
     if isinstance(exc, OSError) and (exc.filename is not None or isinstance(exc, (FileNotFoundError, PermissionError))):
         return EXIT_BAD_INPUT  # a path the user gave cannot be read or written
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return EXIT_BAD_INPUT  # a full disk where no atomic writer named the file: still the user's to fix
     return None
 
 

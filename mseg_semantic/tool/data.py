@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mseg_semantic.errors import UserError
 from mseg_semantic.taxonomy.catalog import DATA_ROOT_ENV
 from mseg_semantic.tool.cli import add_debug_flag, run_tool
 
@@ -48,6 +49,8 @@ def _run(args: argparse.Namespace) -> int:
     from mseg_semantic.data.verify import verify_split
     from mseg_semantic.taxonomy import Catalog
 
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers}: must be 0 (check in this process) or a number of worker processes")
     cfg = load_config(args.config, [f"data_root={args.data_root}"] if args.data_root else [])
     report = verify_split(Catalog.from_config(cfg), args.dataset, args.split, workers=args.workers)
     print(report.format())

@@ -8,6 +8,9 @@
 training taxonomy (cityscapes-19, ade20k-150, camvid-11, ...) or one of ``DATA.taxonomy_files``: the
 probabilities summed into it (rules: mseg_semantic/evaluation/model_space.py). ``save_confidence`` /
 ``save_probabilities`` add the confidence maps and the class probabilities of each image.
+
+Exit codes: 0 done; 1 some images of a folder could not be read (each named on stderr; the others are segmented);
+2 bad input (the config, the model, an input that is not an image, folder or video, a single unreadable image).
 """
 
 from __future__ import annotations
@@ -16,15 +19,28 @@ import sys
 from pathlib import Path
 
 from mseg_semantic.config import Config
+from mseg_semantic.errors import EXIT_CHECKS_FAILED
 from mseg_semantic.tool.cli import config_tool
 
 __all__ = ["main", "run"]
 
 
-def run(cfg: Config) -> list[Path]:
+def run(cfg: Config, unreadable: list[str] | None = None) -> list[Path]:
+    """The demo of ``cfg``; returns the files written. ``unreadable``: in a folder, images that cannot be read are
+    reported on stderr (one line each), appended to it and skipped, instead of stopping the run."""
     from mseg_semantic.evaluation.run import run_demo_from_config
 
-    return run_demo_from_config(cfg)
+    return run_demo_from_config(cfg, unreadable)
+
+
+def _demo(cfg: Config) -> int:
+    unreadable: list[str] = []
+    run(cfg, unreadable)
+    if unreadable:
+        print(f"mseg-demo: {len(unreadable)} image(s) could not be read (listed above); the others were segmented",
+              file=sys.stderr)
+        return EXIT_CHECKS_FAILED
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "Segment an image, a folder of images, or a video.",
         "config/test/default_config_360_ms.yaml",
         "key=value overrides: model_path=... input=... [output_taxonomy=cityscapes-19 save_confidence=true save_folder=DIR]",
-        run,
+        _demo,
         argv,
     )
 

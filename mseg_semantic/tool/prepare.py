@@ -231,14 +231,26 @@ def _one_step(key: str, root: Path, args: argparse.Namespace, options: pipeline.
     return True
 
 
+def _root(args: argparse.Namespace) -> Path | None:
+    """--root, else $MSEG_DATA_ROOT; None when neither is set. A file there is refused (a directory to be is fine)."""
+    if args.root:
+        root, option = Path(args.root).expanduser(), f"--root {args.root}"
+    elif os.environ.get(DATA_ROOT_ENV):
+        root, option = Catalog().resolved_data_root(), f"{DATA_ROOT_ENV}={os.environ[DATA_ROOT_ENV]}"
+    else:
+        return None
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{option}: is a file, not a directory; give the data root directory (created when missing)")
+    return root
+
+
 def _run(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
+    root = _root(args)
     if args.command == "list":
-        return _list(Catalog(data_root=args.root).resolved_data_root() if (args.root or os.environ.get(DATA_ROOT_ENV)) else None)
-    try:
-        root = Catalog(data_root=args.root).resolved_data_root()
-    except ValueError as exc:  # no --root and no $MSEG_DATA_ROOT
-        raise UserError(str(exc)) from None
+        return _list(root)
+    if root is None:
+        raise UserError(f"no data root: pass --root DIR or set the {DATA_ROOT_ENV} environment variable")
     options = _options(args, progress)
     if args.command == "all":
         return _all(args, root, options)

@@ -8,16 +8,18 @@
     mseg-weights verify mseg-3m-1080p --rerecord # trust the file on disk (you replaced it on purpose)
     mseg-weights path mseg-3m-1080p              # print the cached file's path (exit 1 if not downloaded)
 
-Exit codes: 0 ok; 1 a download failed, a file is missing or differs from its digest; 2 bad input (an unknown
-name, a file placed by hand that is not a checkpoint).
+Exit codes: 0 ok; 1 a download failed (also: the server sent a file that is not a weights-only checkpoint), a file
+is missing or differs from its digest; 2 bad input (an unknown name, a file placed by hand that is not a
+checkpoint or holds pickled objects, a --cache-dir that is a file).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from mseg_semantic.errors import EXIT_CHECKS_FAILED
+from mseg_semantic.errors import EXIT_CHECKS_FAILED, UserError
 from mseg_semantic.model.weights import (
     WEIGHTS,
     cache_dir,
@@ -89,9 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.cache_dir and Path(args.cache_dir).expanduser().exists() and not Path(args.cache_dir).expanduser().is_dir():
+        raise UserError(f"--cache-dir {args.cache_dir}: is a file, not a directory; give a directory (it is created "
+                        f"when missing), or leave the option out for $MSEG_CACHE or ~/.cache/mseg_semantic")
+    return args.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_tool("mseg-weights", lambda: args.run(args), args.debug)
+    return run_tool("mseg-weights", lambda: _run(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from mseg_semantic import compat
 from mseg_semantic.atomic import atomic_write, link_or_copy_atomic, remove_stale_temporaries
 from mseg_semantic.errors import UserError
 from mseg_semantic.model import unwrap_model
-from mseg_semantic.model.loading import TRAINING_MODEL_KEY
 from mseg_semantic.distributed import DistInfo, all_gather_objects
+from mseg_semantic.model.loading import TRAINING_MODEL_KEY, weights_only_problem
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from exc
+        raise CheckpointError(f"checkpoint {weights_only_problem(exc, path)}") from exc
     missing = set(REQUIRED_KEYS) - set(state) if isinstance(state, dict) else set(REQUIRED_KEYS)
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (missing {sorted(missing)}); to start from its weights only use weights={path}")

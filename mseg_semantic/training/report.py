@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 from tqdm import tqdm
 
-from mseg_semantic.atomic import atomic_write_text
+from mseg_semantic.atomic import DISK_FULL_ERRNOS, atomic_write_text, raise_if_disk_full
 
 PACKAGE_LOGGER = "mseg_semantic"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -37,6 +37,23 @@ class _TqdmHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
+
+
+class _LogFileHandler(logging.FileHandler):
+    """train.log. On a full disk its lines are lost, with one warning on the console instead of logging's traceback
+    for every line (the run itself stops with one line at its next checkpoint, which cannot be written either)."""
+
+    disk_full_reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            if not self.disk_full_reported:
+                self.disk_full_reported = True
+                sys.stderr.write(f"warning: {self.baseFilename}: {error.strerror or DISK_FULL_ERRNOS[error.errno]}; "
+                                 f"its lines are lost until there is space (the console still has them)\n")
+            return
+        super().handleError(record)
 
 
 def setup_logging(log_file: str | os.PathLike | None, is_main: bool) -> logging.Logger:
@@ -55,7 +72,7 @@ def setup_logging(log_file: str | os.PathLike | None, is_main: bool) -> logging.
     root.addHandler(console)
     if is_main and log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, mode="a")
+        file_handler = _LogFileHandler(log_file, mode="a")
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         file_handler._mseg_training = True  # type: ignore[attr-defined]
         root.addHandler(file_handler)
@@ -153,8 +170,12 @@ class TrainingReporter:
         if self.writer is not None:
             for name, value in finite.items():
                 self.writer.add_scalar(name, value, iteration)
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"iteration": iteration, **finite}, sort_keys=False) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"iteration": iteration, **finite}, sort_keys=False) + "\n")
+        except OSError as error:  # a write to an open file names no file: say which one
+            raise_if_disk_full(error, self.metrics_path)
+            raise
 
     def report(self, iteration: int, loss: float, lr: float, per_dataset_loss: Mapping[str, float], scalars: Mapping[str, float]) -> None:
         """Finished iteration ``iteration`` (1-based count of optimizer steps) is a report iteration."""
