@@ -122,11 +122,13 @@ class PartialLabelLoss:
     :class:`~mseg_semantic.taxonomy.TaxonomyConverter` builds them); the tables move to each device once.
 
     ``prior_momentum``: m of the marginal's update; ``reduce_fn``: sums a float64 tensor over the ranks and returns
-    it (e.g. an all-reduce), for DDP with ``set_prior_correction``."""
+    it (e.g. an all-reduce), for DDP with ``set_prior_correction``. ``eager_code_check``: raise on a code that names
+    no set in the call itself (a host sync); None: for CPU labels only, on a device see
+    :meth:`raise_for_invalid_codes`."""
 
     def __init__(self, label_sets: LabelSets, label_set_weights: LabelSetWeights = "uniform",
                  set_prior_correction: bool = False, prior_momentum: float = 0.99,
-                 reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, eager_code_check: bool | None = None):
         if label_set_weights not in LABEL_SET_WEIGHTS:
             raise ValueError(f"label_set_weights={label_set_weights!r}: expected one of {', '.join(LABEL_SET_WEIGHTS)}")
         if not 0.0 <= prior_momentum < 1.0:
@@ -136,6 +138,7 @@ class PartialLabelLoss:
         self.set_prior_correction = bool(set_prior_correction)
         self.prior_momentum = float(prior_momentum)
         self.reduce_fn = reduce_fn
+        self.eager_code_check = eager_code_check
         ids, valid = (torch.from_numpy(t) for t in label_sets.member_table())
         weights = torch.from_numpy(label_sets.weight_table()) if label_set_weights == "records" else valid.float()
         log_weights = torch.where(valid, weights.log(), torch.full_like(weights, float("-inf")))
@@ -171,12 +174,12 @@ class PartialLabelLoss:
 
     def _checked_codes(self, labels: torch.Tensor, has_set: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Codes safe to index the tables with (a code outside them reads the empty row 255), and the mask of codes
-        that name no set (None on CPU, where they raise at once)."""
+        that name no set (None when checked eagerly: they raise at once)."""
         num_ids = has_set.shape[0]
         in_table = (labels >= 0) & (labels < num_ids)
         codes = torch.where(in_table, labels, torch.full_like(labels, IGNORE_INDEX))
         invalid = ~has_set[codes] & (labels != IGNORE_INDEX)
-        if labels.device.type == "cpu":
+        if self.eager_code_check or (self.eager_code_check is None and labels.device.type == "cpu"):
             if bool(invalid.any()):
                 raise ValueError(_invalid_message(labels[invalid].unique()[:8].tolist(), num_ids))
             return codes, None
@@ -185,8 +188,8 @@ class PartialLabelLoss:
         return codes, invalid
 
     def raise_for_invalid_codes(self) -> None:
-        """Raise ValueError naming the largest code that named no set in any call on a device since the last check
-        (a host sync: call it where the loop syncs anyway, e.g. on a non-finite loss)."""
+        """Raise ValueError naming the largest code that named no set in any call not checked eagerly since the
+        last check (a host sync: call it where the loop syncs anyway, e.g. on a non-finite loss)."""
         if self._invalid_code is None:
             return
         worst, self._invalid_code = int(self._invalid_code.item()), None
