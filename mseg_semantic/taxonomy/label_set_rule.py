@@ -281,7 +281,7 @@ def evidence_of(taxonomy: str, class_name: str | None = None, rows: Iterable[Mem
 
 def record_weights(tax: Taxonomy, rows: Iterable[MemberEvidence] | None = None) -> list[tuple[float, ...]] | None:
     """Per class of ``tax``, the weights of its label set's members (aligned with ``tax.universal[i]``) for the
-    forward-corrected loss ``-log sum_c T[k|c] p_c`` (docs/training.md#label-set-weights); None when a set of several
+    forward-corrected loss ``-log sum_c T[k|c] p_c`` (docs/training.md#label-set-weights-and-prior-correction); None when a set of several
     classes has no train-record count for one of its members (a user taxonomy), so the weights cannot be estimated.
 
     P(c|k): the share of class k's train-record segments that went to member c, over the members of its set

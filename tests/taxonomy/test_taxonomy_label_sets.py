@@ -130,7 +130,7 @@ def test_set_valued_converter_writes_codes_and_keeps_one_hot_maps():
     assert partial.num_classes == one_hot.num_classes == 194 and partial.label_maps == one_hot.label_maps
     ids = np.array([list(range(19)) + [255]], dtype=np.uint8)
     codes = partial.transform_label(ids, "cityscapes-19")
-    assert codes.dtype == np.uint8  # MSeg's 194 classes + 30 sets still fit
+    assert codes.dtype == np.uint8  # MSeg's 194 classes + 27 sets still fit
     rider = get_taxonomy("cityscapes-19").class_names.index("rider")
     names = set(get_taxonomy("cityscapes-19").universal[rider])
     assert {partial.class_names[m] for m in partial.label_sets.members[codes[0, rider]]} == names

@@ -136,13 +136,16 @@ def test_a_code_that_names_no_set_raises_naming_it():
 def test_prior_update_rule_and_exact_resume():
     generator = torch.Generator().manual_seed(8)
     batches = [(torch.randn(2, NUM_CLASSES, 4, 4, generator=generator), random_codes((2, 4, 4), SETS, seed=s)) for s in range(5)]
+    logits, codes = batches[0]
+    uniform = torch.full((NUM_CLASSES,), 1 / NUM_CLASSES, dtype=torch.float64)
+    for stride in (1, 2):  # the mean is over the labelled pixels of every stride-th row and column
+        grid = (codes != IGNORE_INDEX)[:, ::stride, ::stride].unsqueeze(1)
+        mean = (torch.softmax(logits.double(), 1)[:, :, ::stride, ::stride] * grid).sum((0, 2, 3)) / grid.sum()
+        loss = PartialLabelLoss(SETS, "records", set_prior_correction=True, prior_momentum=0.9, marginal_stride=stride)
+        loss(logits, codes)
+        torch.testing.assert_close(loss.state_dict()["class_marginal"], 0.9 * uniform + 0.1 * mean, rtol=1e-6, atol=1e-9)
     first = PartialLabelLoss(SETS, "records", set_prior_correction=True, prior_momentum=0.9)
     first(*batches[0])
-    logits, codes = batches[0]
-    labelled = (codes != IGNORE_INDEX).unsqueeze(1)
-    mean = (torch.softmax(logits.double(), 1) * labelled).sum((0, 2, 3)) / labelled.sum()
-    expected = 0.9 * torch.full((NUM_CLASSES,), 1 / NUM_CLASSES, dtype=torch.float64) + 0.1 * mean
-    torch.testing.assert_close(first.state_dict()["class_marginal"], expected, rtol=1e-6, atol=1e-9)
     for batch in batches[1:3]:
         first(*batch)
     state = first.state_dict()
@@ -164,8 +167,8 @@ def test_reduce_fn_sums_over_ranks_before_the_update():
     other = codes[2:] != IGNORE_INDEX
     other_sums = torch.cat([(torch.softmax(logits[2:], 1) * other.unsqueeze(1)).sum((0, 2, 3)).double(),
                             other.sum().double().reshape(1)])
-    rank0 = PartialLabelLoss(SETS, set_prior_correction=True, reduce_fn=lambda stats: stats + other_sums)
-    whole = PartialLabelLoss(SETS, set_prior_correction=True)
+    rank0 = PartialLabelLoss(SETS, set_prior_correction=True, marginal_stride=1, reduce_fn=lambda stats: stats + other_sums)
+    whole = PartialLabelLoss(SETS, set_prior_correction=True, marginal_stride=1)
     rank0(logits[:2], codes[:2])
     whole(logits, codes)
     torch.testing.assert_close(rank0.state_dict()["class_marginal"], whole.state_dict()["class_marginal"], rtol=1e-6, atol=1e-9)
@@ -212,3 +215,5 @@ def test_option_errors():
     PartialLabelLoss(LabelSets.for_sets(NUM_CLASSES, [(1, 2)], [None]), "uniform")  # uniform needs no weights
     with pytest.raises(ValueError, match="prior_momentum=1.0"):
         PartialLabelLoss(SETS, set_prior_correction=True, prior_momentum=1.0)
+    with pytest.raises(ValueError, match="marginal_stride=0"):
+        PartialLabelLoss(SETS, set_prior_correction=True, marginal_stride=0)
