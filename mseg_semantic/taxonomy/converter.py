@@ -400,7 +400,7 @@ class TaxonomyConverter(_LabelSpaceConverter):
         for d in self.train_datasets:
             sets = self.class_sets[d]
             one_hot = {i: s[0] if s else IGNORE_INDEX for i, s in enumerate(sets)}
-            self._add_train_mapping(d, one_hot, {i: self.label_sets.code_of(s, self.class_set_weights[d][i])
+            self._add_train_mapping(d, one_hot, {i: self.label_sets.code_of(s, self.class_set_weights[d][i], exact=True)
                                                  for i, s in enumerate(sets)} if self.set_valued else None)
         for d in self.test_datasets:
             tax = get_taxonomy(d)

@@ -89,10 +89,11 @@ class LabelSets:
         """The label ids that stand for several classes."""
         return [code for code, group in enumerate(self.members) if len(group) > 1]
 
-    def code_of(self, group: Iterable[int], weights: Sequence[float] | None = None) -> int:
+    def code_of(self, group: Iterable[int], weights: Sequence[float] | None = None, exact: bool = False) -> int:
         """The label id of a set of model classes (a class id for a set of one; 255 for the empty set). With weights
         (in the order of ``group``), the code of those members with those weights; without, the one code of those
-        members (KeyError if several weightings of them have codes)."""
+        members (KeyError if several weightings of them have codes). ``exact``: ``weights`` None means the code of
+        those members whose weights are unknown."""
         group = [int(m) for m in group]
         members, member_weights = _sorted_set(group, weights)
         if not members:
@@ -100,7 +101,8 @@ class LabelSets:
         if len(members) == 1:
             return members[0]
         codes = [code for code in range(self.num_classes, len(self.members)) if self.members[code] == members
-                 and (weights is None or self.weights is None or self.weights[code] == member_weights)]
+                 and (self.weights is None or self.weights[code] == member_weights
+                      or (weights is None and not exact))]
         if len(codes) != 1:
             what = "has no code" if not codes else f"has {len(codes)} codes (one per weighting: give the weights)"
             raise KeyError(f"label set {members} {what} in these label sets")

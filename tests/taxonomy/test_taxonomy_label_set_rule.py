@@ -4,6 +4,7 @@ against the packaged relabeling records (prepare/data/relabeling), member weight
 import functools
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from mseg_semantic.taxonomy import LabelSets, Taxonomy, get_taxonomy
@@ -235,6 +236,25 @@ def test_weighted_sets_get_their_own_codes():
     assert table.shape == (256, 2) and table[10].tolist() == [1.0, 0.25] and table[4].tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="carry no member weights"):
         LabelSets.for_sets(10, [(1, 2)]).weight_table()
+
+
+def test_a_user_set_without_records_keeps_its_own_code_beside_a_builtin_one(tmp_path, monkeypatch):
+    """A user taxonomy with cityscapes' rider set has no record weights: its code is not cityscapes' (weights 1)."""
+    from mseg_semantic.taxonomy import TaxonomyConverter, add_taxonomy_file, catalog
+
+    monkeypatch.setattr(catalog, "_user", {})
+    monkeypatch.setattr(catalog, "_user_files", {})
+    path = tmp_path / "riders.tsv"
+    path.write_text("taxonomy\tmy-riders\nrole\ttrain\nid\tname\tuniversal\n"
+                    "0\tcyclist\tbicyclist, rider_other, motorcyclist\n1\twalker\tperson\n")
+    add_taxonomy_file(path)
+    conv = TaxonomyConverter(["cityscapes-19", "my-riders"], [], set_valued=True)
+    rider = get_taxonomy("cityscapes-19").class_names.index("rider")
+    city = conv.transform_label(np.array([rider], np.uint8), "cityscapes-19")[0]
+    mine = conv.transform_label(np.array([0], np.uint8), "my-riders")[0]
+    assert city != mine and conv.label_sets.members[city] == conv.label_sets.members[mine]
+    assert conv.label_sets.weights[city] == (1.0, 1.0, 1.0) and conv.label_sets.weights[mine] is None
+    assert conv.class_set_weights["my-riders"] == [None, (1.0,)]
 
 
 # ---- the CLI --------------------------------------------------------------------------------------------------------
