@@ -1,8 +1,8 @@
 """Cost of the partial-label loss against cross-entropy: time and peak memory, per loss alone and per training step.
 Prints one JSON line per (part, loss), then a summary line with the ratios.
 
-The labels are MSeg's own label-set codes: the label sets of the 7 unrelabeled training datasets (30 sets of up to
-14 universal classes, 194 classes), a share ``--set-fraction`` of the pixels carrying a set code (the others class
+The labels are MSeg's own label-set codes: the label sets of the 7 unrelabeled training datasets (27 sets of up to
+11 universal classes, 194 classes), a share ``--set-fraction`` of the pixels carrying a set code (the others class
 ids, 5% ignore). The loss's cost does not depend on that share (every pixel goes through every member slot, which
 keeps the step free of host syncs); it grows with the largest set.
 
@@ -13,6 +13,7 @@ keeps the step free of host syncs); it grows with the largest set.
               first tensor (each (part, loss) runs in a fresh subprocess, so that the peak is its own)
 
   python benchmarks/bench_partial_label.py --model hrnet_w18_small --crop 256 --batch 4 --threads 1
+  python benchmarks/bench_partial_label.py --parts loss --losses partial_label partial_label+records partial_label+prior
   python benchmarks/bench_partial_label.py --model hrnet_w48 --crop 713 --batch 2 --device cuda --precision bf16
 """
 
@@ -26,7 +27,8 @@ import sys
 
 from timing import peak_rss_mb, rss_mb, step_times_ms
 
-LOSSES = ("ce", "partial_label")
+# partial_label: the `uniform` loss; +records / +prior: the label_set_weights="records" / set_prior_correction options
+LOSSES = ("ce", "partial_label", "partial_label+records", "partial_label+prior")
 PARTS = ("loss", "step")
 
 
@@ -65,7 +67,13 @@ def run_one(part: str, loss_name: str, args: argparse.Namespace) -> dict:
         one_class = torch.tensor([m[0] if m else IGNORE_INDEX for m in sets.members] + [IGNORE_INDEX] * (256 - len(sets.members)))
         codes = one_class[codes]
     labels = codes.to(device)
-    loss_fn = pixel_loss_for(loss_name, sets)
+    if "+" in loss_name:
+        from mseg_semantic.training.gradients.partial_label import PartialLabelLoss
+
+        loss_fn = PartialLabelLoss(sets, label_set_weights="records" if loss_name.endswith("records") else "uniform",
+                                   set_prior_correction=loss_name.endswith("prior"))
+    else:
+        loss_fn = pixel_loss_for(loss_name, sets)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES[:2]), help="ce is always run (the ratios' base)")
     parser.add_argument("--one", nargs=2, metavar=("PART", "LOSS"), help=argparse.SUPPRESS)  # the subprocess's own run
     args = parser.parse_args(argv)
     if args.one:
@@ -116,17 +125,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    losses = ["ce"] + [name for name in args.losses if name != "ce"]
     for part in args.parts:
-        for loss_name in LOSSES:
+        for loss_name in losses:
             out = subprocess.run([sys.executable, __file__, *passthrough, "--one", part, loss_name],
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     summary = {"summary": True}
     for part in args.parts:
-        ce, partial = (next(r for r in rows if r["part"] == part and r["loss"] == name) for name in LOSSES)
-        summary[f"{part}_time_ratio"] = round(partial["time_ms"] / ce["time_ms"], 3)
-        summary[f"{part}_peak_mem_ratio"] = round(partial["peak_mem_mb"] / ce["peak_mem_mb"], 3) if ce["peak_mem_mb"] > 0 else None
+        ce = next(r for r in rows if r["part"] == part and r["loss"] == "ce")
+        for name in losses[1:]:
+            partial = next(r for r in rows if r["part"] == part and r["loss"] == name)
+            key = part if name == "partial_label" else f"{part}_{name.split('+')[1]}"
+            summary[f"{key}_time_ratio"] = round(partial["time_ms"] / ce["time_ms"], 3)
+            summary[f"{key}_peak_mem_ratio"] = round(partial["peak_mem_mb"] / ce["peak_mem_mb"], 3) if ce["peak_mem_mb"] > 0 else None
     print(json.dumps(summary))
     return 0
 

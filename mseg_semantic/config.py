@@ -108,6 +108,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "use_naive_taxonomy": _opt(False, help="train in the naive 316-logit taxonomy"),
         "method": _opt("ce", help="how gradients are made (mseg_semantic/training/gradients: METHODS): ce (MSeg's objective) | mgda (the MGDA multi-task baseline, MGDA section) | ccsa (the CCSA domain-generalization baseline, CCSA section)"),
         "loss": _opt("ce", help="the pixel loss (LOSSES): ce (one-hot: each class's first universal class) | partial_label (-log of the probability summed over the class's label set; universal taxonomy)"),
+        "label_set_weights": _opt("uniform", help="partial_label: uniform (-log sum_c p_c over the set) | records (forward correction -log sum_c T[k|c] p_c with T from the relabeling records' frequencies; docs/training.md)", choices=("uniform", "records")),
+        "set_prior_correction": _opt(False, help="partial_label: the target inside a set is the posterior divided by a running estimate of the class marginal (RECORDS / SoLar), so that a majority member does not swallow its set's minorities"),
         "sync_bn": _opt(True, help="SyncBatchNorm when distributed on GPUs"),
         "freeze_bn": _opt(False, help="keep BatchNorm layers in eval mode (frozen running statistics), e.g. for fine-tuning with small batches"),
         "train_h": _opt(713, help="crop height", positive=True),

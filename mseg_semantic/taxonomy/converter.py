@@ -26,6 +26,7 @@ import torch
 from mseg_semantic.errors import UnknownNameError, UserError, did_you_mean
 from mseg_semantic.taxonomy.catalog import DEFAULT_TEST_DATASETS, DEFAULT_TRAIN_DATASETS, UNRELABELED_TRAIN_DATASETS, Catalog
 from mseg_semantic.taxonomy.files import DEFAULT_UNIVERSAL, IGNORE_INDEX, UNLABELED, TaxonomyFileError
+from mseg_semantic.taxonomy.label_set_rule import record_weights
 from mseg_semantic.taxonomy.label_sets import LabelSets
 from mseg_semantic.taxonomy.validation import validate_taxonomies
 
@@ -381,13 +382,21 @@ class TaxonomyConverter(_LabelSpaceConverter):
         self.class_sets: dict[str, list[tuple[int, ...]]] = {
             d: [() if t[0] == UNLABELED else tuple(self.name_to_id[u] for u in t) for t in catalog.taxonomy(d).universal]
             for d in self.train_datasets}
+        # training dataset -> per source class: the weights of its set's members for the `records` loss (aligned
+        # with class_sets; None for a set whose dataset has no record counts for it)
+        self.class_set_weights: dict[str, list[tuple[float, ...] | None]] = {}
         if self.set_valued:
-            self.label_sets = LabelSets.for_sets(self.num_classes, (s for d in self.train_datasets for s in self.class_sets[d]))
+            for d in self.train_datasets:
+                weights = record_weights(catalog.taxonomy(d))
+                self.class_set_weights[d] = [weights[i] if weights is not None else (None if len(s) > 1 else (1.0,) * len(s))
+                                             for i, s in enumerate(self.class_sets[d])]
+            self.label_sets = LabelSets.for_sets(self.num_classes, (s for d in self.train_datasets for s in self.class_sets[d]),
+                                                 (w for d in self.train_datasets for w in self.class_set_weights[d]))
         for d in self.train_datasets:
             sets = self.class_sets[d]
             one_hot = {i: s[0] if s else IGNORE_INDEX for i, s in enumerate(sets)}
-            self._add_train_mapping(d, one_hot, {i: self.label_sets.code_of(s) for i, s in enumerate(sets)}
-                                    if self.set_valued else None)
+            self._add_train_mapping(d, one_hot, {i: self.label_sets.code_of(s, self.class_set_weights[d][i], exact=True)
+                                                 for i, s in enumerate(sets)} if self.set_valued else None)
         for d in self.test_datasets:
             tax = catalog.taxonomy(d)
             self._add_test_projection(d, [(self.name_to_id[u], i) for i, us in enumerate(tax.universal) for u in us])

@@ -7,10 +7,11 @@ cell is blank, a class name or `{a, b}`; a test cell names the test class the ro
 `dataset_lists/NAME/NAME_names.txt` / `*_colors.txt`. A user with an edited MSeg master TSV can convert it the same way.
 
 Label sets of the unrelabeled training taxonomies come from MSeg's relabeling records
-(`relabeling_update_records.tsv`, the segment lists in `relabeled_data/`, and `X_to_X-relabeled.tsv`): a class's
-set is its universal class (first: the one-hot target, MSeg's mapping) plus every universal class a non-empty
-record of that dataset moves its segments to; a move to `unlabeled` adds nothing. Records name their original class
-in the relabeled taxonomy; the source classes are those the remap table sends there.
+(`relabeling_update_records.tsv`, the segment counts of the lists in `relabeled_data/`): a class's set is its
+universal class (first: the one-hot target, MSeg's mapping) plus the universal classes its train-split records move
+segments to that the rule of :mod:`mseg_semantic.taxonomy.label_set_rule` keeps; the rule's evidence goes to
+`label_sets/evidence.tsv` beside the taxonomy files. Records name their original class in the relabeled taxonomy;
+its source classes are found by one-hot target and checked against `X_to_X-relabeled.tsv`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mseg_semantic.taxonomy.files import (
     format_taxonomy,
     palette,
 )
+from mseg_semantic.taxonomy.label_set_rule import MemberEvidence, derive_label_sets
 
 # Test taxonomies of MSeg's zero-shot benchmark; any other master-TSV column with a names file is a training one.
 MSEG_TEST_COLUMNS = ("camvid-11", "kitti-19", "pascal-context-60", "scannet-20", "voc2012", "wilddash-19")
@@ -67,10 +69,6 @@ RECORD_TAXONOMIES = {
     "cocop": ("coco-panoptic-133",), "cocopanoptic": ("coco-panoptic-133",), "cocopanoptic-v1": ("coco-panoptic-133",),
     "idd": ("idd-39",), "mapillary-public65": ("mapillary-public65",), "sunrgbd": ("sunrgbd-37",),
 }
-# Records whose original class no source class is remapped to: Cityscapes and IDD records say `rider_other` for
-# segments of the source class `rider` (whose one-hot target is `bicyclist` / `motorcyclist`).
-RECORD_ORIGINAL_ALIASES = {("cityscapes-19", "rider_other"): "rider", ("cityscapes-34", "rider_other"): "rider",
-                           ("idd-39", "rider_other"): "rider"}
 RELABELED_SUFFIX = "-relabeled"
 
 
@@ -94,6 +92,12 @@ def read_colors(path: Path) -> np.ndarray:
 
 def import_mseg(reference_dir: str | Path) -> tuple[list[Taxonomy], ValidationReport]:
     """All taxonomies found under an mseg-api data folder, universal first."""
+    taxonomies, _, report = import_mseg_with_evidence(reference_dir)
+    return taxonomies, report
+
+
+def import_mseg_with_evidence(reference_dir: str | Path) -> tuple[list[Taxonomy], list[MemberEvidence], ValidationReport]:
+    """All taxonomies found under an mseg-api data folder (universal first), and the label-set evidence rows."""
     root = Path(reference_dir)
     report = ValidationReport()
     master = root / "class_remapping_files" / "MSeg_master.tsv"
@@ -161,22 +165,22 @@ def import_mseg(reference_dir: str | Path) -> tuple[list[Taxonomy], ValidationRe
                     report.error(master, None, col_name, f"class {classes[i]!r} has no universal class")
             out.append(Taxonomy(name=col_name, role="train", class_names=classes, colors=colors[col_name],
                                 universal=[(t,) if t else () for t in target], source=str(master)))
-    _add_record_sets(root, out, report)
+    evidence = _add_record_sets(root, out, report)
     mapped = {t.name for t in out}
     for name, classes in names.items():
         if name not in mapped:
             out.append(Taxonomy(name=name, role="raw", class_names=classes, colors=colors[name],
                                 source=str(root / "dataset_lists" / name)))
-    return out, report
+    return out, evidence, report
 
 
-def read_record_moves(root: Path, report: ValidationReport) -> dict[str, dict[str, set[str]]]:
-    """unrelabeled taxonomy -> original class (relabeled taxonomy name) -> the classes records move its segments to.
-    Records whose segment list is empty move nothing and are left out; no records file: no moves."""
+def read_record_counts(root: Path, report: ValidationReport) -> dict[str, dict[tuple[str, str, str], int]]:
+    """unrelabeled taxonomy -> (split, record class, new class) -> segments listed (names in its relabeled taxonomy).
+    An empty segment list counts nothing; no records file: no counts."""
     table = root / "relabeling_update_records.tsv"
-    moves: dict[str, dict[str, set[str]]] = {}
+    counts: dict[str, dict[tuple[str, str, str], int]] = {}
     if not table.is_file():
-        return moves
+        return counts
     lines = table.read_text(encoding="utf-8").splitlines()
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -186,26 +190,30 @@ def read_record_moves(root: Path, report: ValidationReport) -> dict[str, dict[st
             report.error(table, lineno, None, f"expected 6 tab-separated columns (record_group, dataset, split, "
                          f"original class, new class, segment list), got {len(cells)}")
             continue
-        dataset, original, new, segment_list = cells[1], cells[3], cells[4], cells[5]
+        dataset, split, original, new, segment_list = cells[1:]
         if dataset not in RECORD_TAXONOMIES:
             report.error(table, lineno, None, f"unknown dataset {dataset!r}{did_you_mean(dataset, RECORD_TAXONOMIES)}")
+            continue
+        if split not in ("train", "val"):
+            report.error(table, lineno, None, f"split must be train or val, got {split!r}")
             continue
         listed = root / "relabeled_data" / segment_list
         if not listed.is_file():
             report.error(table, lineno, None, f"segment list {listed} does not exist")
             continue
-        if not listed.read_text(encoding="utf-8").strip():
-            continue
+        segments = sum(1 for entry in listed.read_text(encoding="utf-8").splitlines() if entry.strip())
         for taxonomy in RECORD_TAXONOMIES[dataset]:
-            moves.setdefault(taxonomy, {}).setdefault(original, set()).add(new)
-    return moves
+            key = (split, original, new)
+            counts.setdefault(taxonomy, {})[key] = counts.get(taxonomy, {}).get(key, 0) + segments
+    return counts
 
 
-def _add_record_sets(root: Path, taxonomies: list[Taxonomy], report: ValidationReport) -> None:
-    """Give the unrelabeled training taxonomies their label sets (in place), from the relabeling records."""
+def _add_record_sets(root: Path, taxonomies: list[Taxonomy], report: ValidationReport) -> list[MemberEvidence]:
+    """Give the unrelabeled training taxonomies their label sets (in place) by the rule of
+    :mod:`~mseg_semantic.taxonomy.label_set_rule`; returns the evidence rows."""
     by_name = {t.name: t for t in taxonomies}
-    universal_ids = {u: i for i, u in enumerate(by_name["universal"].class_names)}
-    for name, moves in read_record_moves(root, report).items():
+    evidence: list[MemberEvidence] = []
+    for name, counts in sorted(read_record_counts(root, report).items()):
         tax, relabeled = by_name.get(name), by_name.get(name + RELABELED_SUFFIX)
         if tax is None:
             continue  # a folder without this taxonomy: nothing to give sets to
@@ -214,41 +222,31 @@ def _add_record_sets(root: Path, taxonomies: list[Taxonomy], report: ValidationR
             report.error(root, None, name, f"relabeling records edit {name!r}, but its relabeled taxonomy or "
                          f"{remap_file.name} is missing, so their classes cannot be read")
             continue
-        remap = {}
-        with remap_file.open(encoding="utf-8", newline="") as handle:
-            for row in list(csv.reader(handle, delimiter="\t"))[1:]:
-                if len(row) >= 2:
-                    remap[row[0].strip()] = row[1].strip()
-        relabeled_universal = {cls: targets[0] for cls, targets in zip(relabeled.class_names, relabeled.universal) if targets}
-        for original, new_classes in sorted(moves.items()):
-            sources = [c for c in tax.class_names if remap.get(c) == original]
-            alias = RECORD_ORIGINAL_ALIASES.get((name, original))
-            if not sources and alias in tax.class_names:
-                sources = [alias]
-            if not sources:
-                report.error(root, None, name, f"relabeling record class {original!r}: no class of {name} becomes it "
-                             f"in {name}{RELABELED_SUFFIX}")
-                continue
-            added = set()
-            for new in new_classes:
-                if new == UNLABELED:
-                    continue  # the segment became unlabeled: no class to add
-                if new not in relabeled_universal:
-                    report.error(root, None, name, f"relabeling record moves {original!r} segments to {new!r}, "
-                                 f"which {name}{RELABELED_SUFFIX} does not have{did_you_mean(new, relabeled_universal)}")
-                elif relabeled_universal[new] != UNLABELED:
-                    added.add(relabeled_universal[new])
-            for cls in sources:
-                cid = tax.class_names.index(cls)
-                target = tax.universal[cid][0] if tax.universal[cid] else UNLABELED
-                # a class can be the original of several records' classes (an alias too): the moves accumulate
-                extra = sorted((added | set(tax.universal[cid][1:])) - {target}, key=universal_ids.__getitem__)
-                if target == UNLABELED:
-                    if extra:  # an ignored class stays ignored: there is no one-hot target to put first
-                        report.warning(root, None, name, f"class {cls!r} is unlabeled in MSeg's mapping; the records "
-                                       f"that move its segments to {', '.join(extra)} are not used")
-                    continue
-                tax.universal[cid] = (target, *extra)
+        sets, rows, problems = derive_label_sets(tax, relabeled, by_name["universal"], counts)
+        for problem in problems:
+            report.error(root, None, name, problem)
+        _check_sources_against_remap(tax, remap_file, rows, report)
+        tax.universal = sets
+        evidence += rows
+    return evidence
+
+
+def _check_sources_against_remap(tax: Taxonomy, remap_file: Path, rows: list[MemberEvidence], report: ValidationReport) -> None:
+    """The rule finds a record class's source classes by one-hot target (so that it runs on the shipped files too);
+    MSeg's remap table must agree."""
+    remap = {}
+    with remap_file.open(encoding="utf-8", newline="") as handle:
+        for row in list(csv.reader(handle, delimiter="\t"))[1:]:
+            if len(row) >= 2:
+                remap[row[0].strip()] = row[1].strip()
+    found: dict[str, set[str]] = {}
+    for row in rows:
+        found.setdefault(row.record_class, set()).add(row.class_name)
+    for record_class, sources in sorted(found.items()):
+        expected = {c for c in tax.class_names if remap.get(c) == record_class}
+        if expected and expected != sources:
+            report.error(remap_file, None, tax.name, f"record class {record_class!r}: the remap table sends "
+                         f"{sorted(expected)} there, the one-hot targets {sorted(sources)}")
 
 
 def _resolve_colors(lists_dir: Path, names: dict[str, list[str]]) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
     mseg-taxonomy list [--role train|test|raw|universal]
     mseg-taxonomy show DATASET [--kind universal|naive]
-    mseg-taxonomy sets DATASET
+    mseg-taxonomy sets DATASET          (each set with its members' record shares and why each was kept or dropped)
     mseg-taxonomy validate FILE [FILE ...]
     mseg-taxonomy export --format csv|md [-o FILE] [--kind universal|naive]
     mseg-taxonomy summary
@@ -176,16 +176,47 @@ def cmd_sets(catalog: Catalog, dataset: str, out) -> None:
     if tax.role != "train":
         valid = ", ".join(catalog.taxonomy_names("train"))
         raise CliError(f"{dataset!r} has role {tax.role!r}; label sets belong to training taxonomies: {valid}")
+    from mseg_semantic.taxonomy.label_set_rule import evidence_of
+
     conv = TaxonomyConverter([dataset], [], catalog=catalog)
     sets = conv.class_sets[dataset]
     set_valued = [i for i in range(tax.num_classes) if tax.is_set_valued(i)]
+    with_evidence = {r.class_name for r in evidence_of(dataset)}
+    shown = [i for i in range(tax.num_classes) if i in set_valued or tax.class_names[i] in with_evidence]
     print(f"{dataset}: {tax.num_classes} classes, {len(set_valued)} with a label set of several universal classes "
-          f"(maps to {conv.universal}; first = the one-hot target)", file=out)
-    rows = [("id", "class", "size", "label_set")]
-    for i, cls in enumerate(tax.class_names):
-        members = ", ".join(conv.id_to_name[u] for u in sets[i]) if sets[i] else f"unlabeled ({IGNORE_INDEX})"
-        rows.append((str(i), cls, str(len(sets[i])), members))
+          f"(maps to {conv.universal}; first = the one-hot target); the others are classes of one "
+          f"(mseg-taxonomy show {dataset})", file=out)
+    if shown:
+        rows = [("id", "class", "size", "label_set")]
+        for i in shown:
+            members = ", ".join(conv.id_to_name[u] for u in sets[i]) if sets[i] else f"unlabeled ({IGNORE_INDEX})"
+            rows.append((str(i), tax.class_names[i], str(len(sets[i])), members))
+        _print_table(rows, out)
+    _print_set_evidence(tax, out)
+
+
+def _print_set_evidence(tax, out) -> None:
+    """Why each member is in its class's set, or not: the rows of the shipped evidence table."""
+    from mseg_semantic.taxonomy.label_set_rule import EVIDENCE_PATH, evidence_of
+
+    evidence = evidence_of(tax.name)
+    if not evidence:
+        if any(tax.is_set_valued(i) for i in range(tax.num_classes)):
+            print(f"\nno relabeling-record evidence for {tax.name}: its sets are as its taxonomy file writes them", file=out)
+        return
+    print(f"\nwhy (MSeg's train-split relabeling records, {EVIDENCE_PATH.parent.name}/{EVIDENCE_PATH.name}; share = of the "
+          "class's train segments moved to a class; the rule: docs/taxonomy.md):", file=out)
+    rows = [("class", "member", "train", "share", "val", "set", "why")]
+    differs = []
+    for cls in dict.fromkeys(r.class_name for r in evidence):
+        class_rows = [r for r in evidence if r.class_name == cls]
+        rows += [(cls, r.member, str(r.train_segments), "-" if r.share is None else f"{r.share:.1%}",
+                  str(r.val_segments), "kept" if r.kept else "dropped", r.reason) for r in class_rows]
+        if cls in tax.class_names and {r.member for r in class_rows if r.kept} != set(tax.universal[tax.class_names.index(cls)]):
+            differs.append(cls)
     _print_table(rows, out)
+    if differs:
+        print(f"note: the sets of {', '.join(map(repr, differs))} differ from this evidence (edited taxonomy data?)", file=out)
 
 
 def cmd_validate(catalog: Catalog, files: list[str], out) -> int:
@@ -269,14 +300,21 @@ def cmd_summary(catalog: Catalog, out) -> None:
 
 
 def cmd_import(data_dir: str, out_dir: str, out) -> None:
-    from mseg_semantic.taxonomy.mseg_import import DATA_HEADER, import_mseg, write_taxonomy_files
+    from pathlib import Path
 
-    taxonomies, report = import_mseg(data_dir)
+    from mseg_semantic.taxonomy.label_set_rule import EVIDENCE_PATH, write_evidence
+    from mseg_semantic.taxonomy.mseg_import import DATA_HEADER, import_mseg_with_evidence, write_taxonomy_files
+
+    taxonomies, evidence, report = import_mseg_with_evidence(data_dir)
     report.extend(validate_taxonomies(taxonomies))
     if report.errors:
         raise TaxonomyFileError(report)
     for path in write_taxonomy_files(taxonomies, out_dir, DATA_HEADER):
         print(f"wrote {path}", file=out)
+    if evidence:  # beside the taxonomy files, where the tools read the shipped one
+        path = Path(out_dir) / EVIDENCE_PATH.parent.name / EVIDENCE_PATH.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {write_evidence(evidence, path)}", file=out)
     print(report.format(), file=out)
 
 

@@ -8,8 +8,9 @@ is removed at the next start. Discovery tries checkpoints newest first and skips
 A checkpoint is a dict of plain Python, tensors and state dicts (``torch.load(..., weights_only=True)`` reads
 it): ``model`` (this project's key names), ``optimizer``, ``scheduler``, ``scaler``, ``sampler`` and ``rng``
 (one entry per rank), ``iteration``, ``world_size``, ``stage``, ``config`` (the resolved config the run used),
-``meta`` (what :func:`mseg_semantic.model.save_weights` writes beside the final weights) and ``extra`` (state of
-the run's other parts, e.g. the best validation score so far).
+``meta`` (what :func:`mseg_semantic.model.save_weights` writes beside the final weights), ``extra`` (state of
+the run's other parts, e.g. the best validation score so far) and ``pixel_loss`` (a stateful loss's state, e.g. the
+partial-label loss's running class marginal; None for a loss without state).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class TrainingParts:
     scaler: torch.amp.GradScaler | None
     loader: Any  # TrainLoader (state_dict / load_state_dict)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"best": {...}}: saved and restored as they are
+    pixel_loss: Any = None  # a pixel loss with state (state_dict / load_state_dict), e.g. partial_label's class marginal
 
 
 def iteration_file_name(iteration: int) -> str:
@@ -157,6 +159,7 @@ class Checkpointer:
             "iteration": iteration,
             "world_size": self.info.world_size,
             "extra": dict(parts.extra),
+            "pixel_loss": parts.pixel_loss.state_dict() if hasattr(parts.pixel_loss, "state_dict") else None,
             **self.run_record,
         }
 
@@ -235,6 +238,8 @@ class Checkpointer:
         if parts.scaler is not None and state.get("scaler"):
             parts.scaler.load_state_dict(state["scaler"])
         parts.extra.update(state.get("extra") or {})
+        if state.get("pixel_loss") is not None and hasattr(parts.pixel_loss, "load_state_dict"):
+            parts.pixel_loss.load_state_dict(state["pixel_loss"])
         info = self.info
         saved_world = int(state.get("world_size", 1))
         if saved_world == info.world_size:

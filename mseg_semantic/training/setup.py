@@ -113,6 +113,7 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
                           f"the frozen running statistics by estimates from training batches; set one of them off")
     # unknown or test-only dataset names fail here
     converter = build_taxonomy_converter(model_taxonomy, datasets, [], set_valued=LOSSES[train.loss].needs_label_sets, catalog=catalog)
+    check_label_set_weights(train, converter)
     if mapping is not None:
         check_dataset_gpu_mapping(datasets, mapping, world_size)
     batch_per_rank = per_rank_batch_size(train.batch_size, world_size)
@@ -122,6 +123,17 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
     workers = 0 if train.workers <= 0 else max(1, train.workers // local)
     return RunSetup(datasets, model_taxonomy, converter, train.precision, train.batch_size, batch_per_rank, max_iters, workers, mapping,
                     train.method, train.loss, catalog)
+
+
+def check_label_set_weights(train: Any, converter: Any) -> None:
+    """``records`` needs the relabeling-record frequencies of every set (a user taxonomy's sets have none)."""
+    if train.loss != "partial_label" or train.label_set_weights != "records":
+        return
+    for dataset, weights in converter.class_set_weights.items():
+        missing = [converter.dataset_class_names[dataset][i] for i, w in enumerate(weights) if w is None]
+        if missing:
+            raise ConfigError(f"TRAIN.label_set_weights=records: {dataset}'s label set(s) of {', '.join(map(repr, missing[:5]))} have no "
+                              f"relabeling-record counts to weigh their members with; use label_set_weights=uniform")
 
 
 def _memory_bytes() -> tuple[int, str]:
@@ -286,16 +298,17 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
     loader = build_train_loader(cfg, setup.datasets, setup.converter, catalog=setup.catalog, rank=info.rank, world_size=info.world_size,
                                 workers=setup.workers_per_rank, dataset_gpu_mapping=setup.dataset_gpu_mapping,
                                 pin_memory=info.device.type == "cuda")
-    parts = TrainingParts(model, optimizer, PolyLR(optimizer, setup.max_iters, train.power), scaler, loader)
+    pixel_loss = pixel_loss_for(setup.loss, setup.converter.label_sets, train, info)
+    parts = TrainingParts(model, optimizer, PolyLR(optimizer, setup.max_iters, train.power), scaler, loader, pixel_loss=pixel_loss)
     context = StepContext(
         num_datasets=len(setup.datasets),
         dataset_names=list(setup.datasets),
         autocast=functools.partial(autocast_context, setup.precision, info.device.type, cache_enabled=not train.cuda_graphs),
         scaler=scaler,
         info=info,
+        diagnostics=(pixel_loss.raise_for_invalid_codes,) if hasattr(pixel_loss, "raise_for_invalid_codes") else (),
     )
     seed_everything(train.seed + info.rank)  # per-rank randomness after construction
-    pixel_loss = pixel_loss_for(setup.loss, setup.converter.label_sets)
     loss_head = compile_loss_head(pixel_loss) if train.compile and METHODS[setup.method].takes_loss_head else None
     step = backward_step_for(setup.method, cfg, pixel_loss, loss_head)
     return StageRun(setup, parts, step, context, model_meta(cfg, setup))

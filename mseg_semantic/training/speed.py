@@ -79,7 +79,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: StepOutput | None = None
         self.buffers: dict[str, torch.Tensor] | None = None
-        self.device_flag = DeviceNonFiniteFlag(info, checkpoints)
+        self.device_flag = DeviceNonFiniteFlag(info, checkpoints, ctx.diagnostics if ctx is not None else ())
         if example is not None:
             self._make_buffers(example)
 

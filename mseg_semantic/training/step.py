@@ -54,9 +54,10 @@ def zero_grads(params: list[torch.nn.Parameter]) -> None:
 class DeviceNonFiniteFlag:
     """The first iteration whose loss was not finite, kept on the device until a sync point reads it."""
 
-    def __init__(self, info: DistInfo, checkpoints: str):
+    def __init__(self, info: DistInfo, checkpoints: str, diagnostics: tuple = ()):
         self.info = info
         self.checkpoints = checkpoints
+        self.diagnostics = diagnostics
         self.first_bad = torch.full((1,), -1, dtype=torch.int64, device=info.device)
 
     def record(self, bad: torch.Tensor, iteration: int) -> None:
@@ -65,6 +66,8 @@ class DeviceNonFiniteFlag:
     def check(self) -> None:
         first_bad = int(all_reduce_max(self.first_bad.clone(), self.info).item())
         if first_bad >= 0:
+            for diagnose in self.diagnostics:
+                diagnose()
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {first_bad}; that update was skipped on the device and no checkpoint "
                 f"was written after it: {self.checkpoints} holds the last good state. {_WAY_OUT} {_BATCHNORM}")
@@ -80,7 +83,7 @@ class EagerStep:
         self.grad_clip, self.scaler, self.info, self.checkpoints = grad_clip, scaler, info, checkpoints
         self.params = [p for p in model.parameters() if p.requires_grad]
         # the fused optimizer skips a flagged update on the device; a grad scaler flags inf gradients itself
-        self.device_flag = DeviceNonFiniteFlag(info, checkpoints) if optimizer.defaults.get("fused") else None
+        self.device_flag = DeviceNonFiniteFlag(info, checkpoints, ctx.diagnostics) if optimizer.defaults.get("fused") else None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, iteration: int | None = None) -> StepOutput:
         self.optimizer.zero_grad(set_to_none=True)
@@ -88,6 +91,8 @@ class EagerStep:
         bad = torch.logical_not(torch.isfinite(out.loss.detach())).reshape(1)
         if self.device_flag is None:
             if bool(all_reduce_sum(bad.float(), self.info).item() > 0):
+                for diagnose in self.ctx.diagnostics:
+                    diagnose()
                 raise self._non_finite(out, iteration)
         else:
             if self.scaler is None:

@@ -32,9 +32,10 @@ def write(tmp_path, text, name="user.tsv"):
 def test_builtin_sets_keep_mseg_target_first_and_add_what_records_move_to():
     rider = get_taxonomy("cityscapes-19").class_names.index("rider")
     assert get_taxonomy("cityscapes-19").universal[rider][0] == "bicyclist"  # MSeg's one-hot mapping, unchanged
-    assert set(get_taxonomy("cityscapes-19").universal[rider]) == {"bicyclist", "rider_other", "motorcyclist", "bicycle", "person"}
-    person = get_taxonomy("bdd").class_names.index("person")
-    assert get_taxonomy("bdd").universal[person] == ("person", "bicyclist", "motorcyclist")  # extras in universal-id order
+    # the rule keeps the rider subclasses and drops the corrections (person 15, bicycle 3 of 1,805 segments)
+    assert set(get_taxonomy("cityscapes-19").universal[rider]) == {"bicyclist", "rider_other", "motorcyclist"}
+    rider = get_taxonomy("bdd").class_names.index("rider")
+    assert get_taxonomy("bdd").universal[rider] == ("rider_other", "bicyclist", "motorcyclist")  # extras in universal-id order
     for name in RELABELED_TRAIN_DATASETS:  # relabeling resolved the ambiguity: all singletons
         tax = get_taxonomy(name)
         assert not any(tax.is_set_valued(i) for i in range(tax.num_classes)), name
@@ -47,10 +48,15 @@ def test_reimporting_mseg_data_reproduces_the_builtin_files(tmp_path):
     from mseg_semantic.taxonomy.catalog import DATA_DIR
     from mseg_semantic.taxonomy.mseg_import import DATA_HEADER, write_taxonomy_files
 
-    taxonomies, report = import_mseg(REFERENCE)
+    from mseg_semantic.taxonomy.label_set_rule import EVIDENCE_PATH, format_evidence
+    from mseg_semantic.taxonomy.mseg_import import import_mseg_with_evidence
+
+    taxonomies, evidence, report = import_mseg_with_evidence(REFERENCE)
     assert report.ok, report.format()
     for path in write_taxonomy_files(taxonomies, tmp_path, DATA_HEADER):
         assert path.read_text() == (DATA_DIR / path.name).read_text(), path.name
+    assert format_evidence(evidence) == EVIDENCE_PATH.read_text()  # the label sets' evidence table too
+    assert [t.universal for t in taxonomies] == [t.universal for t in import_mseg(REFERENCE)[0]]
 
 
 def test_import_derives_sets_from_non_empty_records(tmp_path):
@@ -116,7 +122,7 @@ def test_set_valued_converter_writes_codes_and_keeps_one_hot_maps():
     assert partial.num_classes == one_hot.num_classes == 194 and partial.label_maps == one_hot.label_maps
     ids = np.array([list(range(19)) + [255]], dtype=np.uint8)
     codes = partial.transform_label(ids, "cityscapes-19")
-    assert codes.dtype == np.uint8  # MSeg's 194 classes + 30 sets still fit
+    assert codes.dtype == np.uint8  # MSeg's 194 classes + 27 sets still fit
     rider = get_taxonomy("cityscapes-19").class_names.index("rider")
     names = set(get_taxonomy("cityscapes-19").universal[rider])
     assert {partial.class_names[m] for m in partial.label_sets.members[codes[0, rider]]} == names
@@ -269,11 +275,11 @@ def test_cli_sets_and_show_mark_set_valued_classes(capsys):
     assert main(["sets", "cityscapes-19"]) == 0
     out = capsys.readouterr().out
     rider = next(line for line in out.splitlines() if line.split()[:2] == ["12", "rider"])
-    assert rider.split()[2] == "5" and rider.split()[3] == "bicyclist," and "rider_other" in rider
+    assert rider.split()[2] == "3" and rider.split()[3] == "bicyclist," and "rider_other" in rider
     assert "1 with a label set of several universal classes" in out
     assert main(["show", "bdd"]) == 0
     out = capsys.readouterr().out
-    assert any(line.split()[:2] == ["12", "rider"] and line.endswith("4 classes") for line in out.splitlines())
-    assert "2 set-valued class(es)" in out
+    assert any(line.split()[:2] == ["12", "rider"] and line.endswith("3 classes") for line in out.splitlines())
+    assert "1 set-valued class(es)" in out
     assert main(["sets", "camvid-11"]) == 2
     assert "label sets belong to training taxonomies" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from mseg_semantic.config import ConfigError
+from mseg_semantic.distributed import DistInfo, all_reduce_sum
 from mseg_semantic.errors import did_you_mean
 from mseg_semantic.taxonomy import LabelSets
 from mseg_semantic.training.gradients.ccsa import CCSAOptions, ccsa_backward_step
@@ -52,16 +53,19 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A pixel loss: how it is built from the run's label sets, and what it needs."""
+    """A pixel loss: how it is built from the run's label sets and the TRAIN section, and what it needs."""
 
-    build: Callable[[LabelSets | None], PixelLoss]
+    build: Callable[..., PixelLoss]  # (label_sets, train section or None, info) -> PixelLoss
     needs_label_sets: bool = False  # labels are label-set codes: the universal taxonomy only
 
 
-def _needs_sets(label_sets: LabelSets | None) -> PixelLoss:
+def _partial_label(label_sets: LabelSets | None, train: Any = None, info: DistInfo = DistInfo()) -> PixelLoss:
     if label_sets is None:
         raise ValueError("the partial_label loss needs the label sets of the run's converter")
-    return PartialLabelLoss(label_sets)
+    if train is None:
+        return PartialLabelLoss(label_sets)
+    reduce_fn = (lambda tensor: all_reduce_sum(tensor, info)) if info.distributed else None
+    return PartialLabelLoss(label_sets, train["label_set_weights"], train["set_prior_correction"], reduce_fn=reduce_fn)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -75,17 +79,18 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 LOSSES: dict[str, LossSpec] = {
-    "ce": LossSpec(lambda label_sets=None: cross_entropy_pixels),
-    "partial_label": LossSpec(_needs_sets, needs_label_sets=True),
+    "ce": LossSpec(lambda label_sets=None, train=None, info=None: cross_entropy_pixels),
+    "partial_label": LossSpec(_partial_label, needs_label_sets=True),
 }
 
 
-def pixel_loss_for(loss: str, label_sets: LabelSets | None = None) -> PixelLoss:
+def pixel_loss_for(loss: str, label_sets: LabelSets | None = None, train: Any = None, info: DistInfo = DistInfo()) -> PixelLoss:
     """``ce``: cross-entropy over model ids; ``partial_label``: over the label-set codes of ``label_sets`` (the
-    run's set-valued converter's)."""
+    run's set-valued converter's), with the options of the ``train`` section (``label_set_weights``,
+    ``set_prior_correction``; default: uniform, no correction); ``info``: the ranks a running estimate is summed over."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[loss].build(label_sets)
+    return LOSSES[loss].build(label_sets, train, info)
 
 
 def backward_step_for(method: str, cfg: Any, pixel_loss: PixelLoss = cross_entropy_pixels, loss_head: PixelLoss | None = None) -> BackwardStep:

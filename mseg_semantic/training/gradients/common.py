@@ -42,6 +42,8 @@ class StepContext:
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None
     info: DistInfo = DistInfo()  # the processes: several means the model is wrapped in DistributedDataParallel
+    # called before a non-finite loss is reported: a more precise error (e.g. a label code that names no set) raises first
+    diagnostics: tuple[Callable[[], None], ...] = ()
 
     @property
     def distributed(self) -> bool:

@@ -17,7 +17,7 @@ from mseg_semantic.training.gradients import StepContext, backward_step_for, pix
 from mseg_semantic.training.gradients.common import cross_entropy_pixels
 from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
 from mseg_semantic.training.gradients.mgda import mgda_backward_step
-from mseg_semantic.training.gradients.partial_label import PartialLabelLoss, _SetNegLogLikelihood
+from mseg_semantic.training.gradients.partial_label import PartialLabelLoss, partial_label_nll
 
 NUM_CLASSES = 7
 SETS = LabelSets.for_sets(NUM_CLASSES, [(1, 2), (0, 3, 5), (4, 6), (1, 2, 3, 4, 5, 6)])
@@ -72,7 +72,7 @@ def test_gradient_matches_finite_differences():
     logits = torch.randn(2, NUM_CLASSES, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True)
     codes = random_codes((2, 3, 3), SETS, seed=6)
     ids, valid = (torch.from_numpy(t) for t in SETS.member_table())
-    assert torch.autograd.gradcheck(lambda z: _SetNegLogLikelihood.apply(z, codes, ids, valid), (logits,))
+    assert torch.autograd.gradcheck(lambda z: partial_label_nll(z, codes, ids, valid), (logits,))
 
 
 def test_sets_far_in_the_tail_stay_finite():
@@ -219,7 +219,9 @@ def test_run_builds_a_set_valued_converter_for_partial_label():
 
     setup = resolve_run(load_config(None, ["dataset=[cityscapes-19,bdd]", "loss=partial_label", "use_mgda=True"]))
     assert setup.loss == "partial_label" and setup.method == "mgda" and setup.converter.set_valued
-    assert len(setup.converter.label_sets.set_codes) == 3  # cityscapes rider, bdd person, bdd rider
+    # cityscapes' and bdd's rider hold the same set {bicyclist, rider_other, motorcyclist}: one code; bdd person is
+    # a class of one (its 6 bicyclist/motorcyclist records are corrections, docs/taxonomy.md)
+    assert len(setup.converter.label_sets.set_codes) == 1
     assert not resolve_run(load_config(None, ["dataset=[cityscapes-19,bdd]"])).converter.set_valued
 
 
@@ -298,4 +300,99 @@ def test_release_config_is_msegs_unrelabeled_recipe_with_the_partial_label_loss(
                    for key, value in keys.items() if plain.to_dict()[section][key] != value}
     assert differences == {("TRAIN", "loss")}
     setup = resolve_run(partial, world_size=7)
-    assert setup.loss == "partial_label" and setup.max_iters == 200_000 and len(setup.converter.label_sets.set_codes) == 30
+    assert setup.loss == "partial_label" and setup.max_iters == 200_000 and len(setup.converter.label_sets.set_codes) == 27
+
+
+# ---- the loss options through the trainer ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [
+    ["label_set_weights=records", "set_prior_correction=True", "precision=bf16"],
+    ["set_prior_correction=True", "method=mgda"],
+], ids=["records+prior+bf16", "prior+mgda"])
+def test_loss_options_train_and_resume_bit_exactly(demo_root, tmp_path, options):
+    """The running class marginal of the prior correction is checkpointed: an interrupted run resumed ends where an
+    uninterrupted one does, bit for bit."""
+    import shutil
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert tiny_train("demo_partial.yaml", demo_root, straight, *options, max_iters=3) == 0
+    shutil.copytree(straight, split)  # the same run, stopped after iteration 2
+    for done in ("model_final.pth", "checkpoints/iter_00000003.pth", "checkpoints/last.pth"):
+        (split / done).unlink()
+    assert tiny_train("demo_partial.yaml", demo_root, split, *options, max_iters=3) == 0
+    assert "resuming from" in (split / "train.log").read_text()
+    a, b = (torch.load(d / "checkpoints" / "last.pth", map_location="cpu", weights_only=True) for d in (straight, split))
+    assert a["iteration"] == b["iteration"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    if "set_prior_correction=True" in options:
+        marginal = a["pixel_loss"]
+        assert marginal and all(torch.equal(v, b["pixel_loss"][k]) for k, v in marginal.items())
+        uniform = PartialLabelLoss(LabelSets.singletons(194), set_prior_correction=True).state_dict()
+        assert any(not torch.equal(v, uniform[k]) for k, v in marginal.items())  # the estimate moved from its start: it is state
+
+
+def test_records_weights_need_record_counts(tmp_path):
+    from mseg_semantic.training.run import resolve_run
+
+    path = tmp_path / "riders.tsv"
+    path.write_text("taxonomy\tmy-riders\nrole\ttrain\nid\tname\tuniversal\n0\tcyclist\tbicyclist, rider_other\n1\twalker\tperson\n")
+    cfg = load_config(None, ["loss=partial_label", "label_set_weights=records", f"taxonomy_files=[{path}]", "dataset=[my-riders]"])
+    with pytest.raises(ConfigError, match=r"label_set_weights=records: my-riders's label set\(s\) of 'cyclist' have no relabeling-record"):
+        resolve_run(cfg)
+    assert resolve_run(cfg.updated({"label_set_weights": "uniform"})).loss == "partial_label"
+
+
+def _prior_ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from mseg_semantic.distributed import all_reduce_sum
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        info = DistInfo(rank, world_size, backend="gloo")
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(TinySegNet(NUM_CLASSES, batch_norm=False))
+        loss = PartialLabelLoss(SETS, set_prior_correction=True, reduce_fn=lambda t: all_reduce_sum(t, info), marginal_stride=1)
+        grads = []
+        for step in range(2):  # the second step's target reads the marginal the first one estimated
+            images, _, dataset_index = make_batch(4, [0, 1, 0, 1], NUM_CLASSES, size=16, seed=step)
+            codes = random_codes((4, 16, 16), SETS, seed=8 + step, ignore_fraction=0.4)
+            rows = slice(rank * 2, rank * 2 + 2)
+            model.zero_grad()
+            ce_backward_step(model, images[rows], codes[rows], dataset_index[rows], StepContext(num_datasets=2, info=info), pixel_loss_fn=loss)
+            grads.append([p.grad.clone() for p in model.module.parameters()])
+        if rank == 0:
+            torch.save({"grads": grads, "marginal": loss.state_dict()}, os.path.join(out_dir, "ddp_prior.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_prior_correction_under_two_ranks_is_the_step_of_one_rank(tmp_path):
+    """The marginal's statistics are summed over ranks: two ranks with half the batch estimate the same marginal and
+    take the same steps as one rank with all of it."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_prior_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp_prior.pt")
+    torch.manual_seed(0)
+    model = TinySegNet(NUM_CLASSES, batch_norm=False)
+    loss = PartialLabelLoss(SETS, set_prior_correction=True, marginal_stride=1)
+    for step in range(2):
+        images, _, dataset_index = make_batch(4, [0, 1, 0, 1], NUM_CLASSES, size=16, seed=step)
+        codes = random_codes((4, 16, 16), SETS, seed=8 + step, ignore_fraction=0.4)
+        model.zero_grad()
+        ce_backward_step(model, images, codes, dataset_index, StepContext(num_datasets=2), pixel_loss_fn=loss)
+        for got, expected in zip(ddp["grads"][step], [p.grad for p in model.parameters()]):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    for key, value in loss.state_dict().items():
+        torch.testing.assert_close(ddp["marginal"][key], value, rtol=1e-6, atol=1e-9)  # the same sums, in another order
