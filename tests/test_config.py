@@ -231,3 +231,24 @@ def test_msegs_full_release_files_mean_what_the_minimal_shipped_configs_say(fixt
     assert mseg["Distributed"].pop("dist_backend") == "nccl" and shipped["Distributed"].pop("dist_backend") is None
     assert mseg == shipped
     assert len(load_config(fixture).dropped_mseg_keys) >= 15  # apex, launcher and PSPNet keys, listed in the run's log
+
+
+def test_the_old_method_switches_are_read_as_train_method(tmp_path):
+    """DATA.use_mgda (MSeg's) and CCSA.use_ccsa (this project's older files) keep working: they set TRAIN.method."""
+    assert load_config(None, ["use_mgda=True"]).TRAIN.method == "mgda"
+    assert load_config(None, ["CCSA.use_ccsa=True"]).TRAIN.method == "ccsa"
+    assert load_config(None, ["method=mgda", "use_ccsa=False"]).TRAIN.method == "mgda"  # switching another method off: no change
+    path = tmp_path / "mgda.yaml"
+    path.write_text("DATA:\n  use_mgda: True\nCCSA:\n  use_ccsa: False\n")
+    assert load_config(path).TRAIN.method == "mgda"
+    assert load_config(path, ["use_mgda=False"]).TRAIN.method == "ce"  # the command line switches it off
+    both = tmp_path / "both.yaml"
+    both.write_text("DATA:\n  use_mgda: True\nCCSA:\n  use_ccsa: True\n")
+    with pytest.raises(ConfigError, match=r"DATA.use_mgda and CCSA.use_ccsa are both True; pick one baseline"):
+        load_config(both)
+    disagree = tmp_path / "disagree.yaml"
+    disagree.write_text("DATA:\n  use_mgda: True\nTRAIN:\n  method: ccsa\n")
+    with pytest.raises(ConfigError, match=r"use_mgda=True and TRAIN.method=ccsa disagree"):
+        load_config(disagree)
+    with pytest.raises(ConfigError, match=r"use_mgda='maybe': expected True or False"):
+        load_config(None, ["use_mgda=maybe"])

@@ -11,10 +11,11 @@ takes every ``world_size``-th image and the confusion matrices are summed before
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,6 +36,8 @@ from mseg_semantic.evaluation.outputs import pixel_outputs, write_confidence, wr
 from mseg_semantic.evaluation.visualize import colorize, write_png
 from mseg_semantic.taxonomy import IGNORE_INDEX, Catalog, UnknownLabelError
 
+log = logging.getLogger("mseg_semantic.evaluation")
+
 __all__ = ["EvalData", "EvaluationResult", "OutputOptions", "evaluate_dataset", "format_per_class_table", "select_indices"]
 
 
@@ -48,6 +51,7 @@ class EvalData:
     index_step: int = 0
     images_per_batch: int = 1
     workers: int = 0
+    on_bad_sample: str = "error"  # error | skip: an unreadable image or a label with unknown ids (validation skips)
 
     @classmethod
     def from_config(cls, cfg: Any, catalog: Catalog | None = None) -> "EvalData":
@@ -102,6 +106,7 @@ class EvaluationResult:
     list_size: int  # images in the split list
     partial: str | None  # which part of the list was evaluated, when not all of it
     confusion: np.ndarray  # K x (K + 1) pixel counts: ground truth x prediction, the last column 'unlabeled'
+    skipped: list[str] = field(default_factory=list)  # bad samples left out (EvalData.on_bad_sample=skip), one message each
 
     @property
     def miou(self) -> float:
@@ -157,8 +162,9 @@ def evaluate_dataset(
     engine = engine or InferenceModel(loaded.model, settings)
     device = engine.device
     matrix = ConfusionMatrix(space.num_classes, device=device)
+    skipped: list[str] = []
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(images, indices),
+        torch.utils.data.Subset(_Reported(images) if data.on_bad_sample == "skip" else images, indices),
         batch_size=max(1, data.images_per_batch),
         shuffle=False,
         num_workers=data.workers,
@@ -168,15 +174,15 @@ def evaluate_dataset(
     save_folder = Path(save_folder) if save_folder is not None else None
     started = time.perf_counter()
     bar = tqdm(total=len(indices), desc=f"{dataset} {data.split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
-    for batch in loader:
-        labels = [ground_truth(item, space, dataset) for item in batch]
-        probabilities = predict_image_probabilities(engine, [item["image"] for item in batch], settings, space.projection)
+    for loaded_batch in loader:
+        batch, labels = _scorable(loaded_batch, space, dataset, skipped if data.on_bad_sample == "skip" else None)
+        probabilities = predict_image_probabilities(engine, [item["image"] for item in batch], settings, space.projection) if batch else []
         for item, probs, label in zip(batch, probabilities, labels):
             pixels = pixel_outputs(probs, space, confidence=outputs.confidence, probabilities=outputs.probabilities)
             matrix.update(pixels.label, torch.from_numpy(label.astype(np.int64)))
             if outputs.per_image:
                 _write_image_outputs(save_folder, _prediction_relpath(item["image_path"], images.location.root), pixels, space, outputs)
-        bar.update(len(batch))
+        bar.update(len(loaded_batch))
         if not bar.disable:
             bar.set_postfix(pixel_acc=f"{_running_accuracy(matrix):.3f}")
     bar.close()
@@ -185,10 +191,44 @@ def evaluate_dataset(
     metrics = matrix.compute(space.valid_classes)
     total_images = len(select_indices(len(images), data.index_start, data.index_step))
     result = EvaluationResult(dataset, data.split, total_images, metrics, space, seconds, save_folder, len(images),
-                              data.partial_note(len(images)), matrix.table.cpu().numpy())
+                              data.partial_note(len(images)), matrix.table.cpu().numpy(), skipped)
     if rank == 0 and save_folder is not None:
         write_reports(result, loaded, engine.settings, model_label or Path(loaded.path).stem, str(device), outputs.figures)
     return result
+
+
+class _Reported(torch.utils.data.Dataset):
+    """An image dataset whose unreadable samples come back as ``{"bad": message}`` instead of raising."""
+
+    def __init__(self, images: ValDataset):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.images[index]
+        except BadSampleError as exc:
+            return {"bad": str(exc)}
+
+
+def _scorable(batch: list[dict], space: OutputSpace, dataset: str, skipped: list[str] | None) -> tuple[list[dict], list[np.ndarray]]:
+    """The items of ``batch`` that can be scored and their ground truth. With ``skipped`` (a list) a bad item is logged,
+    naming the file, added to it and left out; without, it raises."""
+    items, labels = [], []
+    for item in batch:
+        try:
+            if "bad" in item:
+                raise BadSampleError(item["bad"])
+            labels.append(ground_truth(item, space, dataset))
+            items.append(item)
+        except BadSampleError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+            log.warning("%s: bad sample left out of the evaluation: %s", dataset, exc)
+    return items, labels
 
 
 def ground_truth(item: Mapping[str, Any], space: OutputSpace, dataset: str) -> np.ndarray:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from mseg_semantic.config import ConfigError
+from mseg_semantic.data.lists import locate_and_read
 from mseg_semantic.distributed import DistInfo
 from mseg_semantic.evaluation.evaluate import EvalData, evaluate_dataset
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings
@@ -136,9 +137,10 @@ class Validator:
             engine = InferenceModel(loaded.model, self.inference)  # a prepared copy: the trained weights stay as they are
             scalars: dict[str, float] = {}
             for dataset in self.settings.datasets:
-                metrics = evaluate_dataset(loaded, dataset, self.inference, self.data, progress=False, engine=engine, info=self.info).metrics
+                result = evaluate_dataset(loaded, dataset, self.inference, self.data, progress=False, engine=engine, info=self.info)
                 for key in PER_DATASET:
-                    scalars[f"val/{dataset}/{key}"] = float(getattr(metrics, key))
+                    scalars[f"val/{dataset}/{key}"] = float(getattr(result.metrics, key))
+                scalars[f"val/{dataset}/bad_samples"] = float(len(result.skipped))
             del engine
         for key in ("miou", "miou_mseg", "pixel_acc"):
             values = [scalars[f"val/{d}/{key}"] for d in self.settings.datasets]
@@ -158,8 +160,9 @@ class Validator:
         self.write_scalars(iteration, scalars)
         per_dataset = " ".join(f"{d}={100 * scalars[f'val/{d}/miou']:.2f}" for d in self.settings.datasets)
         best_text = f"best {100 * best['value']:.2f} at {best['iteration']}" if best else "no best yet"
+        bad = int(sum(scalars[f"val/{d}/bad_samples"] for d in self.settings.datasets))
         log.info(f"validation at iteration {iteration}: {name} {100 * value:.2f} ({best_text}{', written to ' + BEST_NAME if improved else ''}) "
-                 f"| mIoU {per_dataset} | {scalars['val/seconds']:.1f} s")
+                 f"| mIoU {per_dataset} | {scalars['val/seconds']:.1f} s{f' | {bad} bad sample(s) left out (named above)' if bad else ''}")
         return scalars
 
 
@@ -180,7 +183,9 @@ def build_validator(cfg: Any, model: torch.nn.Module, meta: Mapping[str, Any], s
         return None
     catalog = catalog or Catalog.from_config(cfg)
     settings = ValidationSettings.from_config(cfg.TRAIN, meta["train_datasets"])
-    data = EvalData(cfg.TEST.split, catalog, index_start=0, index_step=settings.images, images_per_batch=cfg.TEST.batch_size_val, workers=0)
+    # a bad validation sample is reported and left out: it must never stop a training run hours in
+    data = EvalData(cfg.TEST.split, catalog, index_start=0, index_step=settings.images, images_per_batch=cfg.TEST.batch_size_val,
+                    workers=0, on_bad_sample="skip")
     validator = Validator(settings, InferenceSettings.from_config(cfg.TEST), data, model, meta, output_dir, max_iters, state,
                           write_scalars, info, catalog, defer_last=cfg.TRAIN.precise_bn_iters > 0)
     loaded = validator.loaded()
@@ -190,4 +195,16 @@ def build_validator(cfg: Any, model: torch.nn.Module, meta: Mapping[str, Any], s
             raise ConfigError(f"TRAIN.val_datasets: {dataset} {data.split} list {reason}; fix DATA.data_root / dataset_lists, "
                               f"or validate other datasets (val_datasets=[...])")
         evaluation_space(loaded, dataset)  # raises when this model cannot be scored on it (e.g. an oracle of another dataset)
+        _check_files_exist(catalog, dataset, data)
     return validator
+
+
+def _check_files_exist(catalog: Catalog, dataset: str, data: EvalData) -> None:
+    """Every file the validation will read exists (a cheap stat, before iteration 1); a file that exists but cannot
+    be decoded, or holds unknown label ids, is reported and left out when its validation comes."""
+    location, pairs = locate_and_read(catalog, dataset, data.split)
+    chosen = pairs[: data.index_step] if data.index_step else pairs
+    missing = [str(path) for pair in chosen for path in pair if not path.is_file()]
+    if missing:
+        raise ConfigError(f"TRAIN.val_datasets: {len(missing)} file(s) of {location.list_file} do not exist (first: {missing[0]}); "
+                          f"fix the list, or validate other datasets (val_datasets=[...])")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -109,20 +110,28 @@ class GraphedStep:
             state += [self.optimizer.state[p]["momentum_buffer"] for p in group["params"] if "momentum_buffer" in self.optimizer.state[p]]
         return state
 
-    def _capture(self) -> None:
+    def undone(self, run: Callable[[], None]) -> None:
+        """``run()`` (the warm-up steps and the capture), then every parameter, buffer (BatchNorm statistics and
+        counters) and momentum buffer back to its value before, in place: the graph keeps pointing at these tensors."""
         saved = [t.detach().clone() for t in self._snapshot()]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_STEPS):
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._step()
-        with torch.no_grad():  # undo the warm-up in place: the graph keeps pointing at these tensors
+        run()
+        with torch.no_grad():
             for tensor, value in zip(self._snapshot(), saved):
                 tensor.copy_(value)
+
+    def _capture(self) -> None:
+        def warm_up_and_capture() -> None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._step()
+
+        self.undone(warm_up_and_capture)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, iteration: int | None = None) -> StepOutput:
         batch = {"image": images, "label": labels, "dataset_index": dataset_index}

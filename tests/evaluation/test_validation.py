@@ -100,3 +100,34 @@ def test_last_validation_waits_for_precise_bn(world):
     assert logged == [3]
     validator.finish()
     assert logged == [3, 4]
+
+
+def test_a_bad_validation_sample_is_reported_and_left_out_without_stopping_training(world, caplog):
+    """A label with ids its taxonomy does not have (or a file that does not decode) would otherwise end a run at its
+    first validation, hours in, and every resume would fail again."""
+    import cv2
+
+    from mseg_semantic.taxonomy import Catalog
+
+    location = Catalog(data_root=world / "data").locate("camvid-11", "val")
+    label_path = location.root / location.list_file.read_text().split()[1]
+    bad = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    bad[0, 0] = 77  # not a camvid-11 id
+    cv2.imwrite(str(label_path), bad)
+    logged = []
+    validator = build_validator(config(world), camvid_model(), META, {}, world, max_iters=8, info=DistInfo(),
+                                write_scalars=lambda it, s: logged.append(s))
+    with caplog.at_level("WARNING"):
+        scalars = validator.validate(2)
+    assert scalars["val/camvid-11/bad_samples"] == 1.0 and scalars["val/camvid-11/miou"] > 0.9  # the two good images
+    assert any(str(label_path) in r.getMessage() and "77" in r.getMessage() for r in caplog.records)
+
+
+def test_a_missing_validation_file_stops_the_run_before_iteration_1(world):
+    from mseg_semantic.taxonomy import Catalog
+
+    location = Catalog(data_root=world / "data").locate("camvid-11", "val")
+    image = location.root / location.list_file.read_text().split()[2]
+    image.unlink()
+    with pytest.raises(ConfigError, match=rf"1 file\(s\) of .*val.txt do not exist \(first: {image}\)"):
+        build_validator(config(world), camvid_model(), META, {}, world, 4, DistInfo(), lambda it, s: None)

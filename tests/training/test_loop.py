@@ -49,21 +49,21 @@ def _model():
 
 
 def _run(tmp_path, max_iters=3, grad_clip=None, precision="fp32", step=ce_backward_step, checkpoint_every=1, model=None,
-         fused=False, print_freq=1, preemption=None, hooks=(), cuda_graphs=False):
-    model = model if model is not None else _model()
-    optimizer = build_sgd(model.parameters(), 0.01, 0.9, 1e-4, fused=fused)
-    if fused:  # as the trainer does
-        for p in model.parameters():
-            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+         fused=False, print_freq=1, preemption=None, hooks=(), cuda_graphs=False, parts=None, start=0):
+    """``parts`` and ``start``: continue a run restored from a checkpoint (its model is ``parts.model``)."""
     scaler = make_grad_scaler(precision, "cpu")
-    parts = TrainingParts(model, optimizer, PolyLR(optimizer, max_iters), scaler, CountingLoader())
+    if parts is None:
+        model = model if model is not None else _model()
+        optimizer = build_sgd(model.parameters(), 0.01, 0.9, 1e-4, fused=fused)
+        parts = TrainingParts(model, optimizer, PolyLR(optimizer, max_iters), scaler, CountingLoader())
+    model = parts.model
     ctx = StepContext(num_datasets=2, dataset_names=["a", "b"], autocast=functools.partial(autocast_context, precision, "cpu"), scaler=scaler)
     info = DistInfo()
     checkpointer = Checkpointer(tmp_path / "checkpoints", info, keep=10)
     settings = LoopSettings(max_iters=max_iters, checkpoint_every=checkpoint_every, grad_clip=grad_clip, cuda_graphs=cuda_graphs)
-    reporter = TrainingReporter(tmp_path, True, 0, max_iters, 4, info.device, print_freq=print_freq, tensorboard=True, show_progress=False)
+    reporter = TrainingReporter(tmp_path, True, start, max_iters, 4, info.device, print_freq=print_freq, tensorboard=True, show_progress=False)
     try:
-        stats = train_loop(parts, step, ctx, checkpointer, settings, info, reporter, hooks=hooks, preemption=preemption)
+        stats = train_loop(parts, step, ctx, checkpointer, settings, info, reporter, start, hooks=hooks, preemption=preemption)
     finally:
         reporter.close()
     return model, stats

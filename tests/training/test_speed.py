@@ -165,3 +165,114 @@ def test_the_compiled_loss_head_matches_eager(tmp_path, monkeypatch):
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     assert torch.equal(results[1][1], results[0][1])
     torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-4, atol=1e-6)
+
+
+# ---- the graphed step's correctness on a CPU (the capture itself needs CUDA) -------------------------------------------
+
+def _bn_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8, momentum=0.01), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 5, 1))
+
+
+def _graphed(model, grad_clip=None):
+    from mseg_semantic.training.gradients import StepContext
+    from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
+    from mseg_semantic.training.optim import build_sgd
+
+    optimizer = build_sgd(model.parameters(), 0.1, 0.9, 1e-4, fused=True)
+    return GraphedStep(model, optimizer, ce_backward_step, StepContext(num_datasets=2), grad_clip, capture=False)
+
+
+def _batch(seed, n=2, size=12):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 3, size, size, generator=g), torch.randint(0, 5, (n, size, size), generator=g),
+            torch.arange(n) % 2)
+
+
+def test_the_warm_up_leaves_weights_batchnorm_statistics_and_momentum_as_they_were():
+    model = _bn_model()
+    step = _graphed(model)
+    step(*_batch(0))  # one real step: non-trivial momentum and BN statistics to restore
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    momentum = [step.optimizer.state[p]["momentum_buffer"].clone() for p in step.params]
+    step.undone(lambda: [step._step() for _ in range(GraphedStep.WARMUP_STEPS)])
+    after = model.state_dict()
+    assert {"1.running_mean", "1.running_var", "1.num_batches_tracked"} <= set(after)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key  # parameters AND buffers
+    for p, m in zip(step.params, momentum):
+        assert torch.equal(step.optimizer.state[p]["momentum_buffer"], m)
+    # without the undo, the same warm-up would have moved every one of them
+    step.undone(lambda: None)
+    step._step()
+    assert not torch.equal(model.state_dict()["1.running_mean"], before["1.running_mean"])
+
+
+def test_a_batch_of_another_shape_is_refused_not_broadcast_into_the_static_buffers():
+    step = _graphed(_bn_model())
+    step(*_batch(0, n=2))
+    with pytest.raises(ValueError, match=r"image of shape \(1, 3, 12, 12\), captured \(2, 3, 12, 12\)"):
+        step(*_batch(1, n=1))
+
+
+def test_a_graphed_run_resumes_bit_exactly_from_its_checkpoint(tmp_path):
+    """4 graphed iterations straight, or 2, a checkpoint, a new process state restored from it, and 2 more."""
+    from mseg_semantic.training.checkpoint import load_checkpoint
+
+    straight, _ = _run(tmp_path / "straight", max_iters=4, fused=True, checkpoint_every=1, model=_bn_model(), cuda_graphs=True)
+    state = load_checkpoint(tmp_path / "straight" / "checkpoints" / "iter_00000002.pth")
+    from mseg_semantic.distributed import DistInfo
+    from mseg_semantic.training.checkpoint import Checkpointer, TrainingParts
+    from mseg_semantic.training.optim import PolyLR, build_sgd
+    from test_loop import CountingLoader
+
+    model = _bn_model()
+    optimizer = build_sgd(model.parameters(), 0.01, 0.9, 1e-4, fused=True)
+    loader = CountingLoader()
+    parts = TrainingParts(model, optimizer, PolyLR(optimizer, 4), None, loader)
+    loader.load_state_dict = lambda s: setattr(loader, "next_batch", s["batch"])
+    start = Checkpointer(tmp_path / "resumed", DistInfo()).restore(parts, state, 4, {"base_lr": 0.01, "power": 0.9, "momentum": 0.9, "weight_decay": 1e-4})
+    assert start == 2
+    resumed, _ = _run(tmp_path / "resumed", max_iters=4, fused=True, checkpoint_every=1, model=model, cuda_graphs=True,
+                      parts=parts, start=start)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_the_non_finite_error_says_batchnorm_statistics_had_seen_the_batch(tmp_path):
+    from mseg_semantic.training.loop import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="BatchNorm running statistics had already seen that batch"):
+        _run(tmp_path, max_iters=4, fused=True, print_freq=2, checkpoint_every=100, step=_poisoned(1), model=_bn_model(), cuda_graphs=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (compile + CUDA graphs)")
+def test_compiled_regions_under_a_captured_graph_match_eager_numerics(tmp_path, monkeypatch):
+    """TRAIN.compile + TRAIN.cuda_graphs: the same loss and weights as the eager fused step, to float rounding."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    from mseg_semantic.training.gradients import StepContext
+    from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
+    from mseg_semantic.training.optim import build_sgd
+
+    def make(compiled):
+        torch.manual_seed(0)
+        model = build_model("hrnet_tiny", 5).cuda()
+        if compiled:
+            compile_regions(model)
+        return model, build_sgd(model.parameters(), torch.tensor(0.01, device="cuda"), 0.9, 1e-4, fused=True)
+
+    batches = [tuple(t.cuda() for t in _batch(seed, n=2, size=33)) for seed in range(3)]
+    graphed_model, optimizer = make(True)
+    graphed = GraphedStep(graphed_model, optimizer, ce_backward_step, StepContext(num_datasets=2), None,
+                          {"image": batches[0][0], "label": batches[0][1], "dataset_index": batches[0][2]}, capture=True)
+    eager_model, eager_optimizer = make(False)
+    for images, labels, index in batches:
+        out = graphed(images, labels, index)
+        eager_optimizer.zero_grad(set_to_none=True)
+        reference = ce_backward_step(eager_model, images, labels, index, StepContext(num_datasets=2))
+        eager_optimizer.step()
+        torch.testing.assert_close(out.loss, reference.loss, rtol=1e-4, atol=1e-5)
+    for p, q in zip(graphed_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
