@@ -51,11 +51,13 @@ def test_x4_equals_interpolate_forward_and_backward(hw, dtype, channels_last):
     assert grad.dtype == dtype
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
-    nhwc = upsample_x4_nhwc(x)
-    assert nhwc.is_contiguous() and nhwc.shape == (2, *size, 5)
-    torch.testing.assert_close(nhwc.permute(0, 3, 1, 2), expected, rtol=1e-6, atol=2e-6)
-    (grad_nhwc,) = torch.autograd.grad((nhwc * grad_out.permute(0, 2, 3, 1)).sum(), x)
-    torch.testing.assert_close(grad_nhwc, expected_grad, rtol=1e-5, atol=1e-5)
+    for fusable in (False, True):  # eager, and the broadcast arithmetic torch.compile is given
+        nhwc = upsample_x4_nhwc(x, fusable=fusable)
+        assert nhwc.shape == (2, *size, 5) and nhwc.dtype == torch.float32
+        assert nhwc.is_contiguous() or fusable  # fusable: a view the compiler computes in place
+        torch.testing.assert_close(nhwc.permute(0, 3, 1, 2), expected, rtol=1e-6, atol=2e-6)
+        (grad_nhwc,) = torch.autograd.grad((nhwc * grad_out.permute(0, 2, 3, 1)).sum(), x)
+        torch.testing.assert_close(grad_nhwc, expected_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_low_resolution_grid_points_are_copied_exactly():
@@ -64,7 +66,8 @@ def test_low_resolution_grid_points_are_copied_exactly():
     assert torch.equal(out[..., ::4, ::4], x)  # weight 1 and 0: no rounding at all
 
 
-def test_the_backward_has_no_scattered_adds():
+@pytest.mark.parametrize("fusable", [False, True])
+def test_the_backward_has_no_scattered_adds(fusable):
     """The gradient is sums over the four phases: no index_add / scatter (atomics on a GPU), no upsample kernel."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -77,8 +80,10 @@ def test_the_backward_has_no_scattered_adds():
 
     x = _input(2, 4, 5, 6, torch.float32, True)
     with Recorder():
-        upsample_x4_nhwc(x).square().sum().backward()
-    assert seen and not [name for name in seen if "scatter" in name or "index_add" in name or "upsample" in name or "index_put" in name]
+        upsample_x4_nhwc(x, fusable=fusable).square().sum().backward()
+    backward = seen[seen.index("ones_like.default"):]  # the autograd engine's seed, then the backward's ops
+    assert len(backward) > 5
+    assert not [name for name in seen if "scatter" in name or "index_add" in name or "upsample" in name or "index_put" in name]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
