@@ -1,5 +1,5 @@
 """The training step's loss head alone: 1/4-resolution logits -> upsampled logits -> per-pixel cross-entropy -> the
-gradient of the logits, old against new, eager and compiled. Prints one JSON object.
+gradient of the logits, old against new, eager and compiled. Prints a JSON line per variant, then one with them all.
 
 Variants (each in a fresh subprocess: its own peak memory, compile state):
 
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["grad_max_abs_diff"] = float((saved["grad"] - reference["grad"]).abs().max())
             entry["grad_max_abs"] = float(reference["grad"].abs().max())
             results.append(entry)
+            print(json.dumps({"benchmark": "loss_head_variant", **entry}), flush=True)  # kept if a later variant hangs
     device = args.device
     if device.startswith("cuda") and torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)

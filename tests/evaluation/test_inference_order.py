@@ -87,8 +87,8 @@ LAYOUTS = {
 
 def _settings(layout, **changes):
     c = LAYOUTS[layout]
-    return inference_settings(crop_h=c["crop"], crop_w=c["crop"], base_size=c["base"], scales=c["scales"], window_batch=6,
-                              fold_bn=False, **changes)
+    return inference_settings(**{"crop_h": c["crop"], "crop_w": c["crop"], "base_size": c["base"], "scales": c["scales"],
+                                 "window_batch": 6, "fold_bn": False, **changes})
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -188,3 +188,26 @@ def test_sync_batchnorm_conversion_gives_stock_sync_batchnorm_with_the_state():
     assert converted.bn1.momentum == 0.01 and float(converted.bn1.running_mean[0]) == 0.25
     assert int(converted.bn1.num_batches_tracked) == 7
     assert list(converted.state_dict()) == list(build_model("hrnet_tiny", 4).state_dict())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_x4_equals_interpolate_at_mseg_s_crop(dtype, channels_last):
+    """179 -> 713 (MSeg's crop) with 194 classes on the GPU, forward and backward, eager and the fusable form."""
+    x = (torch.randn(2, 194, 179, 179, device="cuda") * 4).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    expected = _reference(x, (713, 713))
+    grad_out = torch.randn_like(expected)
+    (expected_grad,) = torch.autograd.grad((expected * grad_out).sum(), x)
+    out = upsample_x4(x)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=4e-6)
+    (grad,) = torch.autograd.grad((out * grad_out).sum(), x)
+    # F.interpolate's backward adds with atomics in an arbitrary order: a few float roundings apart
+    torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=1e-4 if dtype == torch.float32 else 1e-2, atol=1e-4)
+    for fusable in (False, True):
+        nhwc = upsample_x4_nhwc(x, fusable=fusable)
+        torch.testing.assert_close(nhwc.permute(0, 3, 1, 2), expected, rtol=1e-6, atol=4e-6)

@@ -192,3 +192,45 @@ def test_zero_gradients_zeroes_every_existing_gradient_in_place_with_foreach():
         if name in before:
             assert p.grad is before[name] and int(torch.count_nonzero(p.grad)) == 0
     assert model[2].weight.grad is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_plain_step_and_loss_head_equal_interpolate(precision):
+    """On the GPU, in bf16 autocast + channels_last as the trainer runs: the step's loss and gradients equal the
+    F.interpolate head's (up to cuDNN's and the atomics' rounding), and the head alone at MSeg's 713 crop."""
+    from mseg_semantic.model import autocast_context
+
+    device = torch.device("cuda")
+    ctx = StepContext(num_datasets=2, autocast=lambda: autocast_context(precision, "cuda"))
+    images = torch.randn(2, 3, 65, 65, device=device).contiguous(memory_format=torch.channels_last)
+    labels = _labels((2, 65, 65), seed=8).to(device)
+    # the same convolution algorithms in both runs, and no TF32 (whose rounding would magnify the heads' differences)
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False, False
+    try:
+        reference_model = _model(True).to(device)
+        expected = _reference_step(reference_model, images, labels, cross_entropy_pixels, ctx)
+        model = _model(True).to(device)
+        out = ce_backward_step(model, images, labels, torch.tensor([0, 1], device=device), ctx)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
+    a = torch.cat([p.grad.flatten().float() for n, p in model.named_parameters() if n != "head.conv.bias"])
+    b = torch.cat([p.grad.flatten().float() for n, p in reference_model.named_parameters() if n != "head.conv.bias"])
+    assert float((a - b).norm() / b.norm()) < (1e-5 if precision == "fp32" else 1e-2)
+
+    low = (torch.randn(4, 194, 179, 179, device=device) * 3).to(torch.bfloat16 if precision == "bf16" else torch.float32)
+    low = low.contiguous(memory_format=torch.channels_last)
+    big_labels = torch.randint(0, 194, (4, 713, 713), device=device)
+    big_labels[:, :50] = IGNORE_INDEX
+    results = []
+    for head in (UpsampledPixelLoss(cross_entropy_pixels),
+                 lambda x, y: cross_entropy_pixels(F.interpolate(x.float(), size=y.shape[-2:], mode="bilinear", align_corners=True), y)):
+        x = low.detach().requires_grad_()
+        pixel_loss, _ = head(x, big_labels)
+        pixel_loss.sum().backward()
+        results.append((pixel_loss.detach(), x.grad.float()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-2 if precision == "bf16" else 1e-4, atol=1e-4)
