@@ -115,7 +115,7 @@ def _efficiency_jobs(quick: bool) -> list[tuple[str, list[str], float]]:
     post = [py, str(BENCH / "bench_postprocess.py"), "--model", "replay", *geometry, *device, "--variants", "mseg_order", "reordered",
             *([] if quick else ["reordered_fused"])]
     e2e = [py, str(BENCH / "bench_postprocess.py"), "--model", "hrnet_tiny" if quick else "hrnet_w48", *geometry, *device,
-           *([] if quick else ["--cuda-graphs"]), "--variants", "mseg_order", "reordered"]
+           *([] if quick else ["--cuda-graphs"]), "--sequential", "--variants", "mseg_order", "reordered"]
     w48 = ["--model", "hrnet_tiny", "--crop", "33", "--batch", "2", "--cpu"] if quick else ["--model", "hrnet_w48", "--crop", "713", "--batch", "16"]
     steps = ["--warmup", "1", "--iters", "1", "--profile-iters", "1"] if quick else ["--warmup", "4", "--iters", "10", "--profile-iters", "2"]
 
