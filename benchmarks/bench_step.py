@@ -9,7 +9,8 @@ The data loader is left out (``bench_train.py`` measures the loader-fed loop): e
 uint8 images and labels from memory, so the figure is what the GPU and the host's launches allow. Each variant runs
 in a fresh subprocess (its own peak memory and compile state). ``print_freq`` is the trainer's 10: the loss is read
 back every 10th iteration, as in a real run. The first ``--warmup`` iterations (cuDNN autotuning, compilation,
-graph capture) are not timed; their seconds are reported as ``warmup_s``.
+graph capture) are not timed; their seconds are reported as ``warmup_s``. ``--profile-iters N`` runs N more steps
+under torch.profiler and adds ``profile``: kernels and device time per step by category (profile_summary.py).
 """
 
 from __future__ import annotations
@@ -82,12 +83,18 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     if fused:
         for p in model.parameters():
             optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
-    total = args.warmup + args.iters
+    total = args.warmup + args.iters + args.profile_iters
     parts = TrainingParts(model, optimizer, PolyLR(optimizer, total + 1), None, MemoryBatches(args.batch, args.crop, args.num_classes))
     ctx = StepContext(num_datasets=3, dataset_names=["a", "b", "c"],
                       autocast=functools.partial(autocast_context, args.precision, device.type, cache_enabled=not graphs))
     info = DistInfo(device=device)
     marks: dict[str, float] = {}
+    profiler = None
+    if args.profile_iters:
+        from torch.profiler import ProfilerActivity, profile
+
+        # on a GPU its kernels only: recording every host operator of thousands of launches would slow the steps
+        profiler = profile(activities=[ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU])
 
     def hook(done, stats):
         if done == args.warmup:
@@ -95,6 +102,13 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             marks["start"] = time.perf_counter()
+        if done == args.warmup + args.iters:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            marks["end"] = time.perf_counter()
+            if profiler is not None:
+                profiler.start()
+                marks["profile_start"] = time.perf_counter()
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +119,14 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         train_loop(parts, step, ctx, checkpointer, settings, info, reporter, hooks=[hook])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - marks["start"]
+    profile_summary = None
+    if profiler is not None:
+        from profile_summary import profiler_kernels, summarise
+
+        profile_wall_ms = 1000 * (time.perf_counter() - marks["profile_start"])
+        profiler.stop()
+        profile_summary = summarise(profiler_kernels(profiler, device.type), args.profile_iters, profile_wall_ms)
+    seconds = marks["end"] - marks["start"]
     result = {
         "variant": variant, "model": args.model, "crop": args.crop, "batch": args.batch, "precision": args.precision,
         "channels_last": args.channels_last, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -117,6 +138,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         # a captured graph's tensors live in its private pool, allocated before the timed steps: reserved counts them
         result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
+    if profile_summary is not None:
+        result["profile"] = profile_summary
     return result
 
 
@@ -130,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=194)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--profile-iters", type=int, default=0, help="then profile this many steps: kernels and time by category")
     parser.add_argument("--variants", nargs="+", default=["eager"], choices=VARIANTS)
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is present (cuda_graphs: the eager static step)")
     parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py --budget 480 --out gpu_check.json   # on the GPU machine
     python benchmarks/gpu_check.py --quick --out /tmp/check.json       # CPU dry run at tiny sizes: checks the script
+    python benchmarks/gpu_check.py --plan efficiency --out eff.json    # the x4 loss head / reordered inference check
 
 Jobs run in the order below, most wanted first, each in its own process group with a time limit, so a slow or
 failing job costs only itself; once ``--budget`` seconds are spent the rest are recorded as skipped. Every result
@@ -18,6 +19,19 @@ from outside still leaves what it measured. Jobs:
   numerics     bf16 + channels_last training step vs fp32 on the same weights and batch
   loader_fed   benchmarks/bench_train.py on a world of 1080p JPEGs written first (15 workers, batch 15, bf16 + CL)
   demo_loader  benchmarks/bench_train.py with config/train/demo.yaml (the loader-fed demo), eager vs cuda_graphs
+
+``--plan efficiency`` (budget 330 s; run it with a 420 s device limit) checks the exact x4 loss head, the reordered
+inference post-processing and where a W48 step's time goes, most decisive first:
+
+  eff_cuda_tests        the CUDA tests of those changes (x4 head, reordered inference against MSeg's order, bf16/fp32)
+  eff_loss_head         bench_loss_head.py at 713 x 713, batch 16, bf16 logits: F.interpolate head vs x4, eager and
+                        compiled (ms and peak memory per step; loss and gradient differences)
+  eff_postprocess_1080p bench_postprocess.py with stored logits: MSeg's order vs reordered vs fused, 1080p, 713 windows
+  eff_e2e_1080p         bench_postprocess.py with HRNet-W48, single scale + flip, bf16, CUDA graphs: s/image
+  eff_step_profile_*    bench_step.py W48 713 bf16 b16 channels_last, eager then cuda_graphs: kernels and ms per step
+                        by category (conv, bn, elementwise, copy, upsample, softmax/nll, optimizer, zero)
+  eff_postprocess_1080p_projected  as eff_postprocess_1080p, projected onto 19 classes
+  eff_step_profile_compile_cuda_graphs  (last: its cold compile is the slowest job)
 """
 
 from __future__ import annotations
@@ -85,6 +99,43 @@ def _jobs(quick: bool, world: Path, demo_root: Path) -> list[tuple[str, list[str
         _step_job("step_w48_bf16_cl_b8", "compile+cuda_graphs", w48, b8, "bf16", True, short, 200),
         _step_job("step_demo_model", "compile+cuda_graphs", demo_model, 6, "fp32", False, short, 200),
     ]
+
+
+def _efficiency_jobs(quick: bool) -> list[tuple[str, list[str], float]]:
+    py = sys.executable
+    device = ["--device", "cpu" if quick else "cuda"]
+    tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/model/test_model_upsample.py",
+             "tests/training/gradients/test_loss_head.py", "tests/evaluation/test_inference_order.py"]
+    loss_head = [py, str(BENCH / "bench_loss_head.py"), *device, *(
+        ["--crop", "33", "--batch", "2", "--classes", "7", "--warmup", "1", "--iters", "1", "--repeats", "1", "--variants", "interpolate", "x4"]
+        if quick else ["--crop", "713", "--batch", "16", "--dtype", "bf16", "--warmup", "2", "--iters", "5", "--repeats", "3",
+                       "--variants", "interpolate", "x4", "x4_compiled", "interpolate_compiled"])]
+    geometry = (["--height", "96", "--width", "128", "--base-size", "96", "--crop", "65", "--repeats", "1"] if quick else
+                ["--height", "1080", "--width", "1920", "--base-size", "1080", "--crop", "713", "--repeats", "5", "--precision", "bf16"])
+    post = [py, str(BENCH / "bench_postprocess.py"), "--model", "replay", *geometry, *device, "--variants", "mseg_order", "reordered",
+            *([] if quick else ["reordered_fused"])]
+    e2e = [py, str(BENCH / "bench_postprocess.py"), "--model", "hrnet_tiny" if quick else "hrnet_w48", *geometry, *device,
+           *([] if quick else ["--cuda-graphs"]), "--sequential", "--variants", "mseg_order", "reordered"]
+    w48 = ["--model", "hrnet_tiny", "--crop", "33", "--batch", "2", "--cpu"] if quick else ["--model", "hrnet_w48", "--crop", "713", "--batch", "16"]
+    steps = ["--warmup", "1", "--iters", "1", "--profile-iters", "1"] if quick else ["--warmup", "4", "--iters", "10", "--profile-iters", "2"]
+
+    def profile(variant: str, limit: float) -> tuple[str, list[str], float]:
+        return (f"eff_step_profile_{variant.replace('+', '_')}", [py, str(BENCH / "bench_step.py"), *w48, "--precision", "bf16",
+                "--channels-last", *steps, "--one", variant], limit)
+
+    return [
+        ("eff_cuda_tests", tests, 60),
+        ("eff_loss_head", loss_head, 150),
+        ("eff_postprocess_1080p", post, 90),
+        ("eff_e2e_1080p", e2e, 90),
+        profile("eager", 75),
+        profile("cuda_graphs", 75),
+        ("eff_postprocess_1080p_projected", [*post, "--projection", "19"], 60),
+        profile("compile+cuda_graphs", 240),
+    ]
+
+
+PLANS = {"release": 480.0, "efficiency": 330.0}  # plan -> default budget, seconds
 
 
 def numerics(quick: bool) -> dict:
@@ -201,13 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU: checks the script, measures nothing")
-    parser.add_argument("--budget", type=float, default=480, help="seconds for all jobs together; the rest are skipped")
+    parser.add_argument("--plan", default="release", choices=list(PLANS), help="which jobs (module docstring)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for all jobs together; the rest are skipped "
+                        "(default: 480 for release, 330 for efficiency)")
     parser.add_argument("--only", nargs="*", help="job names to run (default: all)")
     parser.add_argument("--numerics", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.numerics:
         print(json.dumps(numerics(args.quick)), flush=True)
         return 0
+    if args.budget is None:
+        args.budget = PLANS[args.plan]
     deadline = time.perf_counter() + args.budget
     results: list[dict] = []
     out = Path(args.out)
@@ -222,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
     with tempfile.TemporaryDirectory() as tmp:
         world, demo_root = Path(tmp) / "world_1080p", Path(tmp) / "demo_data"
-        jobs = [job for job in _jobs(args.quick, world, demo_root) if not args.only or job[0] in args.only]
+        plan = _jobs(args.quick, world, demo_root) if args.plan == "release" else _efficiency_jobs(args.quick)
+        jobs = [job for job in plan if not args.only or job[0] in args.only]
         if args.only and len(jobs) < len(args.only):
-            known = [name for name, _, _ in _jobs(args.quick, world, demo_root)]
+            known = [name for name, _, _ in plan]
             parser.error(f"--only: unknown job(s) {sorted(set(args.only) - set(known))}; known: {known}")
         for name, command, limit in jobs:
             remaining = deadline - time.perf_counter()
@@ -241,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict = {"job": name, "returncode": returncode, "results": parse_results(stdout)}
             if returncode is None:
                 entry["error"] = f"timed out after {min(limit, remaining):.0f} s"
-            if returncode != 0 or not entry["results"] or name == "cuda_tests":
+            if returncode != 0 or not entry["results"] or name.endswith("cuda_tests"):
                 entry["tail"] = (stdout[-1500:] + "\n--- stderr ---\n" + stderr[-2500:]) if returncode != 0 else stdout[-1500:]
             entry["seconds"] = round(time.perf_counter() - started, 1)
             record(entry)

@@ -19,6 +19,16 @@ The procedure follows MSeg's evaluation (mseg_semantic/tool/inference_task.py), 
    logits is at most the upsampled logsumexp: the probabilities come out slightly lower where the classes
    change within a few pixels, the same elsewhere). A window's result is the mean of its plain and mirrored
    probabilities; overlapping windows are averaged.
+
+   MSeg's numbers in a cheaper order (equal up to float rounding; ``reference_order.py`` keeps MSeg's order, which
+   the tests and benchmarks compare against): the mirrored pass's logits are mirrored back at 1/4 resolution (the
+   upsampling, with ``align_corners=True``, and the softmax commute with a mirror), upsampled into N x H x W x C
+   (exact x4 arithmetic for windows of 4k + 1 pixels: :mod:`mseg_semantic.model.upsample`), the softmax runs along
+   the contiguous class dimension, the plain and mirrored probabilities are averaged before the projection (which is
+   linear), and each image's canvas is H x W x K, so a window's sum adds contiguous rows. The canvas holds sums:
+   the division by the number of windows covering a pixel, which cannot change the argmax, is done only where
+   probabilities are read or resized (:class:`ImageProbabilities`). Projecting before the upsampling would *not*
+   be equivalent (the softmax of the upsampled logits is not the upsampled softmax), so it is not done.
 5. The padding is cut off and the probabilities resized (bilinear) to the original image size; the scales
    are averaged there and the label is the argmax. With one scale the resize is left to the consumer
    (:class:`ImageProbabilities`): labels alone resize only the classes that can win somewhere
@@ -46,7 +56,7 @@ from mseg_semantic.data.transforms import normalize_images
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.engine import FixedBatchRunner, low_res_logits, prepared_copy
 from mseg_semantic.model import autocast_context
-from mseg_semantic.model.hrnet import upsample_logits
+from mseg_semantic.model.upsample import upsample_logits, upsample_logits_nhwc
 from mseg_semantic.taxonomy import Projection
 
 __all__ = [
@@ -60,12 +70,16 @@ __all__ = [
     "predict_probabilities",
     "resized_argmax",
     "segment_images",
+    "window_probabilities_nhwc",
 ]
 
 PRECISIONS = ("fp32", "bf16")
 MODES = ("sliding", "whole")
 SUBSET_MODES = ("full", "exact", "fast")  # not "off": YAML reads off as false
 SOFTMAX_CHUNK = 32  # classes upsampled at a time while the softmax normaliser is accumulated (subset path)
+# items per forward pass when TEST.window_batch is unset: a GPU keeps busy with more (two 1080p windows' worth of
+# 713 crops with their mirrors), a CPU gains nothing from them
+DEFAULT_WINDOW_BATCH = {"cuda": 16, "cpu": 8}
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ class InferenceSettings:
     scales: tuple[float, ...]
     flip: bool
     mode: str  # TEST.inference_mode: sliding | whole
-    window_batch: int  # items (windows or flipped windows) per forward pass
+    window_batch: int | None  # items (windows or flipped windows) per forward pass; None: DEFAULT_WINDOW_BATCH
     precision: str | None  # TEST.test_precision: fp32 | bf16 (autocast); None: bf16 on CUDA, fp32 elsewhere
     channels_last: bool | None  # TEST.test_channels_last; None: on CUDA only
     fold_bn: bool  # TEST.fold_bn
@@ -86,6 +100,7 @@ class InferenceSettings:
     subset: str  # TEST.subset_inference: full | exact | fast
     stride_rate: float = 2.0 / 3.0  # MSeg's, not a config key
     size_divisor: int = 32  # whole-image mode pads to a multiple of this
+    fused_postprocess: bool = False  # torch.compile the window post-processing (window_probabilities_nhwc)
 
     @classmethod
     def from_config(cls, test: Mapping[str, Any]) -> "InferenceSettings":
@@ -93,7 +108,7 @@ class InferenceSettings:
         return cls(crop_h=test["test_h"], crop_w=test["test_w"], base_size=test["base_size"], scales=tuple(test["scales"]),
                    flip=test["flip"], mode=test["inference_mode"], window_batch=test["window_batch"], precision=test["test_precision"],
                    channels_last=test["test_channels_last"], fold_bn=test["fold_bn"], cuda_graphs=test["test_cuda_graphs"],
-                   subset=test["subset_inference"])
+                   subset=test["subset_inference"], fused_postprocess=test["fused_postprocess"])
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -106,17 +121,19 @@ class InferenceSettings:
             raise UserError(f"base_size must be positive or None, got {self.base_size}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise UserError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
-        if self.window_batch <= 0:
+        if self.window_batch is not None and self.window_batch <= 0:
             raise UserError(f"window_batch must be positive, got {self.window_batch}")
         if self.subset not in SUBSET_MODES:
             raise UserError(f"subset_inference {self.subset!r} is not one of {', '.join(SUBSET_MODES)}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
 
     def for_device(self, device: torch.device) -> "InferenceSettings":
-        """The unset device-dependent choices made: bf16 and channels_last on CUDA, fp32 and NCHW elsewhere."""
+        """The unset device-dependent choices made: bf16, channels_last and a window batch of 16 on CUDA; fp32, NCHW
+        and 8 elsewhere."""
         cuda = device.type == "cuda"
         return replace(self, precision=self.precision or ("bf16" if cuda else "fp32"),
-                       channels_last=cuda if self.channels_last is None else self.channels_last)
+                       channels_last=cuda if self.channels_last is None else self.channels_last,
+                       window_batch=self.window_batch or DEFAULT_WINDOW_BATCH["cuda" if cuda else "cpu"])
 
     @property
     def stride_h(self) -> int:
@@ -129,6 +146,8 @@ class InferenceSettings:
     @property
     def windows_per_pass(self) -> int:
         """Whole windows per forward pass: a window and its mirror are two of the ``window_batch`` items."""
+        if self.window_batch is None:
+            raise ValueError("window_batch is unset: resolve the settings for a device first (for_device)")
         return max(1, self.window_batch // (2 if self.flip else 1))
 
 
@@ -229,19 +248,62 @@ def _fast_subset_probabilities(logits: torch.Tensor, size: tuple[int, int], proj
     return compact(_upsample(log_probs, size).exp_())
 
 
+def _check_projection(projection: Projection | None, num_classes: int) -> None:
+    if projection is not None and projection.num_inputs != num_classes:
+        raise ValueError(f"the projection takes {projection.num_inputs} classes but the model outputs {num_classes}")
+
+
+def _reads_a_subset(projection: Projection | None, subset: str) -> bool:
+    return projection is not None and subset != "full" and len(projection.used_inputs) < projection.num_inputs
+
+
 def class_probabilities(logits: torch.Tensor, size: tuple[int, int], projection: Projection | None, subset: str) -> torch.Tensor:
     """N x C logits (at ``size`` or lower) -> N x K probabilities at ``size``: bilinear upsampling
     (``align_corners=True``), softmax over the C classes, then ``projection`` (K = C without one). ``subset``
     (exact | fast | full): how a projection that reads only some classes is computed (module docstring, step 4)."""
     logits = logits.float()
-    if projection is not None and projection.num_inputs != logits.shape[1]:
-        raise ValueError(f"the projection takes {projection.num_inputs} classes but the model outputs {logits.shape[1]}")
-    if projection is not None and subset != "full" and len(projection.used_inputs) < projection.num_inputs:
+    _check_projection(projection, logits.shape[1])
+    if _reads_a_subset(projection, subset):
         if subset == "fast":
             return _fast_subset_probabilities(logits, size, projection)
         return _subset_probabilities(logits, size, projection)
     probs = torch.softmax(_upsample(logits, size), dim=1)
     return projection(probs) if projection is not None else probs
+
+
+def window_probabilities_nhwc(logits: torch.Tensor, windows: int, size: tuple[int, int], projection: Projection | None,
+                              subset: str, flip: bool) -> torch.Tensor:
+    """The post-processing of one forward pass: B x C logits (at ``size`` or lower; with ``flip`` the first
+    ``windows`` items are the windows, the rest their mirrors) -> ``windows`` x H x W x K probabilities, each the mean
+    of a window's plain and mirrored pass, in the reordered procedure of the module docstring (step 4)."""
+    _check_projection(projection, logits.shape[1])
+    if flip:  # the mirrored passes mirrored back while they are small (upsampling and softmax commute with it)
+        logits = torch.cat([logits[:windows], logits[windows:].flip(-1)])
+    if _reads_a_subset(projection, subset):
+        # the subset paths never hold every class at full resolution; their N x K x H x W result, read as NHWC
+        probs = class_probabilities(logits, size, projection, subset).permute(0, 2, 3, 1)
+        return probs[:windows].add(probs[windows:]).mul_(0.5) if flip else probs
+    if torch.compiler.is_compiling():  # TEST.fused_postprocess: ops a compiler fuses into few kernels
+        probs = torch.softmax(upsample_logits_nhwc(logits, size, fusable=True), dim=-1)
+        if flip:
+            probs = (probs[:windows] + probs[windows:]) * 0.5
+        return _project_by_columns(probs, projection) if projection is not None else probs
+    probs = torch.softmax(upsample_logits_nhwc(logits, size), dim=-1)
+    if flip:
+        probs = probs[:windows].add_(probs[windows:]).mul_(0.5)
+    return projection(probs, dim=-1) if projection is not None else probs
+
+
+def _project_by_columns(probs: torch.Tensor, projection: Projection) -> torch.Tensor:
+    """``projection(probs, dim=-1)`` as one sum of class columns per output class, in the members' order (as
+    :class:`Projection` adds them): pointwise reads a compiler fuses with the softmax that makes ``probs``."""
+    columns = []
+    for group in projection.members:
+        total = torch.zeros_like(probs[..., 0])
+        for member in group:
+            total = total + probs[..., member]
+        columns.append(total)
+    return torch.stack(columns, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,27 +334,31 @@ class InferenceModel:
         _restore_modes(modes)  # a copy stays in eval mode; the caller's model gets its own modes back
         self.original = model
         self._runners: dict[tuple, FixedBatchRunner] = {}
+        self._postprocess = window_probabilities_nhwc
+        if self.settings.fused_postprocess:
+            self._postprocess = torch.compile(window_probabilities_nhwc, dynamic=False)
 
     def check(self, settings: InferenceSettings) -> None:
         """``settings`` must agree with what this model was prepared for (geometry may differ: base size, crop)."""
         wanted = settings.for_device(self.device)
-        for name in ("precision", "channels_last", "fold_bn", "cuda_graphs"):
+        for name in ("precision", "channels_last", "fold_bn", "cuda_graphs", "fused_postprocess"):
             if getattr(wanted, name) != getattr(self.settings, name):
                 raise ValueError(f"this InferenceModel was prepared with {name}={getattr(self.settings, name)!r}, "
                                  f"the call asks for {getattr(wanted, name)!r}; prepare another one")
 
-    def window_probabilities(self, crops: torch.Tensor, projection: Projection | None, settings: InferenceSettings) -> torch.Tensor:
-        """W x 3 x h x w normalised windows -> W x K x h x w probabilities (mean of the plain and mirrored pass)."""
-        n = crops.shape[0]
-        batch = torch.cat([crops, crops.flip(-1)]) if settings.flip else crops
+    def window_logits(self, crops: torch.Tensor, flip: bool) -> torch.Tensor:
+        """W x 3 x h x w normalised windows -> the model's logits (at 1/4 resolution for an HRNet) of the windows,
+        then (``flip``) of their mirrors, in one forward pass."""
+        batch = torch.cat([crops, crops.flip(-1)]) if flip else crops
         if self.settings.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.settings.precision, self.device.type):  # the forward only: the sums stay fp32
-            logits = low_res_logits(self.module, batch)
-        probs = class_probabilities(logits, tuple(batch.shape[-2:]), projection, settings.subset)
-        if settings.flip:
-            probs = probs[:n].add_(probs[n:].flip(-1)).mul_(0.5)
-        return probs
+            return low_res_logits(self.module, batch)
+
+    def window_probabilities(self, crops: torch.Tensor, projection: Projection | None, settings: InferenceSettings) -> torch.Tensor:
+        """W x 3 x h x w normalised windows -> W x h x w x K probabilities (mean of the plain and mirrored pass)."""
+        logits = self.window_logits(crops, settings.flip)
+        return self._postprocess(logits, crops.shape[0], tuple(crops.shape[-2:]), projection, settings.subset, settings.flip)
 
     def runner(self, projection: Projection | None, settings: InferenceSettings) -> FixedBatchRunner | None:
         """The fixed-shape runner of these settings (None: run each chunk as it is)."""
@@ -321,7 +387,7 @@ class _Canvas:
     pad_left: int
     padded: torch.Tensor  # 3 x PH x PW normalised
     windows: list[tuple[int, int, int, int]]  # y, x, h, w
-    probs: torch.Tensor | None = None  # K x PH x PW
+    probs: torch.Tensor | None = None  # PH x PW x K: the sums of the windows' probabilities
 
 
 def _pad(x: torch.Tensor, target_h: int, target_w: int) -> tuple[torch.Tensor, int, int]:
@@ -377,25 +443,47 @@ def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
 
 @dataclass
 class ImageProbabilities:
-    """One image's class probabilities before the last step: ``values`` (K x h x w) stand for their bilinear resize
-    (``align_corners=False``) to the image's ``size``; with several scales they are already at ``size``.
+    """One image's class probabilities before the last step: ``values / coverage`` (K x h x w) stand for their
+    bilinear resize (``align_corners=False``) to the image's ``size``; with several scales they are already at
+    ``size``.
 
-    :meth:`full` is that resize (what :func:`predict_probabilities` returns); :meth:`labels` its argmax computed
-    exactly while resizing only the classes that can win somewhere (a few near each boundary instead of all 194:
-    this is what makes a 12-megapixel photo take seconds at a small base size).
+    ``values`` may be sums over the ``coverage`` (h x w) windows that cover each pixel (None: 1, they are
+    probabilities), and a K x h x w view of h x w x K memory. :meth:`probabilities` divides once; :meth:`full` is the
+    resize (what :func:`predict_probabilities` returns); :meth:`labels` its argmax computed exactly while resizing
+    only the classes that can win somewhere (a few near each boundary instead of all 194: this is what makes a
+    12-megapixel photo take seconds at a small base size), and without any division where nothing is resized.
     """
 
     values: torch.Tensor
     size: tuple[int, int]
+    coverage: torch.Tensor | None = None
+
+    def probabilities(self) -> torch.Tensor:
+        """K x h x w probabilities at the resolution of ``values``."""
+        return self.values if self.coverage is None else self.values / self.coverage
 
     def full(self) -> torch.Tensor:
-        if tuple(self.values.shape[-2:]) == tuple(self.size):
-            return self.values
-        return F.interpolate(self.values.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False)[0]
+        probs = self.probabilities()
+        if tuple(probs.shape[-2:]) == tuple(self.size):
+            return probs
+        return F.interpolate(probs.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False)[0]
 
-    def labels(self) -> torch.Tensor:
-        """int64 H x W: ``full().argmax(0)``, the same labels (ties to the lowest id) without resizing every class."""
-        return resized_argmax(self.values, self.size)
+    def labels(self, other: bool = False) -> torch.Tensor:
+        """int64 H x W: ``full().argmax(0)``, the same labels (ties to the lowest id) without resizing every class.
+
+        ``other``: with one more value, 1 - the sum of the K (the model classes no output class receives); where
+        it is the largest the label is K.
+        """
+        if self.coverage is not None and tuple(self.values.shape[-2:]) == tuple(self.size):
+            # a pixel's values all share its coverage, which cannot change which of them is largest
+            values = self.values
+            if other:
+                values = torch.cat([values, (self.coverage - values.sum(0)).clamp_(min=0.0).unsqueeze(0)])
+            return values.argmax(0)
+        values = self.probabilities()
+        if other:
+            values = torch.cat([values, (1.0 - values.sum(0, keepdim=True)).clamp_(min=0.0)])
+        return resized_argmax(values, self.size)
 
 
 def resized_argmax(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -432,7 +520,8 @@ def predict_image_probabilities(
         return []
     engine = model if isinstance(model, InferenceModel) else InferenceModel(model, settings)
     engine.check(settings)
-    settings = replace(settings, precision=engine.settings.precision, channels_last=engine.settings.channels_last)
+    settings = replace(settings, precision=engine.settings.precision, channels_last=engine.settings.channels_last,
+                       window_batch=settings.window_batch or engine.settings.window_batch)
     device = engine.device
     tensors = [_to_chw_tensor(im, device) for im in images]
     totals: list[torch.Tensor | None] = [None] * len(tensors)
@@ -460,13 +549,16 @@ def predict_image_probabilities(
                 for (ci, y, x, h, w), p in zip(chunk, probs):
                     canvas = canvases[ci]
                     if canvas.probs is None:
-                        canvas.probs = torch.zeros((p.shape[0], *canvas.padded.shape[1:]), device=device)
-                    canvas.probs[:, y : y + h, x : x + w] += p
+                        canvas.probs = torch.zeros((*canvas.padded.shape[1:], p.shape[-1]), device=device)
+                    canvas.probs[y : y + h, x : x + w] += p
             for canvas in canvases:
-                probs = canvas.probs.div_(_coverage(canvas, device))
                 ih, iw = canvas.inner_hw
-                probs = probs[:, canvas.pad_top : canvas.pad_top + ih, canvas.pad_left : canvas.pad_left + iw].contiguous()
-                scaled = ImageProbabilities(probs, tuple(tensors[canvas.image_index].shape[1:]))
+                inner = (slice(canvas.pad_top, canvas.pad_top + ih), slice(canvas.pad_left, canvas.pad_left + iw))
+                sums = canvas.probs[inner]
+                if not sums.is_contiguous():  # padded: keep the image's part only
+                    sums = sums.contiguous()
+                coverage = _coverage(canvas, device)[inner].contiguous()
+                scaled = ImageProbabilities(sums.permute(2, 0, 1), tuple(tensors[canvas.image_index].shape[1:]), coverage)
                 i = canvas.image_index
                 if len(settings.scales) == 1:
                     totals[i] = scaled  # resized by the consumer: fully, or only the classes it needs

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mseg_semantic.atomic import atomic_write_bytes
-from mseg_semantic.evaluation.inference import ImageProbabilities, resized_argmax
+from mseg_semantic.evaluation.inference import ImageProbabilities
 from mseg_semantic.evaluation.model_space import OutputSpace, label_dtype
 from mseg_semantic.evaluation.visualize import write_png
 from mseg_semantic.taxonomy import IGNORE_INDEX
@@ -71,10 +71,7 @@ def pixel_outputs(image: ImageProbabilities | torch.Tensor, space: OutputSpace, 
     if isinstance(image, torch.Tensor):
         image = ImageProbabilities(image, tuple(image.shape[-2:]))
     if not (confidence or probabilities):
-        values = image.values
-        if space.has_other:
-            values = torch.cat([values, (1.0 - values.sum(0, keepdim=True)).clamp_(min=0.0)])
-        index = resized_argmax(values, image.size)
+        index = image.labels(other=space.has_other)
         return PixelOutputs(torch.where(index == space.num_classes, torch.full_like(index, IGNORE_INDEX), index), space.num_classes)
     dist = distribution(image.full(), space)
     top, index = dist.max(0)

@@ -13,7 +13,8 @@ MSeg's checkpoints index it by position (``last_layer.0/1/3``), which :mod:`mseg
 Resampling, as in MSeg (the choice changes the numbers, so it is fixed here):
 - branch fusion upsamples lower branches to the higher one with bilinear, ``align_corners=False``;
 - the head upsamples branches 2-4 to branch 1 with bilinear, ``align_corners=False``;
-- the logits are upsampled from 1/4 to the input size with bilinear, ``align_corners=True``, in fp32.
+- the logits are upsampled from 1/4 to the input size with bilinear, ``align_corners=True``, in fp32 (for an input
+  of 4k + 1 pixels, e.g. 713, as exact x4 arithmetic: :mod:`mseg_semantic.model.upsample`).
 
 Under CUDA autocast ``F.interpolate`` runs in fp32, which would promote every fusion sum, ReLU and residual add
 that receives an upsampled branch to fp32 (15-19% of a bf16 step's memory traffic); :func:`_upsample` hands the
@@ -30,9 +31,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mseg_semantic.errors import UnknownNameError, did_you_mean
+from mseg_semantic.model.upsample import upsample_logits
 
 __all__ = [
     "BN_MOMENTUM",
+    "BatchNorm2d",
     "HRNET_SPECS",
     "HRNet",
     "HRNetSpec",
@@ -69,8 +72,29 @@ MODEL_NAMES: tuple[str, ...] = tuple(HRNET_SPECS)
 BN_MOMENTUM = 0.01  # MSeg's value (PyTorch's default is 0.1)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` without the ``num_batches_tracked += 1`` of every training forward when ``momentum`` is set.
+
+    The counter is read only when ``momentum`` is None (cumulative average); with MSeg's momentum it is one extra
+    kernel per BatchNorm and step (300 in an HRNet-W48 step). The buffer stays, so state dicts keep their keys (MSeg's
+    checkpoints and this project's load and save as before); it keeps the value it was loaded with.
+    ``SyncBatchNorm.convert_sync_batchnorm`` turns it into a plain SyncBatchNorm, which counts again.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.momentum is None:
+            return super().forward(input)
+        self._check_input_dim(input)
+        # as nn.BatchNorm2d: batch statistics in training (or without running statistics); the running ones are
+        # updated only in training, and only when tracked
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        tracked = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
+                            self.weight, self.bias, bn_training, self.momentum, self.eps)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)
+    return BatchNorm2d(channels, momentum=BN_MOMENTUM)
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -286,11 +310,6 @@ class HRNet(nn.Module):
         if return_features:
             return logits, emb
         return logits
-
-
-def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
-    """1/4-resolution logits -> fp32 logits at ``size`` (bilinear, ``align_corners=True``, as MSeg)."""
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
 
 
 def init_weights(module: nn.Module) -> None:

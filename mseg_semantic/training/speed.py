@@ -21,7 +21,7 @@ from mseg_semantic.distributed import DistInfo
 from mseg_semantic.model.hrnet import HighResolutionModule
 from mseg_semantic.training.gradients import BackwardStep, PixelLoss, StepContext, StepOutput
 from mseg_semantic.training.gradients.common import UpsampledPixelLoss
-from mseg_semantic.training.step import DeviceNonFiniteFlag, zero_grads
+from mseg_semantic.training.step import DeviceNonFiniteFlag
 
 __all__ = ["GraphedStep", "compile_loss_head", "compile_regions", "inductor_cache_dir"]
 
@@ -87,13 +87,14 @@ class GraphedStep:
     def _make_buffers(self, example: dict[str, torch.Tensor]) -> None:
         self.buffers = {key: example[key].clone() for key in ("image", "label", "dataset_index")}
         self.found_inf = torch.zeros((), dtype=torch.float32, device=self.buffers["image"].device)
-        for p in self.params:
-            p.grad = torch.zeros_like(p)  # static gradient buffers: zeroed, never replaced
         if self.capture:
             self._capture()
 
     def _step(self) -> StepOutput:
-        zero_grads(self.params)
+        # no gradient buffers before backward: it then writes each gradient (from the graph's private pool when
+        # captured, the same memory every replay) instead of zeroing a static buffer and adding into it
+        for p in self.params:
+            p.grad = None
         b = self.buffers
         out = self.backward_step(self.model, b["image"], b["label"], b["dataset_index"], self.ctx)
         self.found_inf.copy_(torch.logical_not(torch.isfinite(out.loss)).to(torch.float32))

@@ -23,7 +23,7 @@ from mseg_semantic.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from mseg_semantic.errors import EXIT_NON_FINITE
 from mseg_semantic.training.gradients import BackwardStep, StepContext, StepOutput
 
-__all__ = ["EagerStep", "NonFiniteLossError", "OptimizerStep", "zero_grads"]
+__all__ = ["EagerStep", "NonFiniteLossError", "OptimizerStep"]
 
 _WAY_OUT = "Lower TRAIN.base_lr, set TRAIN.grad_clip, or use precision=fp32/bf16."
 _BATCHNORM = ("BatchNorm running statistics had already seen that batch in its forward pass; the checkpoint's are "
@@ -42,13 +42,6 @@ class OptimizerStep(Protocol):
 
     def check_finite(self) -> None:
         """A sync point: raise :class:`NonFiniteLossError` if a step so far had a non-finite loss."""
-
-
-def zero_grads(params: list[torch.nn.Parameter]) -> None:
-    """Every gradient to zero in one foreach call (static buffers: a CUDA graph keeps pointing at them)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        torch._foreach_zero_(grads)
 
 
 class DeviceNonFiniteFlag:

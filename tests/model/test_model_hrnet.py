@@ -245,7 +245,10 @@ def test_numerics_match_reference_forward(name):
         logits, emb = model(x, return_features=True)
         ref_logits, ref_emb = _reference_forward(sd, x)
         torch.testing.assert_close(emb, ref_emb, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
+        # the logits reach 5e4 here: where neighbours of opposite sign blend to a small value, the two upsamplings
+        # (the model's exact x4 blends, the reference's F.interpolate) differ by a few roundings of the largest logit
+        rounding = 4 * torch.finfo(torch.float32).eps * float(ref_logits.abs().max())
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=max(1e-5, rounding))
         # the comparison is sensitive to the resampling mode of each stage
         for flags in [dict(fuse_align=True), dict(head_align=True), dict(final_align=False)]:
             other, _ = _reference_forward(sd, x, **flags)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mseg_semantic.distributed import DistInfo, all_reduce_sum
-from mseg_semantic.model.hrnet import upsample_logits
+from mseg_semantic.model.upsample import upsample_logits_nhwc
 from mseg_semantic.taxonomy import IGNORE_INDEX
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "StepOutput",
     "backward",
     "check_dataset_index",
+    "cross_entropy_nhwc",
     "cross_entropy_pixels",
     "global_pixel_mean",
     "per_dataset_mean",
@@ -96,13 +97,41 @@ def cross_entropy_pixels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
 class UpsampledPixelLoss:
     """A pixel loss on the model's 1/4-resolution logits: upsample them to the labels' size (fp32, as the model
     would), then the loss. One function, so that ``TRAIN.compile`` can fuse the upsampling with the loss and never
-    keep full-resolution fp32 logits for the backward pass."""
+    keep full-resolution fp32 logits for the backward pass.
+
+    The upsampled logits are laid out channels-last (each pixel's classes contiguous: the softmax reads rows) and, for
+    a crop of 4k + 1 pixels (713), computed by the exact x4 arithmetic of :mod:`mseg_semantic.model.upsample`: its
+    backward sums the four phases instead of scattering atomic adds. Eagerly the loss is ``pixel_loss_fn`` on them
+    (stock fused softmax kernels). Under ``torch.compile`` cross-entropy is written as arithmetic instead
+    (:func:`cross_entropy_nhwc`) on a view of the upsampling, which the compiler fuses into the log-sum-exp: the
+    forward then keeps per-pixel scalars only, not the full-resolution logits or log-probabilities.
+    """
 
     def __init__(self, pixel_loss_fn: PixelLoss):
         self.pixel_loss_fn = pixel_loss_fn
 
     def __call__(self, low_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pixel_loss_fn(upsample_logits(low_logits, labels.shape[-2:]), labels)
+        size = labels.shape[-2:]
+        if self.pixel_loss_fn is cross_entropy_pixels and torch.compiler.is_compiling():
+            logits = upsample_logits_nhwc(low_logits, size, fusable=True)
+            return cross_entropy_nhwc(logits, labels), (labels != IGNORE_INDEX).flatten(1).sum(1)
+        logits = upsample_logits_nhwc(low_logits, size).permute(0, 3, 1, 2)  # N x C x H x W, channels_last
+        return self.pixel_loss_fn(logits, labels)
+
+
+def cross_entropy_nhwc(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy (fp32, 0 at ignore pixels) of N x H x W x C logits, as :func:`cross_entropy_pixels`,
+    written as log-sum-exp minus the label's logit picked by comparison (no gather, whose backward is a scatter): the
+    pointwise arithmetic a compiler fuses with the ops that made the logits. A label outside 0..C-1 (other than
+    ignore) makes that pixel's loss nan, which the loop reports, instead of an error (compiled code cannot raise
+    without waiting for the device)."""
+    logits = logits.float()
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    picked = torch.where(classes == labels.unsqueeze(-1), logits, torch.zeros_like(logits)).sum(-1)
+    loss = torch.logsumexp(logits, dim=-1) - picked
+    unknown = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= logits.shape[-1]))
+    loss = torch.where(unknown, torch.full_like(loss, float("nan")), loss)
+    return torch.where(labels == IGNORE_INDEX, torch.zeros_like(loss), loss)
 
 
 def backward(loss: torch.Tensor, ctx: StepContext) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from mseg_semantic.model import HRNet, unwrap_model
 from mseg_semantic.training.gradients.common import (
     PixelLoss,
     StepContext,
     StepOutput,
+    UpsampledPixelLoss,
     backward,
     cross_entropy_pixels,
     global_pixel_mean,
@@ -25,7 +27,12 @@ def ce_backward_step(model: torch.nn.Module, images: torch.Tensor, labels: torch
 
     ``loss_head``: a pixel loss that takes the model's 1/4-resolution logits (``model(x, upsample=False)``) and
     upsamples them itself, e.g. a compiled :class:`~.common.UpsampledPixelLoss`; ``pixel_loss_fn`` is then unused.
+    Without one an HRNet still trains through ``UpsampledPixelLoss(pixel_loss_fn)`` (the same values and gradients
+    as upsampling in the model, up to float rounding, with the class dimension contiguous); another model's
+    ``model(x)`` output goes to ``pixel_loss_fn`` as it is.
     """
+    if loss_head is None and isinstance(unwrap_model(model), HRNet):
+        loss_head = UpsampledPixelLoss(pixel_loss_fn)
     if loss_head is not None:
         with ctx.autocast():
             low_logits = model(images, upsample=False)
