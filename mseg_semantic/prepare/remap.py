@@ -546,6 +546,11 @@ def remap_dataset(key: str, root: Path, workers: int | None = None, unknown: str
     bad = [(job, outcome) for job, outcome in zip(found.jobs, outcomes) if outcome.bad]
     removed = remove_stale_outputs(base, found.kind, [job for job, _ in bad])
     listed = write_split_lists(root, spec.taxonomy, found.jobs, [not outcome.bad for outcome in outcomes])
+    for split in spec.splits:  # a split this form of the data lacks (SegNet's copy: test): no list of another form stays
+        stale = list_file(root, spec.taxonomy, split)
+        if split not in listed and stale.is_file():
+            stale.unlink()
+            log.info("%s: removed %s: the data remapped now has no %s split", key, stale, split)
     statuses = [outcome.status for outcome in outcomes]
     report = {
         "dataset": key, "taxonomy": spec.taxonomy, "files": len(found.jobs), "listed": listed,

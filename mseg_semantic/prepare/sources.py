@@ -218,6 +218,27 @@ def mirror_tree(source: Path, dest: Path, only: tuple[str, ...] = ()) -> tuple[i
     return made, kept
 
 
+def remove_links_into(top: Path, previous: Path) -> int:
+    """Remove the links under ``top`` that point into ``previous`` (what an earlier --source linked; nothing else is
+    touched), and the folders that leaves empty. Returns how many links went."""
+    if not top.is_dir():
+        return 0
+    prefix = str(previous.resolve()) + os.sep
+    removed = 0
+    emptied: set[str] = set()
+    for directory, subdirs, files in os.walk(top, topdown=False):
+        for name in files + subdirs:
+            path = Path(directory) / name
+            if path.is_symlink() and (os.readlink(path) + os.sep).startswith(prefix):
+                path.unlink()
+                removed += 1
+                emptied.add(directory)
+            elif str(path) in emptied and not os.listdir(path):  # a folder made for links only
+                path.rmdir()
+                emptied.add(directory)
+    return removed
+
+
 def _same_place(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
@@ -241,6 +262,11 @@ def adopt_source(spec: DatasetSpec, root: Path, source: str | Path, force: bool 
         return found, steps, False
     log.info("%s: --source %s: %s", spec.key, source, found.description)
     top = root / spec.top_dir
+    earlier = Path(previous["path"]) if previous is not None else None
+    if earlier is not None and not _same_place(earlier, top) and not str(earlier.resolve()).startswith(str(root.resolve()) + os.sep):
+        removed = remove_links_into(top, earlier)
+        if removed:
+            log.info("%s: %d link(s) into the previous --source %s removed", spec.key, removed, previous["path"])
     if found.layout == ARCHIVES:
         made = 0
         for path in found.archives:
@@ -262,9 +288,10 @@ def adopt_source(spec: DatasetSpec, root: Path, source: str | Path, force: bool 
         dest = dataset_dir(root, spec.taxonomy) / CAMVID_SEGNET_DIR
         entries = tuple(e for split in found.splits for e in (split, f"{split}annot"))
         made, kept = mirror_tree(found.path, dest, entries)
-        for split in found.splits:
+        for split in SEGNET_SPLITS:  # the lists are copies: a split the copy no longer has loses its list too
             listed = found.path / f"{split}.txt"
-            if listed.is_file():
+            (dest / listed.name).unlink(missing_ok=True)
+            if split in found.splits and listed.is_file():
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(listed, dest / listed.name)
         log.info("%s: %d files linked into %s (not copied)%s", spec.key, made, dest, f"; {kept} already there kept" if kept else "")

