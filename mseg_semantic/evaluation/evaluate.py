@@ -21,8 +21,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.data.datasets import ValDataset, configure_worker_threads
 from mseg_semantic.data.lists import BadSampleError
@@ -33,6 +31,7 @@ from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings
 from mseg_semantic.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, class_status
 from mseg_semantic.evaluation.model_space import LoadedModel, OutputSpace, evaluation_space
 from mseg_semantic.evaluation.outputs import pixel_outputs, write_confidence, write_probabilities
+from mseg_semantic.evaluation.progress import Progress
 from mseg_semantic.evaluation.visualize import colorize, write_png
 from mseg_semantic.taxonomy import IGNORE_INDEX, Catalog, UnknownLabelError
 
@@ -173,7 +172,8 @@ def evaluate_dataset(
     )
     save_folder = Path(save_folder) if save_folder is not None else None
     started = time.perf_counter()
-    bar = tqdm(total=len(indices), desc=f"{dataset} {data.split}", unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
+    # rank 0 reports its share (every rank takes as many images, within one)
+    bar = Progress(len(indices), f"{dataset} {data.split}", enabled=progress and rank == 0)
     for loaded_batch in loader:
         batch, labels = _scorable(loaded_batch, space, dataset, skipped if data.on_bad_sample == "skip" else None)
         probabilities = predict_image_probabilities(engine, [item["image"] for item in batch], settings, space.projection) if batch else []
@@ -182,9 +182,7 @@ def evaluate_dataset(
             matrix.update(pixels.label, torch.from_numpy(label.astype(np.int64)))
             if outputs.per_image:
                 _write_image_outputs(save_folder, _prediction_relpath(item["image_path"], images.location.root), pixels, space, outputs)
-        bar.update(len(loaded_batch))
-        if not bar.disable:
-            bar.set_postfix(pixel_acc=f"{_running_accuracy(matrix):.3f}")
+        bar.update(len(loaded_batch), pixel_acc=f"{_running_accuracy(matrix):.3f}")
     bar.close()
     matrix.all_reduce(info)
     seconds = time.perf_counter() - started

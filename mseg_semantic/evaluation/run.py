@@ -67,7 +67,8 @@ class _Evaluation:
     def evaluate(self, dataset: str, base_size: int | None):
         settings = self.settings if base_size is None else replace(self.settings, base_size=base_size)
         folder = run_folder(self.save_folder, dataset, settings.base_size, settings.scales)
-        result = evaluate_dataset(self.loaded, dataset, settings, self.data, folder, self.outputs, sys.stderr.isatty(),
+        # progress: a bar on a terminal, lines in a log file (evaluation/progress.py)
+        result = evaluate_dataset(self.loaded, dataset, settings, self.data, folder, self.outputs, True,
                                   self.label, self.engine, self.info)
         return folder, result
 
@@ -176,7 +177,7 @@ def run_demo_from_config(cfg: Config, unreadable: list[str] | None = None) -> li
         print(f"mseg-demo: skipped {error}", file=sys.stderr)
         unreadable.append(str(error))
 
-    written = run_demo(engine, space, settings, t.input, out_dir, batch_size=t.batch_size_val, progress=sys.stderr.isatty(),
+    written = run_demo(engine, space, settings, t.input, out_dir, batch_size=t.batch_size_val, progress=True,
                        confidence=t.save_confidence, probabilities=t.save_probabilities,
                        on_unreadable=report if unreadable is not None else None)
     for note in space.notes:

@@ -15,7 +15,10 @@ far. The best so far lives in the training parts' ``extra`` state, which every c
 restores, so a resumed run compares against the same best as the run it continues.
 
 With ``TRAIN.precise_bn_iters`` the validation of the last iteration waits for the re-estimated BatchNorm
-statistics (:meth:`Validator.finish`), so that it scores the model that is written as ``model_final.pth``.
+statistics (:meth:`Validator.finish`), so that it scores the model that is written as ``model_final.pth``. Each
+validation line then says which it is: the ones during training score BatchNorm's running statistics (after a few
+hundred iterations far from the real ones: a few mIoU points where the same weights score several times more after
+precise BN), the last one the re-estimated statistics; ``val/after_precise_bn`` (0 or 1) records it too.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class Validator:
         self.info = info  # the ranks share the images; rank 0 writes model_best.pth
         self.catalog = catalog
         self.defer_last = defer_last  # precise BN re-estimates the statistics after the last iteration
+        self.after_precise_bn = False  # set by finish(): the statistics are precise BN's
 
     def loaded(self) -> LoadedModel:
         meta = self.meta
@@ -116,6 +120,7 @@ class Validator:
     def finish(self) -> None:
         """The validation of the last iteration when it waited for precise BN."""
         if self.defer_last:
+            self.after_precise_bn = True
             self.validate(self.max_iters)
 
     @property
@@ -146,6 +151,8 @@ class Validator:
             values = [scalars[f"val/{d}/{key}"] for d in self.settings.datasets]
             scalars[f"val/{key}"] = float(sum(values) / len(values))
         scalars["val/seconds"] = time.perf_counter() - started
+        if self.defer_last:
+            scalars["val/after_precise_bn"] = float(self.after_precise_bn)
         name, value = self.settings.metric_name, scalars[self.settings.metric_name]
         best = self.best
         improved = not math.isnan(value) and (best is None or value > best["value"])
@@ -161,9 +168,17 @@ class Validator:
         per_dataset = " ".join(f"{d}={100 * scalars[f'val/{d}/miou']:.2f}" for d in self.settings.datasets)
         best_text = f"best {100 * best['value']:.2f} at {best['iteration']}" if best else "no best yet"
         bad = int(sum(scalars[f"val/{d}/bad_samples"] for d in self.settings.datasets))
-        log.info(f"validation at iteration {iteration}: {name} {100 * value:.2f} ({best_text}{', written to ' + BEST_NAME if improved else ''}) "
+        log.info(f"validation at iteration {iteration}{self._bn_note()}: {name} {100 * value:.2f} ({best_text}{', written to ' + BEST_NAME if improved else ''}) "
                  f"| mIoU {per_dataset} | {scalars['val/seconds']:.1f} s{f' | {bad} bad sample(s) left out (named above)' if bad else ''}")
         return scalars
+
+
+    def _bn_note(self) -> str:
+        if not self.defer_last:
+            return ""
+        if self.after_precise_bn:
+            return " (after precise BN: the model written as model_final.pth)"
+        return " (before precise BN: BatchNorm running statistics from training, read the final validation for the model)"
 
 
 def _cuda_devices(model: torch.nn.Module) -> list[int]:

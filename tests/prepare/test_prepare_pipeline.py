@@ -116,8 +116,8 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MSEG_DATA_ROOT", raising=False)
     assert main(["verify", "camvid"]) == 2
     assert "MSEG_DATA_ROOT" in capsys.readouterr().err
-    assert main(["remap", "camvid", "--root", str(tmp_path)]) == 2
-    assert "run `mseg-prepare extract` first" in capsys.readouterr().err
+    assert main(["remap", "camvid", "--root", str(tmp_path)]) == 2  # nothing there: download, or --source (never "extract")
+    assert "--source PATH" in capsys.readouterr().err
     assert main(["list"]) == 0 and "wilddash" in capsys.readouterr().out
 
 

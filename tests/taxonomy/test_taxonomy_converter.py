@@ -251,7 +251,9 @@ def test_build_taxonomy_converter_kinds():
     assert build_taxonomy_converter("universal", ["bdd"], []).train_datasets == ["bdd"]
     with pytest.raises(ValueError, match="did you mean 'naive'"):
         build_taxonomy_converter("naiv", None, None)
-    with pytest.raises(ValueError, match="role 'test'"):
+    with pytest.raises(ValueError, match="'camvid-11' is a test taxonomy: .* label sets"):  # one-hot: refused; sets: trains
         TaxonomyConverter(["camvid-11"], [])
+    with pytest.raises(ValueError, match="role 'raw'"):
+        TaxonomyConverter(["camvid-32"], [])
     with pytest.raises(KeyError, match="did you mean 'cityscapes-19'"):
         TaxonomyConverter(["cityscapes-91"], [])
