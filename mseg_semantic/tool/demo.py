@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mseg_semantic.config import Config
+from mseg_semantic.config import DEFAULT_INFERENCE_CONFIG, Config
 from mseg_semantic.errors import EXIT_CHECKS_FAILED
-from mseg_semantic.tool.cli import config_tool
+from mseg_semantic.tool.cli import config_tool, inference_plan
 
 __all__ = ["main", "run"]
 
@@ -47,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     return config_tool(
         "mseg-demo",
         "Segment an image, a folder of images, or a video.",
-        "config/test/default_config_360_ms.yaml",
+        "default_config_360_ms (multi-scale) or a file",
         "key=value overrides: model_path=... input=... [output_taxonomy=cityscapes-19 save_confidence=true save_folder=DIR]",
         _demo,
         argv,
+        kind="test",
+        default_config=DEFAULT_INFERENCE_CONFIG,
+        describe=inference_plan,
     )
 
 
