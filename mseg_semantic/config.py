@@ -88,6 +88,7 @@ def _opt(default: Any, kind: str | tuple[str, ...] | None = None, optional: bool
     return Option(default, kinds, default is None if optional is None else optional, help, **checks)
 
 
+TRACKING_SINKS = ("tensorboard", "jsonl", "wandb", "mlflow")  # TRAIN.loggers (mseg_semantic/training/report.py)
 IGNORE_LABEL = 255  # the label id of "unlabeled" in every label PNG (taxonomy files: the same 255)
 
 SCHEMA: dict[str, dict[str, Option]] = {
@@ -149,7 +150,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "resume": _opt(None, "str", help="checkpoint to resume from (default: newest in output_dir)"),
         "auto_resume": _opt(True, help="resume from output_dir/checkpoints when present"),
         "stage": _opt(None, "str", help="stage to run (default: all, in order)"),
-        "tensorboard": _opt(True, help="tensorboard scalars under output_dir/tensorboard"),
+        "tensorboard": _opt(True, help="tensorboard scalars under output_dir/tensorboard (the older switch: false drops tensorboard from TRAIN.loggers)"),
+        "loggers": _opt(["tensorboard", "jsonl"], "list", help="tracking sinks, any of: tensorboard, jsonl (output_dir/metrics.jsonl), wandb, mlflow (pip install 'mseg_semantic[tracking]'; mseg_semantic/training/report.py)"),
         "precise_bn_iters": _opt(0, help="after training, re-estimate BatchNorm running statistics as the plain mean over this many training batches (0: off, as MSeg); for short runs, where BN momentum 0.01 leaves them stale", minimum=0),
         "cpu_threads": _opt(None, "int", help="PyTorch intra-op threads on CPU (default: PyTorch's choice); 1 avoids thread contention on a busy machine", positive=True),
         # validation during training (mseg_semantic/evaluation/validation.py): inference as the TEST keys say
@@ -594,6 +596,9 @@ def _check_together(cfg: Config, where: str) -> None:
         bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
         if bad or not any(v > 0 for v in weights.values()):
             raise ConfigError(f"{where}: DATA.sampling_weights={weights!r}: every weight must be a finite number >= 0 and one must be > 0")
+    unknown = [name for name in train.loggers if name not in TRACKING_SINKS]
+    if unknown:
+        raise ConfigError(f"{where}: TRAIN.loggers: unknown logger {unknown[0]!r}{did_you_mean(str(unknown[0]), TRACKING_SINKS)}; valid: {', '.join(TRACKING_SINKS)}")
     for key in ("scales", "benchmark_base_sizes"):
         values = cfg.TEST[key]
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in values):

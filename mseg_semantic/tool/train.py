@@ -39,12 +39,15 @@ def train(cfg: Config) -> int:
 
 def plan_summary(cfg: Config) -> list[str]:
     """``--print-config``: the run resolved as ``mseg-train`` would (every refusal), in a few lines."""
+    from mseg_semantic.training.report import active_loggers, check_loggers
     from mseg_semantic.training.run import default_output_dir, plan_run
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     plan = plan_run(cfg, world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     output_dir = cfg.TRAIN.output_dir or default_output_dir(cfg.TRAIN.exp_id)
-    lines = [f"plan: {world_size} process(es), output_dir {output_dir}"]
+    loggers = active_loggers(cfg.TRAIN)
+    check_loggers(loggers)
+    lines = [f"plan: {world_size} process(es), output_dir {output_dir}, loggers {', '.join(loggers) or '(none)'}"]
     for stage, setup in plan.items():
         weights = cfg.TRAIN.weights if stage is None else None
         lines.append(f"{'stage ' + stage if stage else 'run'}: datasets {', '.join(setup.datasets)}; {setup.model_taxonomy} taxonomy "

@@ -28,7 +28,7 @@ from mseg_semantic.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME, Checkp
 from mseg_semantic.training.lock import OutputDirLock
 from mseg_semantic.training.loop import LoopSettings, recalibrate_batchnorm, train_loop
 from mseg_semantic.training.preemption import PreemptionSignal
-from mseg_semantic.training.report import TrainingReporter, setup_logging
+from mseg_semantic.training.report import TrainingReporter, active_loggers, check_loggers, setup_logging
 from mseg_semantic.training.setup import (  # noqa: F401 - resolve_run, check_run and build_stage are this module's API too
     FIXED_ON_RESUME,
     RunSetup,
@@ -158,7 +158,8 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
                             channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn, cuda_graphs=cfg.TRAIN.cuda_graphs,
                             resume_hint=resume_hint)
     reporter = TrainingReporter(output_dir, info.is_main, start, setup.max_iters, setup.batch_size, info.device,
-                                cfg.TRAIN.print_freq, cfg.TRAIN.tensorboard, show_progress=sys.stderr.isatty())
+                                cfg.TRAIN.print_freq, show_progress=sys.stderr.isatty(), loggers=active_loggers(cfg.TRAIN),
+                                run_name=cfg.TRAIN.exp_id + (f"/{cfg.TRAIN.stage}" if cfg.TRAIN.stage else ""), run_config=cfg.to_dict())
     try:
         # the handler stays until model_final.pth is written: a signal after the last iteration stops precise BN (the
         # last checkpoint is complete) or lets the final save finish
@@ -231,6 +232,7 @@ def run_training(cfg: Config, info: DistInfo, plan: dict[str | None, RunSetup] |
     if cfg.dropped_mseg_keys:
         log.info(f"MSeg compatibility: ignored {len(cfg.dropped_mseg_keys)} keys that mean nothing here: {', '.join(cfg.dropped_mseg_keys)}")
     plan = plan or plan_run(cfg, info.world_size, info.local_world_size)  # an unknown stage name raises here, with a suggestion
+    check_loggers(active_loggers(cfg.TRAIN))  # a tracking package missing: one line before anything is written
     names = stage_names(cfg)
     lock = _acquire(output_dir, info)
     try:
