@@ -1,5 +1,6 @@
 """mseg-test: evaluate a checkpoint on one dataset, or run MSeg's zero-shot benchmark.
 
+    mseg-test model_path=mseg-3m-480p dataset=camvid-11     # a released model by name, the default config (360 ss)
     python -m mseg_semantic.tool.test --config config/test/default_config_360_ss.yaml \\
         model_path=mseg-3m.pth dataset=camvid-11 [base_size=720 scales=[0.5,1.0] save_predictions=true]
     python -m mseg_semantic.tool.test --config config/test/default_config_1080_ss.yaml \\
