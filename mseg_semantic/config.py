@@ -34,7 +34,10 @@ __all__ = [
     "Option",
     "apply_stage",
     "canonical_key",
+    "DEFAULT_INFERENCE_CONFIG",
+    "find_config",
     "load_config",
+    "packaged_configs",
     "parse_override",
     "stage_names",
     "translate_saved_config",
@@ -85,6 +88,7 @@ def _opt(default: Any, kind: str | tuple[str, ...] | None = None, optional: bool
     return Option(default, kinds, default is None if optional is None else optional, help, **checks)
 
 
+TRACKING_SINKS = ("tensorboard", "jsonl", "wandb", "mlflow")  # TRAIN.loggers (mseg_semantic/training/report.py)
 IGNORE_LABEL = 255  # the label id of "unlabeled" in every label PNG (taxonomy files: the same 255)
 
 SCHEMA: dict[str, dict[str, Option]] = {
@@ -146,7 +150,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "resume": _opt(None, "str", help="checkpoint to resume from (default: newest in output_dir)"),
         "auto_resume": _opt(True, help="resume from output_dir/checkpoints when present"),
         "stage": _opt(None, "str", help="stage to run (default: all, in order)"),
-        "tensorboard": _opt(True, help="tensorboard scalars under output_dir/tensorboard"),
+        "tensorboard": _opt(True, help="tensorboard scalars under output_dir/tensorboard (the older switch: false drops tensorboard from TRAIN.loggers)"),
+        "loggers": _opt(["tensorboard", "jsonl"], "list", help="tracking sinks, any of: tensorboard, jsonl (output_dir/metrics.jsonl), wandb, mlflow (pip install 'mseg_semantic[tracking]'; mseg_semantic/training/report.py)"),
         "precise_bn_iters": _opt(0, help="after training, re-estimate BatchNorm running statistics as the plain mean over this many training batches (0: off, as MSeg); for short runs, where BN momentum 0.01 leaves them stale", minimum=0),
         "cpu_threads": _opt(None, "int", help="PyTorch intra-op threads on CPU (default: PyTorch's choice); 1 avoids thread contention on a busy machine", positive=True),
         # validation during training (mseg_semantic/evaluation/validation.py): inference as the TEST keys say
@@ -431,11 +436,14 @@ class Config(Mapping[str, Section]):
             out["STAGES"] = [dict(s) for s in self.stages]
         return out
 
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, headed by a comment naming its source and overrides."""
+        text = f"# resolved config; source: {self.source}; overrides: {' '.join(self.overrides) or '(none)'}\n"
+        return text + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the resolved config as YAML, atomically."""
-        text = f"# resolved config; source: {self.source}; overrides: {' '.join(self.overrides) or '(none)'}\n"
-        text += yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-        return atomic_write_text(path, text)
+        return atomic_write_text(path, self.to_yaml())
 
     def __repr__(self) -> str:
         return f"Config(source={self.source!r}, overrides={self.overrides!r})"
@@ -530,6 +538,53 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return cfg
 
 
+# The release, test and demo configs ship inside the package (in a checkout: a link to the repository's config/).
+PACKAGED_CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_INFERENCE_CONFIG = "test/default_config_360_ss"  # mseg-test, mseg-demo, mseg-export and Segmenter without one
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Every shipped YAML config by name: its path under the config folder without ``.yaml``, e.g.
+    ``test/default_config_360_ss`` or ``train/480_release/mseg-3m``."""
+    if not PACKAGED_CONFIG_DIR.is_dir():
+        return {}
+    return {p.relative_to(PACKAGED_CONFIG_DIR).with_suffix("").as_posix(): p for p in sorted(PACKAGED_CONFIG_DIR.rglob("*.yaml"))}
+
+
+def config_summary(path: Path, width: int = 100) -> str:
+    """A packaged config's first comment line (what it is for), at most ``width`` characters."""
+    first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+    text = first.lstrip("#").strip().rstrip(",:;") if first.startswith("#") else ""
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+def find_config(name: str | os.PathLike, kind: str | None = None) -> Path:
+    """The config file ``name`` names: a file as given, else a packaged config. A packaged name is the path under
+    the config folder without ``.yaml`` (``test/default_config_360_ss``), or its end when that is unique
+    (``default_config_360_ss``, ``480_release/mseg-3m``); ``kind`` (``test`` | ``train``) picks the tool's folder first
+    (``demo`` is ``train/demo`` for mseg-train, ``test/demo`` for the others). The repository's paths
+    (``config/test/...``) name the packaged files from any directory."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = packaged_configs()
+    key = str(name).replace("\\", "/").removeprefix("./").removeprefix("config/")
+    key = key[: -len(path.suffix)] if path.suffix in (".yaml", ".yml") else key
+    for candidate in ([f"{kind}/{key}"] if kind else []) + [key]:
+        if candidate in shipped:
+            return shipped[candidate]
+    ends = [n for n in shipped if n.endswith("/" + key)]
+    preferred = [n for n in ends if kind and n.startswith(kind + "/")] or ends
+    if len(preferred) == 1:
+        return shipped[preferred[0]]
+    if path.exists():
+        return path  # a directory: load_config says so
+    if len(preferred) > 1:
+        raise ConfigError(f"config {str(name)!r} names several packaged configs ({', '.join(preferred)}); give one of them")
+    raise ConfigError(f"config file {name} does not exist, and no packaged config is named {key!r}"
+                      f"{did_you_mean(key, [*shipped, *(n.split('/', 1)[1] for n in shipped)])}; --list-configs lists them")
+
+
 def _check_together(cfg: Config, where: str) -> None:
     """Checks that involve several keys (each key alone was checked when it was set)."""
     train = cfg.TRAIN
@@ -542,6 +597,9 @@ def _check_together(cfg: Config, where: str) -> None:
         bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0}
         if bad or not any(v > 0 for v in weights.values()):
             raise ConfigError(f"{where}: DATA.sampling_weights={weights!r}: every weight must be a finite number >= 0 and one must be > 0")
+    unknown = [name for name in train.loggers if name not in TRACKING_SINKS]
+    if unknown:
+        raise ConfigError(f"{where}: TRAIN.loggers: unknown logger {unknown[0]!r}{did_you_mean(str(unknown[0]), TRACKING_SINKS)}; valid: {', '.join(TRACKING_SINKS)}")
     for key in ("scales", "benchmark_base_sizes"):
         values = cfg.TEST[key]
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in values):

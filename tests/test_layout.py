@@ -24,6 +24,8 @@ LAYERS = {
     "training": 6,
     "prepare": 7,
     "tool": 8,
+    "": 9,  # mseg_semantic/__init__.py: the public API's lazy names (Segmenter) from any layer
+    "configs": 2,  # the packaged YAML configs (data, no code)
 }
 
 

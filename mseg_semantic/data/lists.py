@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from mseg_semantic.atomic import atomic_write_text
 from mseg_semantic.errors import UserError, not_utf8_error
 from mseg_semantic.taxonomy import Catalog, DatasetLocation
 
@@ -85,7 +87,8 @@ def read_label(path: str | Path) -> np.ndarray:
     """H x W uint8 label map; a colour or 16-bit PNG is an error, never silently converted."""
     label = _read(Path(path), cv2.IMREAD_UNCHANGED)
     if label.ndim != 2:
-        raise BadSampleError(path, f"label must be a single-channel 8-bit PNG, got {label.shape[2]} channels")
+        raise BadSampleError(path, f"label must be a single-channel 8-bit PNG, got {label.shape[2]} channels (colour-coded "
+                                   f"labels: `mseg-data convert` turns them into id PNGs)")
     if label.dtype != np.uint8:
         raise BadSampleError(path, f"label must be 8-bit, got {label.dtype}")
     return label
@@ -102,3 +105,48 @@ def read_pair(image_path: Path, label_path: Path, bgr: bool = False) -> tuple[np
     label = read_label(label_path)
     check_same_size(image, label, image_path, label_path)
     return image, label
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class SplitLists:
+    """What :func:`write_split_lists` wrote and what it could not pair."""
+
+    files: dict[str, Path]  # split -> list file
+    counts: dict[str, int]  # split -> samples
+    images_without_label: list[Path]
+    labels_without_image: list[Path]
+
+
+def write_split_lists(root: str | Path, images: str | Path, labels: str | Path, out_dir: str | Path,
+                      val_fraction: float = 0.1, seed: int = 0) -> SplitLists:
+    """``train.txt`` / ``val.txt`` in ``out_dir``: each image under ``root/images`` paired with the label PNG of the same
+    relative path and stem under ``root/labels``, paths relative to ``root`` (the dataset's directory); a seeded
+    shuffle puts ``val_fraction`` of the pairs (at least one when there are two or more) in val."""
+    root = Path(root)
+    image_dir, label_dir = root / images, root / labels
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise UserError(f"{folder}: not a folder (images and labels are folders under the dataset root {root})")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val fraction {val_fraction}: expected a number in [0, 1)")
+    found_images = {p.relative_to(image_dir).with_suffix(""): p for p in sorted(image_dir.rglob("*"))
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    found_labels = {p.relative_to(label_dir).with_suffix(""): p for p in sorted(label_dir.rglob("*.png"))}
+    keys = sorted(found_images.keys() & found_labels.keys())
+    if not keys:
+        raise UserError(f"no image of {image_dir} has a label PNG of the same name under {label_dir}")
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n_val = 0 if val_fraction == 0 or len(keys) < 2 else max(1, round(val_fraction * len(keys)))
+    splits = {"val": sorted(keys[i] for i in order[:n_val]), "train": sorted(keys[i] for i in order[n_val:])}
+    files, counts = {}, {}
+    for split, members in splits.items():
+        lines = [f"{found_images[k].relative_to(root).as_posix()} {found_labels[k].relative_to(root).as_posix()}" for k in members]
+        if any(len(line.split()) != 2 for line in lines):
+            raise UserError(f"a path under {root} contains a space; split lists separate image and label by whitespace: rename it")
+        files[split] = atomic_write_text(Path(out_dir) / f"{split}.txt", "".join(f"{line}\n" for line in lines))
+        counts[split] = len(members)
+    return SplitLists(files, counts, [found_images[k] for k in sorted(found_images.keys() - found_labels.keys())],
+                      [found_labels[k] for k in sorted(found_labels.keys() - found_images.keys())])

@@ -40,6 +40,7 @@ import torch
 from mseg_semantic.errors import UnknownNameError, UserError, did_you_mean
 from mseg_semantic.model import WeightsFileError, build_model, load_weights
 from mseg_semantic.model.loading import CLASSIFIER_PREFIX, guess_variant, read_state_dict
+from mseg_semantic.model.weights import WEIGHTS, cache_dir, resolve_weights, weights_path
 from mseg_semantic.taxonomy import (
     DEFAULT_UNIVERSAL,
     IGNORE_INDEX,
@@ -61,6 +62,7 @@ __all__ = [
     "load_model_from_config",
     "output_projection",
     "pick_device",
+    "resolve_model_path",
 ]
 
 UNCOVERED_RULES = ("drop", "ignore")
@@ -227,13 +229,48 @@ def _check_head_shapes(path: Path, state: dict, model: torch.nn.Module, name: st
             )
 
 
+def _released_segmentation_model(value: str) -> bool:
+    """Whether ``value`` names a released segmentation model (not a file; a backbone is refused with a reason)."""
+    if Path(value).expanduser().exists() or value not in WEIGHTS:
+        return False
+    if WEIGHTS[value].num_classes is None:
+        models = ", ".join(n for n, e in WEIGHTS.items() if e.num_classes is not None)
+        raise UserError(f"TEST.model_path={value}: released weights of a backbone without a segmentation head; "
+                        f"give a segmentation model: a checkpoint file or one of {models}")
+    return True
+
+
+def resolve_model_path(value: str | os.PathLike, download: bool = True) -> Path:
+    """A checkpoint file as given, or a released model's name (``mseg-weights list``) -> its verified cached file,
+    downloaded on first use (the cache's SHA-256 and content checks, :mod:`mseg_semantic.model.weights`)."""
+    text = str(value)
+    if _released_segmentation_model(text):
+        return resolve_weights(text, download=download)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"TEST.model_path={text}: no such file, and not a released model name"
+                                f"{did_you_mean(text, WEIGHTS)} (`mseg-weights list` shows the names)")
+    return path
+
+
+def describe_model_path(value: str | None) -> str:
+    """One line on what ``TEST.model_path`` names (for ``--print-config``); raises when it names nothing."""
+    if not value:
+        return "model_path: not set (pass model_path=FILE or a released name: mseg-weights list)"
+    if not _released_segmentation_model(str(value)):
+        return f"model_path: the checkpoint file {resolve_model_path(value, download=False)}"
+    cached = weights_path(str(value))
+    state = "cached" if cached.is_file() else f"downloaded on first use into {cache_dir()}"
+    return f"model_path: released model {value} -> {cached} ({state})"
+
+
 def load_model_from_config(cfg: Any, device: torch.device, oracle_dataset: str | None = None, catalog: Catalog | None = None) -> LoadedModel:
     """The checkpoint at ``TEST.model_path`` on ``device``; ``TRAIN.model`` / ``TEST.model_taxonomy`` serve
     checkpoints without meta, ``oracle_dataset`` an oracle checkpoint without meta; ``catalog`` defaults to the
     config's."""
     if not cfg.TEST.model_path:
-        raise UserError("TEST.model_path is not set: pass model_path=PATH/TO/model_final.pth")
-    return load_model_for_inference(cfg.TEST.model_path, device, model_name=cfg.TRAIN.model, model_taxonomy=cfg.TEST.model_taxonomy,
+        raise UserError("TEST.model_path is not set: pass model_path=PATH/TO/model_final.pth or a released name (mseg-weights list)")
+    return load_model_for_inference(resolve_model_path(cfg.TEST.model_path), device, model_name=cfg.TRAIN.model, model_taxonomy=cfg.TEST.model_taxonomy,
                                     oracle_dataset=oracle_dataset, catalog=catalog or Catalog.from_config(cfg))
 
 

@@ -17,16 +17,17 @@ import torch
 
 from mseg_semantic.atomic import atomic_write_json, atomic_write_text
 from mseg_semantic.config import Config, ConfigError
+from mseg_semantic.errors import did_you_mean
 from mseg_semantic.data import demo_world
 from mseg_semantic.distributed import DistInfo, init_distributed, shutdown_distributed
 from mseg_semantic.evaluation.evaluate import EvalData, OutputOptions, evaluate_dataset, format_per_class_table
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings
-from mseg_semantic.evaluation.model_space import LoadedModel, load_model_from_config, pick_device
+from mseg_semantic.evaluation.model_space import LoadedModel, describe_model_path, load_model_from_config, pick_device
 from mseg_semantic.evaluation.visualize import write_png
 from mseg_semantic.evaluation.zero_shot import format_zero_shot_table, ordered, run_zero_shot, zero_shot_figure, zero_shot_summary
 from mseg_semantic.taxonomy import ZERO_SHOT_DATASETS, Catalog
 
-__all__ = ["default_save_folder", "run_evaluation", "run_folder"]
+__all__ = ["default_save_folder", "describe_inference", "run_evaluation", "run_folder"]
 
 
 def default_save_folder(model_path: str) -> Path:
@@ -37,6 +38,23 @@ def default_save_folder(model_path: str) -> Path:
 def run_folder(save_folder: Path, dataset: str, base_size: int | None, scales) -> Path:
     """MSeg's layout: one folder per dataset, base size and single/multi-scale."""
     return save_folder / dataset / (str(base_size) if base_size is not None else "native") / ("ms" if len(scales) > 1 else "ss")
+
+
+def describe_inference(cfg: Config) -> list[str]:
+    """What an inference tool would do with ``cfg`` (``--print-config``), after the checks it would make first: the
+    user taxonomy files and tables, the output taxonomy, the inference settings, the device and the model's name."""
+    catalog = Catalog.from_config(cfg)
+    t = cfg.TEST
+    if t.output_taxonomy and t.output_taxonomy not in catalog.taxonomy_names():
+        raise ConfigError(f"TEST.output_taxonomy={t.output_taxonomy!r} is not a known taxonomy{did_you_mean(t.output_taxonomy, catalog.taxonomy_names())} "
+                          f"(a user taxonomy's file goes in DATA.taxonomy_files)")
+    settings = InferenceSettings.from_config(t)
+    device = pick_device(t.test_device)
+    settings = settings.for_device(device)
+    window = f"{settings.crop_h} x {settings.crop_w} windows" if settings.mode == "sliding" else "whole images"
+    return [describe_model_path(t.model_path),
+            f"inference: short side {settings.base_size or 'as is'}, scales {list(settings.scales)}, {window}, "
+            f"flip {settings.flip}, {settings.precision} on {device}, {t.batch_size_val} image(s) per call"]
 
 
 def _single_dataset(cfg: Config) -> str:
@@ -161,16 +179,14 @@ def run_demo_from_config(cfg: Config, unreadable: list[str] | None = None) -> li
     """``mseg-demo``: segment an image, a folder of images or a video (:func:`mseg_semantic.evaluation.demo.run_demo`).
     ``unreadable``: in a folder, images that cannot be read are reported on stderr (one line each), appended to it
     and skipped, instead of stopping the run."""
+    from mseg_semantic.evaluation.api import Segmenter
     from mseg_semantic.evaluation.demo import run_demo
-    from mseg_semantic.evaluation.model_space import display_space
 
     t = cfg.TEST
     if not t.input:
         raise ConfigError("no demo input: pass input=IMAGE | FOLDER | VIDEO")
-    settings = InferenceSettings.from_config(t)
-    loaded = load_model_from_config(cfg, pick_device(t.test_device), _oracle_dataset(cfg))
-    space = display_space(loaded, t.output_taxonomy, t.uncovered_classes)
-    engine = InferenceModel(loaded.model, settings, inplace=True)  # the loaded model is ours: no copy
+    segmenter = Segmenter.from_config(cfg)  # the Python API's model, space and settings: the same labels
+    engine, space, settings = segmenter.engine, segmenter.space, segmenter.settings
     out_dir = Path(t.save_folder) if t.save_folder else Path(t.model_path).parent / f"{Path(t.model_path).stem}_demo"
 
     def report(error: Exception) -> None:

@@ -17,9 +17,9 @@ import traceback
 from typing import Callable, Sequence
 
 from mseg_semantic.atomic import DISK_FULL_ERRNOS
-from mseg_semantic.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from mseg_semantic.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
 
-__all__ = ["add_debug_flag", "config_tool", "error_exit_code", "run_tool"]
+__all__ = ["add_debug_flag", "config_tool", "error_exit_code", "inference_plan", "run_tool"]
 
 DEBUG_ENV = "MSEG_DEBUG"
 
@@ -84,14 +84,70 @@ def run_tool(prog: str, body: Callable[[], object], debug: bool = False) -> int:
         return code
 
 
-def config_tool(prog: str, description: str, example: str, overrides_help: str,
-                body: Callable, argv: Sequence[str] | None = None) -> int:
-    """``PROG --config FILE [key=value ...] [--debug]``: load the config, then ``body(cfg)`` under the policy."""
-    from mseg_semantic.config import load_config
+def _config_listing(kind: str | None) -> str:
+    """The packaged configs, the tool's own folder first: ``name  what it is`` per line."""
+    from mseg_semantic.config import config_summary, packaged_configs
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
+    shipped = packaged_configs()
+    names = sorted(shipped, key=lambda n: (not (kind and n.startswith(kind + "/")), n))
+    width = max(map(len, names), default=0)
+    return "\n".join(f"  {n:<{width}}  {config_summary(shipped[n])}".rstrip() for n in names)
+
+
+def _short_names(kind: str | None) -> str:
+    from mseg_semantic.config import packaged_configs
+
+    return ", ".join(n.split("/", 1)[1] if kind and n.startswith(kind + "/") else n
+                     for n in packaged_configs() if not kind or n.startswith(kind + "/"))
+
+
+def inference_plan(cfg) -> list[str]:
+    """``--print-config`` of mseg-test / mseg-demo / mseg-export: the checks an inference run makes first."""
+    from mseg_semantic.evaluation.run import describe_inference
+
+    return describe_inference(cfg)
+
+
+def config_tool(prog: str, description: str, example: str, overrides_help: str,
+                body: Callable, argv: Sequence[str] | None = None, *, kind: str = "test",
+                default_config: str | None = None, describe: Callable[[object], list[str]] | None = None) -> int:
+    """``PROG [--config FILE|NAME] [key=value ...] [--print-config] [--list-configs] [--debug]``: load the config,
+    then ``body(cfg)`` under the policy.
+
+    ``--config`` takes a file or a packaged config's name (:func:`mseg_semantic.config.find_config`; ``kind`` is the
+    tool's folder, ``test`` or ``train``); without it the tool reads ``default_config``, and a tool without one
+    refuses, listing the packaged configs. ``--print-config`` resolves and validates the config (and whatever
+    ``describe(cfg)`` checks, its lines printed as YAML comments), prints it as the run would use it and exits 0.
+    """
+    from mseg_semantic.config import find_config, load_config
+
+    default_text = f"default: {default_config}" if default_config else "required"
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"packaged configs (--config NAME; --list-configs says what each is): {_short_names(kind)}")
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML config file or packaged config name ({default_text}), e.g. {example}")
     parser.add_argument("overrides", nargs="*", help=overrides_help)
+    parser.add_argument("--print-config", action="store_true",
+                        help="resolve and validate the config, print it as YAML (with what the run would do) and exit")
+    parser.add_argument("--list-configs", action="store_true", help="list the packaged configs and exit")
     add_debug_flag(parser)
     args = parser.parse_intermixed_args(argv)
-    return run_tool(prog, lambda: body(load_config(args.config, args.overrides)), args.debug)
+
+    def run() -> object:
+        if args.list_configs:
+            print(_config_listing(kind))
+            return 0
+        if args.config is None:
+            raise UserError(f"--config is required: a YAML file or a packaged config ({_short_names(kind)}); "
+                            f"{prog} --list-configs says what each is")
+        cfg = load_config(find_config(args.config, kind), args.overrides)
+        if not args.print_config:
+            return body(cfg)
+        notes = describe(cfg) if describe is not None else []
+        print(cfg.to_yaml(), end="")
+        for note in notes:
+            print(f"# {note}")
+        return 0
+
+    return run_tool(prog, run, args.debug)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from mseg_semantic.config import Config
-from mseg_semantic.tool.cli import config_tool
+from mseg_semantic.config import DEFAULT_INFERENCE_CONFIG, Config
+from mseg_semantic.tool.cli import config_tool, inference_plan
 
 __all__ = ["main", "run"]
 
@@ -27,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     return config_tool(
         "mseg-export",
         "Export a checkpoint to ONNX and/or TorchScript.",
-        "config/test/default_config_360_ss.yaml (test_h/test_w give the example size)",
+        "default_config_360_ss or a file (test_h/test_w give the example size)",
         "key=value: model_path=... [export_format=onnx|torchscript|both export_dynamic=true export_opset=17 save_folder=DIR]",
         run,
         argv,
+        kind="test",
+        default_config=DEFAULT_INFERENCE_CONFIG,
+        describe=inference_plan,
     )
 
 

@@ -7,8 +7,10 @@
     mseg-taxonomy export --format csv|md [-o FILE] [--kind universal|naive]
     mseg-taxonomy summary
     mseg-taxonomy import-mseg MSEG_API_DATA_DIR -o OUT_DIR
+    mseg-taxonomy --taxonomy-file new.tsv propose [NAME] [--out mydata.tsv] [--universal NAME]
 Global: --taxonomy-file FILE (repeatable) adds user taxonomies before the command runs.
-Exit codes: 0 ok, 2 bad input (message or validation report on stderr).
+Exit codes: 0 ok, 1 propose: some rows need a human decision (marked DECIDE), 2 bad input (message or validation
+report on stderr).
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="file to write (atomically); default stdout")
     p.add_argument("--kind", choices=("universal", "naive"), default="universal")
     sub.add_parser("summary", help="counts, defaults, coverage and the built-in data's validation")
+    p = sub.add_parser("propose", help="propose the universal class of each class of a new dataset (name and synonym similarity)")
+    p.add_argument("taxonomy", nargs="?", help="the new dataset's taxonomy (default: the one non-universal block of --taxonomy-file)")
+    p.add_argument("--universal", default="universal", help="the universal taxonomy to map into (default MSeg's 194 classes)")
+    p.add_argument("--out", help="write a train-role taxonomy file with the proposals (DECIDE comments on the rows to review)")
+    p.add_argument("--name", help="the taxonomy name in --out (default: the input's name)")
     p = sub.add_parser("import-mseg", help="author taxonomy files from an mseg-api data folder")
     p.add_argument("mseg_data_dir")
     p.add_argument("-o", "--output-dir", required=True)
@@ -92,7 +99,30 @@ def _run(args: argparse.Namespace, out) -> int:
         cmd_summary(catalog, out)
     elif args.command == "import-mseg":
         cmd_import(args.mseg_data_dir, args.output_dir, out)
+    elif args.command == "propose":
+        return cmd_propose(catalog, args, out)
     return 0
+
+
+def cmd_propose(catalog: Catalog, args: argparse.Namespace, out) -> int:
+    from mseg_semantic.errors import EXIT_CHECKS_FAILED
+    from mseg_semantic.taxonomy.propose import format_proposals, proposal_file_text, propose
+
+    name = args.taxonomy
+    if name is None:
+        candidates = [t.name for path in args.taxonomy_file for t in catalog.validate_file(path)[0] if t.role != "universal"]
+        if len(candidates) != 1:
+            raise UserError(f"propose: name the taxonomy to map ({', '.join(candidates) or 'no dataset block in --taxonomy-file'}); "
+                            f"e.g. mseg-taxonomy --taxonomy-file new.tsv propose NAME")
+        name = candidates[0]
+    if catalog.taxonomy(args.universal).role != "universal":
+        raise UserError(f"--universal {args.universal}: not a universal taxonomy; e.g. universal")
+    proposals = propose(catalog, name, args.universal)
+    out.write(format_proposals(proposals, name, args.universal))
+    if args.out:
+        atomic_write_text(args.out, proposal_file_text(proposals, catalog.taxonomy(name), args.name or name, args.universal))
+        print(f"wrote {args.out}", file=out)
+    return 0 if all(p.confident for p in proposals) else EXIT_CHECKS_FAILED
 
 
 def _converters(catalog: Catalog, kind: str) -> list:

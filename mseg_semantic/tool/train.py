@@ -37,15 +37,37 @@ def train(cfg: Config) -> int:
         shutdown_distributed(info)
 
 
+def plan_summary(cfg: Config) -> list[str]:
+    """``--print-config``: the run resolved as ``mseg-train`` would (every refusal), in a few lines."""
+    from mseg_semantic.training.report import active_loggers, check_loggers
+    from mseg_semantic.training.run import default_output_dir, plan_run
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = plan_run(cfg, world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    output_dir = cfg.TRAIN.output_dir or default_output_dir(cfg.TRAIN.exp_id)
+    loggers = active_loggers(cfg.TRAIN)
+    check_loggers(loggers)
+    lines = [f"plan: {world_size} process(es), output_dir {output_dir}, loggers {', '.join(loggers) or '(none)'}"]
+    for stage, setup in plan.items():
+        weights = cfg.TRAIN.weights if stage is None else None
+        lines.append(f"{'stage ' + stage if stage else 'run'}: datasets {', '.join(setup.datasets)}; {setup.model_taxonomy} taxonomy "
+                     f"({setup.converter.num_classes} classes); {setup.max_iters} iterations; batch {setup.batch_size} "
+                     f"({setup.batch_per_rank} per process); method {setup.method}, loss {setup.loss}, {setup.precision}"
+                     f"{'; weights ' + weights if weights else ''}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return config_tool(
         "mseg-train",
         "Train an MSeg segmentation model from a YAML config. Override any key as key=value (SECTION.key or a bare key "
         "when unique), e.g. max_iters=1000 batch_size=16 output_dir=output/run1.",
-        "config/train/1080_release/mseg-relabeled-1m.yaml",
+        "config/train/1080_release/mseg-relabeled-1m.yaml or demo",
         "key=value overrides",
         train,
         argv,
+        kind="train",
+        describe=plan_summary,
     )
 
 

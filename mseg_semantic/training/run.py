@@ -23,11 +23,12 @@ from mseg_semantic.data import demo_world
 from mseg_semantic.distributed import DistInfo, barrier, broadcast_object
 from mseg_semantic.evaluation.validation import build_validator
 from mseg_semantic.model import save_weights, unwrap_model
+from mseg_semantic.model.weights import WEIGHTS, WeightsError, resolve_weights, weights_path
 from mseg_semantic.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME, Checkpointer, load_checkpoint
 from mseg_semantic.training.lock import OutputDirLock
 from mseg_semantic.training.loop import LoopSettings, recalibrate_batchnorm, train_loop
 from mseg_semantic.training.preemption import PreemptionSignal
-from mseg_semantic.training.report import TrainingReporter, setup_logging
+from mseg_semantic.training.report import TrainingReporter, active_loggers, check_loggers, setup_logging
 from mseg_semantic.training.setup import (  # noqa: F401 - resolve_run, check_run and build_stage are this module's API too
     FIXED_ON_RESUME,
     RunSetup,
@@ -83,6 +84,25 @@ def find_checkpoint(cfg: Config, checkpointer: Checkpointer, info: DistInfo) -> 
     return Path(path), state
 
 
+def _downloaded(weights: str, info: DistInfo) -> str:
+    """``TRAIN.weights`` as a file: a released name is downloaded on first use and verified by rank 0 while the others
+    wait (one download into the shared cache); every rank raises rank 0's error."""
+    if Path(weights).expanduser().is_file() or weights not in WEIGHTS:
+        return weights
+    failure = None
+    if info.is_main:
+        try:
+            resolve_weights(weights, download=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised below on every rank
+            failure = exc
+    message = broadcast_object(None if failure is None else str(failure), info)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise WeightsError(message)
+    return str(weights_path(weights))  # verified by rank 0 just now
+
+
 def _start(cfg: Config, output_dir: Path, info: DistInfo, setup: RunSetup, weights_hint: str):
     """Resume or start: the config the stage uses, its parts, the checkpointer and the iteration it starts at."""
     checkpointer = Checkpointer(output_dir / CHECKPOINT_DIR, info, cfg.TRAIN.keep_checkpoints)
@@ -93,7 +113,7 @@ def _start(cfg: Config, output_dir: Path, info: DistInfo, setup: RunSetup, weigh
     weights = cfg.TRAIN.weights if checkpoint is None else None
     if weights and not Path(weights).expanduser().is_file() and weights_hint:
         raise ConfigError(weights_hint)
-    run = build_stage(cfg, info, setup, weights)
+    run = build_stage(cfg, info, setup, _downloaded(weights, info) if weights else None)
     checkpointer.run_record = {"stage": cfg.TRAIN.stage, "config": cfg.to_dict(), "meta": run.meta}
     start = 0
     if checkpoint is not None:
@@ -138,7 +158,8 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
                             channels_last=cfg.TRAIN.channels_last, freeze_bn=cfg.TRAIN.freeze_bn, cuda_graphs=cfg.TRAIN.cuda_graphs,
                             resume_hint=resume_hint)
     reporter = TrainingReporter(output_dir, info.is_main, start, setup.max_iters, setup.batch_size, info.device,
-                                cfg.TRAIN.print_freq, cfg.TRAIN.tensorboard, show_progress=sys.stderr.isatty())
+                                cfg.TRAIN.print_freq, show_progress=sys.stderr.isatty(), loggers=active_loggers(cfg.TRAIN),
+                                run_name=cfg.TRAIN.exp_id + (f"/{cfg.TRAIN.stage}" if cfg.TRAIN.stage else ""), run_config=cfg.to_dict())
     try:
         # the handler stays until model_final.pth is written: a signal after the last iteration stops precise BN (the
         # last checkpoint is complete) or lets the final save finish
@@ -211,6 +232,7 @@ def run_training(cfg: Config, info: DistInfo, plan: dict[str | None, RunSetup] |
     if cfg.dropped_mseg_keys:
         log.info(f"MSeg compatibility: ignored {len(cfg.dropped_mseg_keys)} keys that mean nothing here: {', '.join(cfg.dropped_mseg_keys)}")
     plan = plan or plan_run(cfg, info.world_size, info.local_world_size)  # an unknown stage name raises here, with a suggestion
+    check_loggers(active_loggers(cfg.TRAIN))  # a tracking package missing: one line before anything is written
     names = stage_names(cfg)
     lock = _acquire(output_dir, info)
     try:
