@@ -173,6 +173,10 @@ class UnknownWeightsError(WeightsError):
     exit_code = EXIT_BAD_INPUT
 
 
+class ManualDownloadError(WeightsError):
+    """A released file that only a browser can fetch (a manual step the message describes)."""
+
+
 class OfflineError(WeightsError):
     """The download source could not be reached."""
 
@@ -349,7 +353,7 @@ def download_weights(
         source = entry.source
         _gdrive_download(entry, staging, dest, quiet)
     else:
-        raise WeightsError(
+        raise ManualDownloadError(
             f"{entry.name} has no direct download link. Download {entry.filename} by hand from "
             f"{entry.manual_url} and place it at {dest}, then run `mseg-weights verify {entry.name}`; or give a "
             f"direct link: `mseg-weights download {entry.name} --url URL`."

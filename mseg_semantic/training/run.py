@@ -23,7 +23,7 @@ from mseg_semantic.data import demo_world
 from mseg_semantic.distributed import DistInfo, barrier, broadcast_object
 from mseg_semantic.evaluation.validation import build_validator
 from mseg_semantic.model import save_weights, unwrap_model
-from mseg_semantic.model.weights import WEIGHTS, WeightsError, resolve_weights, weights_path
+from mseg_semantic.model.weights import WEIGHTS, ManualDownloadError, WeightsError, resolve_weights, weights_path
 from mseg_semantic.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME, Checkpointer, load_checkpoint
 from mseg_semantic.training.lock import OutputDirLock
 from mseg_semantic.training.loop import LoopSettings, recalibrate_batchnorm, train_loop
@@ -93,13 +93,15 @@ def _downloaded(weights: str, info: DistInfo) -> str:
     if info.is_main:
         try:
             resolve_weights(weights, download=True)
+        except ManualDownloadError as exc:  # a step for the user to take first: bad input for this run
+            failure = ConfigError(f"TRAIN.weights={weights}: {exc} Or start from random weights: weights=null.")
         except Exception as exc:  # noqa: BLE001 - re-raised below on every rank
             failure = exc
-    message = broadcast_object(None if failure is None else str(failure), info)
+    message = broadcast_object(None if failure is None else (str(failure), isinstance(failure, ConfigError)), info)
     if failure is not None:
         raise failure
     if message is not None:
-        raise WeightsError(message)
+        raise ConfigError(message[0]) if message[1] else WeightsError(message[0])
     return str(weights_path(weights))  # verified by rank 0 just now
 
 

@@ -55,9 +55,9 @@ CASES = [
      "img_000.png: label of dataset 'cityscapes-19' holds id(s) 40"),
     ("demo", ["model_path=edited.pth", "input=broken.png", "dataset=cityscapes-19"], "edited.pth: head.classifier.weight has shape (194, 120, 1, 1) but a hrnet_tiny with 19 classes"),
     # a weights file that does not exist: exit 2 as the README and docs/exit_codes.md say
-    ("test", ["model_path=no_such.pth", "dataset=camvid-11"], "no_such.pth: No such file or directory"),
-    ("demo", ["model_path=no_such.pth", "input=broken.png"], "no_such.pth: No such file or directory"),
-    ("export", ["model_path=no_such.pth"], "no_such.pth: No such file or directory"),
+    ("test", ["model_path=no_such.pth", "dataset=camvid-11"], "model_path=no_such.pth: no such file, and not a released model name"),
+    ("demo", ["model_path=no_such.pth", "input=broken.png"], "model_path=no_such.pth: no such file, and not a released model name"),
+    ("export", ["model_path=no_such.pth"], "model_path=no_such.pth: no such file, and not a released model name"),
 ]
 
 

@@ -84,7 +84,7 @@ def test_released_weights_missing_from_the_cache_are_exit_2_as_the_readme_says(w
     config = write_config(tmp_path / "tiny.yaml", world)
     assert main(["--config", str(config), f"output_dir={tmp_path / 'run'}", "weights=hrnet_w48_imagenet"]) == 2
     line = _single_error_line(capsys.readouterr().err)
-    assert "hrnet_w48_imagenet is not in the cache" in line and "`mseg-weights download hrnet_w48_imagenet`" in line
-    assert "weights=null" in line
+    assert "TRAIN.weights=hrnet_w48_imagenet: hrnet_w48_imagenet has no direct download link" in line
+    assert "mseg-weights" in line and "weights=null" in line
     assert main(["--config", str(config), f"output_dir={tmp_path / 'run2'}", f"weights={tmp_path / 'no_such.pth'}"]) == 2
     assert "no_such.pth' is neither a file nor a released weights name" in _single_error_line(capsys.readouterr().err)

@@ -147,12 +147,11 @@ def test_mgda_takes_the_partial_label_loss():
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)  # no port to race for
     try:
         torch.manual_seed(0)
         model = torch.nn.parallel.DistributedDataParallel(TinySegNet(NUM_CLASSES, batch_norm=False))
@@ -170,14 +169,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 @pytest.mark.slow
 def test_two_ranks_take_the_step_of_one_rank_with_the_whole_batch(tmp_path):
     """Ranks hold different numbers of valid pixels: the mean is over the global batch's, as for cross-entropy."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     model = TinySegNet(NUM_CLASSES, batch_norm=False)
     images, _, dataset_index = make_batch(4, [0, 1, 0, 1], NUM_CLASSES, size=16)
@@ -344,14 +338,13 @@ def test_records_weights_need_record_counts(tmp_path):
     assert resolve_run(cfg.updated({"label_set_weights": "uniform"})).loss == "partial_label"
 
 
-def _prior_ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _prior_ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     from mseg_semantic.distributed import all_reduce_sum
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)  # no port to race for
     try:
         info = DistInfo(rank, world_size, backend="gloo")
         torch.manual_seed(0)
@@ -375,14 +368,9 @@ def _prior_ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> No
 def test_prior_correction_under_two_ranks_is_the_step_of_one_rank(tmp_path):
     """The marginal's statistics are summed over ranks: two ranks with half the batch estimate the same marginal and
     take the same steps as one rank with all of it."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_prior_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_prior_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp_prior.pt")
     torch.manual_seed(0)
     model = TinySegNet(NUM_CLASSES, batch_norm=False)
