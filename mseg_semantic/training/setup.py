@@ -304,11 +304,11 @@ def _build_model(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: 
     train = cfg.TRAIN
     seed_everything(train.seed)  # identical initial weights on every rank
     model = build_model(train.model, num_classes=setup.converter.num_classes)
+    if train.model in DINOV2_SPECS:  # before the optimizer and DDP, which fix the set of parameters that train; before
+        set_backbone_mode(model, train.backbone_mode, lora_rank=train.lora_rank)  # loading: a file may hold adapters
     if initial_weights:
         report = load_weights(model, resolve_weights(initial_weights), reinit_head=train.reinit_head, log=False)
         log.info(f"fine-tuning from {initial_weights}: {report}")
-    if train.model in DINOV2_SPECS:  # before the optimizer and DDP, which fix the set of parameters that train
-        set_backbone_mode(model, train.backbone_mode, lora_rank=train.lora_rank)
     model.to(info.device)
     if train.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -238,3 +238,19 @@ def test_compiled_and_graphed_vit_steps_match_the_eager_step_on_cuda(tmp_path, m
     for variant in ("compile", "cuda_graphs"):
         for key, value in states["eager"].items():
             torch.testing.assert_close(states[variant][key], value, rtol=1e-3, atol=1e-4, msg=f"{variant}: {key}")
+
+
+@pytest.mark.parametrize("name,world_size,iterations,mode", [
+    ("mseg-relabeled-3m-vitl14.yaml", 7, 600_000, "finetune"),  # MSeg-3M's length: 3M crops x 7 datasets / 35
+    ("one-gpu-vitb14-adapters.yaml", 1, 87_500, "adapters"),
+    ("demo.yaml", 1, 300, "finetune"),
+])
+def test_the_shipped_dinov2_configs_resolve_to_their_runs(name, world_size, iterations, mode):
+    from mseg_semantic.training.setup import plan_run
+    from train_helpers import REPO
+
+    cfg = load_config(REPO / "config" / "train" / "dinov2" / name)
+    (setup,) = plan_run(cfg, world_size).values()
+    assert setup.max_iters == iterations and setup.model_taxonomy == "universal" and cfg.TRAIN.backbone_mode == mode
+    assert cfg.TRAIN.model.startswith("dinov2_") and cfg.TRAIN.optimizer == "adamw"
+    assert cfg.TRAIN.train_h % 14 == 0 and cfg.TEST.test_h % 14 == 0
