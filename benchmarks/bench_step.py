@@ -4,6 +4,13 @@ crops/s, ms per step and peak memory of each speed option. Prints one JSON line 
     python benchmarks/bench_step.py --model hrnet_w48 --crop 713 --batch 16 --precision bf16 --channels-last \\
         --variants eager compile cuda_graphs compile+cuda_graphs
     python benchmarks/bench_step.py --model hrnet_w18_small --crop 96 --batch 6 --precision fp32 --variants eager cuda_graphs
+    python benchmarks/bench_step.py --model dinov2_vitl14 --crop 714 --batch 5 --precision bf16 --optimizer adamw \
+        --layer-decay 0.9 --variants eager compile cuda_graphs                   # the DINOv2 release config's step
+    python benchmarks/bench_step.py --model dinov2_vitb14 --backbone-mode adapters --crop 714 --batch 16 --precision bf16 \
+        --optimizer adamw                                                        # the one-GPU adapters config's step
+
+The model, parameter groups and optimizer are built as the trainer builds them (``set_backbone_mode`` for a DINOv2
+model, :func:`~mseg_semantic.training.optim.parameter_groups`, :func:`~mseg_semantic.training.optim.build_optimizer`).
 
 The data loader is left out (``bench_train.py`` measures the loader-fed loop): every iteration takes the same
 uint8 images and labels from memory, so the figure is what the GPU and the host's launches allow. Each variant runs
@@ -54,13 +61,13 @@ class MemoryBatches:
 def run_variant(args: argparse.Namespace, variant: str) -> dict:
     import torch
 
-    from mseg_semantic.model import autocast_context, build_model
+    from mseg_semantic.model import DINOV2_SPECS, autocast_context, build_model, set_backbone_mode
     from mseg_semantic.training.checkpoint import Checkpointer, TrainingParts
     from mseg_semantic.distributed import DistInfo
     from mseg_semantic.training.gradients import StepContext
     from mseg_semantic.training.gradients.cross_entropy import ce_backward_step
     from mseg_semantic.training.loop import LoopSettings, train_loop
-    from mseg_semantic.training.optim import PolyLR, build_sgd
+    from mseg_semantic.training.optim import PolyLR, build_optimizer, parameter_groups
     from mseg_semantic.training.report import TrainingReporter
     from mseg_semantic.training.run import configure_kernels
     from mseg_semantic.training.gradients.common import cross_entropy_pixels
@@ -70,19 +77,20 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     configure_kernels(device)
     graphs = "cuda_graphs" in variant
     torch.manual_seed(0)
-    model = build_model(args.model, num_classes=args.num_classes).to(device)
+    model = build_model(args.model, num_classes=args.num_classes)
+    if args.model in DINOV2_SPECS:
+        set_backbone_mode(model, args.backbone_mode)
+    model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step = ce_backward_step
     if "compile" in variant:  # as TRAIN.compile does: the repeated regions and the upsample-and-loss head
         compile_regions(model)
         step = functools.partial(ce_backward_step, loss_head=compile_loss_head(cross_entropy_pixels))
-    lr = torch.tensor(0.01, device=device) if graphs else 0.01
+    lr = args.lr if args.lr is not None else (0.01 if args.optimizer == "sgd" else 1e-4)
     fused = device.type == "cuda" or graphs
-    optimizer = build_sgd(model.parameters(), lr, 0.9, 1e-4, fused=fused)
-    if fused:
-        for p in model.parameters():
-            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    groups = parameter_groups(model, lr, 1e-4 if args.optimizer == "sgd" else 0.05, args.layer_decay)
+    optimizer = build_optimizer(args.optimizer, groups, fused=fused, lr_on_device=device if graphs else None)
     total = args.warmup + args.iters + args.profile_iters
     parts = TrainingParts(model, optimizer, PolyLR(optimizer, total + 1), None, MemoryBatches(args.batch, args.crop, args.num_classes))
     ctx = StepContext(num_datasets=3, dataset_names=["a", "b", "c"],
@@ -129,6 +137,9 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     seconds = marks["end"] - marks["start"]
     result = {
         "variant": variant, "model": args.model, "crop": args.crop, "batch": args.batch, "precision": args.precision,
+        "optimizer": args.optimizer, "layer_decay": args.layer_decay,
+        **({"backbone_mode": args.backbone_mode} if args.model in DINOV2_SPECS else {}),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "channels_last": args.channels_last, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "timed_iterations": args.iters, "ms_per_step": round(1000 * seconds / args.iters, 2),
         "crops_per_s": round(args.batch * args.iters / seconds, 2), "warmup_s": round(marks["start"] - started, 1),
@@ -151,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--num-classes", type=int, default=194)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for SGD, 1e-4 for AdamW")
+    parser.add_argument("--layer-decay", type=float, default=1.0, help="dinov2 models only")
+    parser.add_argument("--backbone-mode", default="finetune", choices=["finetune", "frozen", "adapters"], help="dinov2 models only")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--profile-iters", type=int, default=0, help="then profile this many steps: kernels and time by category")

@@ -13,6 +13,10 @@ from outside still leaves what it measured. Jobs:
                713 x 713 bf16 + channels_last at batch 16 and 8, fp32 at batch 2; the demo's hrnet_w18_small),
                eager and TRAIN.cuda_graphs first, TRAIN.compile (regions + loss head) after the loader-fed jobs (its
                cold compile is the slowest job)
+  step_vit*    the same for the DINOv2 models at 714 x 714 in bf16 with AdamW (layer decay 0.9): ViT-S/14 and ViT-B/14 at
+               batch 8, ViT-L/14 at batch 5 (the release config's per-GPU batch), eager and cuda_graphs; the one-GPU
+               config's ViT-B/14 adapters step at batch 16 (its peak memory says whether that batch fits 80 GB);
+               TRAIN.compile (the transformer blocks and the head) near the end
   inference    benchmarks/bench_inference.py at 1080 x 1920, base 1080, 713 windows, flip (fp32 .. bf16 + graphs);
                then bf16 at a window batch of 16 (one pass, no padding) with the costliest operators listed
   cuda_tests   pytest -m gpu: every test that needs CUDA
@@ -63,6 +67,13 @@ def _jobs(quick: bool, world: Path, demo_root: Path) -> list[tuple[str, list[str
     demo_model = ["--model", "hrnet_w18_small", "--crop", "96"]
     short = ["--warmup", "1", "--iters", "2"] if quick else ["--warmup", "4", "--iters", "15"]
     b16, b8 = (2, 2) if quick else (16, 8)
+    vit_recipe = ["--optimizer", "adamw", "--layer-decay", "0.9"]
+
+    def vit(name: str) -> list[str]:  # the tiny test ViT at 28 x 28 in the CPU dry run
+        return ["--model", "dinov2_tiny_test", "--crop", "28", *vit_recipe] if quick else ["--model", name, "--crop", "714", *vit_recipe]
+
+    vit_b5 = 2 if quick else 5
+    adapters = [*vit("dinov2_vitb14"), "--backbone-mode", "adapters"]
     loader_overrides = [f"data_root={world}", "dataset=[cityscapes-19,ade20k-150,mapillary-public65]", "dataset_gpu_mapping=null",
                         "precision=bf16", "channels_last=True"]
     demo_overrides = [f"data_root={demo_root}", "generate_demo_world=True", "cpu_threads=null", "workers=4"]
@@ -76,6 +87,18 @@ def _jobs(quick: bool, world: Path, demo_root: Path) -> list[tuple[str, list[str
         _step_job("step_w48_fp32_b2", "cuda_graphs", w48, 2, "fp32", False, short, 90),
         _step_job("step_demo_model", "eager", demo_model, 6, "fp32", False, short, 60),
         _step_job("step_demo_model", "cuda_graphs", demo_model, 6, "fp32", False, short, 60),
+        _step_job("step_vits_bf16_b8", "eager", vit("dinov2_vits14"), b8, "bf16", False, short, 90),
+        _step_job("step_vits_bf16_b8", "cuda_graphs", vit("dinov2_vits14"), b8, "bf16", False, short, 90),
+        _step_job("step_vitb_bf16_b8", "eager", vit("dinov2_vitb14"), b8, "bf16", False, short, 90),
+        _step_job("step_vitb_bf16_b8", "cuda_graphs", vit("dinov2_vitb14"), b8, "bf16", False, short, 90),
+        _step_job("step_vitl_bf16_b5", "eager", vit("dinov2_vitl14"), vit_b5, "bf16", False, short, 120),
+        _step_job("step_vitl_bf16_b5", "cuda_graphs", vit("dinov2_vitl14"), vit_b5, "bf16", False, short, 120),
+        _step_job("step_vitb_adapters_bf16_b16", "eager", adapters, b16, "bf16", False, short, 120),
+        ("inference_1080p_vitb", [py, str(BENCH / "bench_inference.py"), *(["--model", "dinov2_tiny_test", "--height", "96", "--width",
+                                  "128", "--base-size", "96", "--crop", "56"] if quick else ["--model", "dinov2_vitb14", "--height", "1080",
+                                  "--width", "1920", "--base-size", "1080", "--crop", "714"]), "--window-batch", "12",
+                                  "--only", *(["batched", "batched_folded_nhwc"] if quick else ["batched", "batched_folded_nhwc_bf16",
+                                  "batched_folded_nhwc_bf16_graphs"]), "--device", "cpu" if quick else "cuda"], 150),
         ("inference_1080p", [py, str(BENCH / "bench_inference.py"), *(["--model", "hrnet_tiny", "--height", "96", "--width", "128",
                              "--base-size", "96", "--crop", "64"] if quick else ["--model", "hrnet_w48", "--height", "1080",
                              "--width", "1920", "--base-size", "1080", "--crop", "713"]),
@@ -98,6 +121,9 @@ def _jobs(quick: bool, world: Path, demo_root: Path) -> list[tuple[str, list[str
         _step_job("step_w48_bf16_cl_b16", "compile+cuda_graphs", w48, b16, "bf16", True, short, 200),
         _step_job("step_w48_bf16_cl_b8", "compile+cuda_graphs", w48, b8, "bf16", True, short, 200),
         _step_job("step_demo_model", "compile+cuda_graphs", demo_model, 6, "fp32", False, short, 200),
+        _step_job("step_vitb_bf16_b8", "compile", vit("dinov2_vitb14"), b8, "bf16", False, short, 240),
+        _step_job("step_vitl_bf16_b5", "compile", vit("dinov2_vitl14"), vit_b5, "bf16", False, short, 300),
+        _step_job("step_vitl_bf16_b5", "compile+cuda_graphs", vit("dinov2_vitl14"), vit_b5, "bf16", False, short, 300),
     ]
 
 

@@ -108,7 +108,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "TRAIN": {
         "exp_id": _opt("default", help="experiment name, part of the default output_dir"),
         "output_dir": _opt(None, "str", help="default output/<date>_<exp_id>"),
-        "model": _opt("hrnet_w48", help="hrnet_w48 (MSeg), hrnet_w32, hrnet_w18, hrnet_w18_small, hrnet_tiny (tests and CPU demos)"),
+        "model": _opt("hrnet_w48", help="hrnet_w48 (MSeg), hrnet_w32, hrnet_w18, hrnet_w18_small, hrnet_tiny (tests and CPU demos); DINOv2 ViTs with a pyramid head: dinov2_vits14, dinov2_vitb14, dinov2_vitl14 and the register variants dinov2_vits14_reg, dinov2_vitb14_reg, dinov2_vitl14_reg (crops and windows multiples of 14; weights=dinov2_vitb14 starts from Meta's backbone)"),
+        "backbone_mode": _opt("finetune", help="dinov2 models: finetune (everything trains) | frozen (the head only; no backbone activations kept) | adapters (LoRA of rank lora_rank on every block's qkv, and the head; model_final.pth holds them merged); HRNet: finetune only", choices=("finetune", "frozen", "adapters")),
+        "lora_rank": _opt(8, help="backbone_mode=adapters: rank of the LoRA adapters (update scale 1)", positive=True),
+        "layer_decay": _opt(1.0, help="dinov2 models: layer-wise learning-rate decay, block i of L gets base_lr x layer_decay ** (L + 1 - i) (head: base_lr); 1.0 = off (the only value for HRNet)", positive=True, maximum=1),
         "use_naive_taxonomy": _opt(False, help="train in the naive 316-logit taxonomy"),
         "method": _opt("ce", help="how gradients are made (mseg_semantic/training/gradients: METHODS): ce (MSeg's objective) | mgda (the MGDA multi-task baseline, MGDA section) | ccsa (the CCSA domain-generalization baseline, CCSA section)"),
         "loss": _opt("ce", help="the pixel loss (LOSSES): ce (one-hot: each class's first universal class) | partial_label (-log of the probability summed over the class's label set; universal taxonomy)"),
@@ -116,7 +119,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "set_prior_correction": _opt(False, help="partial_label: the target inside a set is the posterior divided by a running estimate of the class marginal (RECORDS / SoLar), so that a majority member does not swallow its set's minorities"),
         "sync_bn": _opt(True, help="SyncBatchNorm when distributed on GPUs"),
         "freeze_bn": _opt(False, help="keep BatchNorm layers in eval mode (frozen running statistics), e.g. for fine-tuning with small batches"),
-        "train_h": _opt(713, help="crop height", positive=True),
+        "train_h": _opt(713, help="crop height (dinov2 models: a multiple of 14, e.g. 714)", positive=True),
         "train_w": _opt(713, help="crop width", positive=True),
         "scale_min": _opt(0.5, help="random scale range (after the short-side resize)", positive=True),
         "scale_max": _opt(2.0, help="random scale range", positive=True),
@@ -132,15 +135,17 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "dataset_gpu_mapping": _opt(None, "dict", help="MSeg's mode: dataset -> ranks, one process per listed rank; null (default): every batch mixes all datasets, on any number of processes"),
         "workers": _opt(4, help="data loader worker processes per node, split over its ranks (MSeg's meaning); 0: load in the training process", minimum=0),
         "batch_size": _opt(14, help="global batch size over all ranks", positive=True),
-        "base_lr": _opt(0.01, help="SGD learning rate at iteration 0 (poly schedule)", positive=True),
+        "optimizer": _opt("sgd", help="sgd (MSeg's: momentum, L2 weight decay) | adamw (decoupled weight decay, betas); fused on CUDA; the poly schedule drives both", choices=("sgd", "adamw")),
+        "base_lr": _opt(0.01, help="learning rate at iteration 0 (poly schedule; with layer_decay: the head's)", positive=True),
         "power": _opt(0.9, help="poly schedule: lr = base_lr (1 - it / max_iters) ** power", minimum=0),
         "momentum": _opt(0.9, help="SGD momentum", minimum=0, maximum=1),
-        "weight_decay": _opt(0.0001, help="SGD weight decay", minimum=0),
+        "betas_adamw": _opt([0.9, 0.999], help="AdamW's (beta1, beta2)"),
+        "weight_decay": _opt(0.0001, help="weight decay (SGD: L2 in the gradient; AdamW: decoupled); dinov2 models: not on norms, biases, LayerScale and tokens", minimum=0),
         "grad_clip": _opt(None, "float", help="max gradient norm (default: no clipping)", positive=True),
         "seed": _opt(0, help="initial weights and the data stream (batch b depends on seed and b only)", minimum=0),
         "precision": _opt("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 with loss scaling); MSeg's opt_level O0..O3 is translated to this", choices=("fp32", "bf16", "fp16")),
         "channels_last": _opt(False, help="NHWC memory format for model and images"),
-        "compile": _opt(False, help="torch.compile the repeated HRNet modules and the upsample-and-loss head (compiled code cached on disk: only the first run on a machine waits); not with MGDA"),
+        "compile": _opt(False, help="torch.compile the repeated HRNet modules (dinov2: the transformer blocks and the head) and the upsample-and-loss head (compiled code cached on disk: only the first run on a machine waits); not with MGDA"),
         "cuda_graphs": _opt(False, help="capture the whole step as one CUDA graph and replay it (one GPU process, fp32/bf16, cross-entropy): removes the host's launch cost"),
         "print_freq": _opt(10, help="iterations between log lines", positive=True),
         "checkpoint_every": _opt(1000, help="iterations between training checkpoints (and one after the last)", positive=True),
@@ -166,8 +171,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "TEST": {
         "split": _opt("val", help="list evaluated (MSeg evaluates val, the test datasets too)"),
         "base_size": _opt(None, "int", help="short side the image is resized to before inference", positive=True),
-        "test_h": _opt(713, help="sliding-window height", positive=True),
-        "test_w": _opt(713, help="sliding-window width", positive=True),
+        "test_h": _opt(713, help="sliding-window height (dinov2 models: a multiple of 14, e.g. 714)", positive=True),
+        "test_w": _opt(713, help="sliding-window width (dinov2 models: a multiple of 14)", positive=True),
         "scales": _opt([1.0], help="[1.0], or MSeg's multi-scale [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
         "batch_size_val": _opt(1, help="images per inference call (their windows share batches)", positive=True),
         "model_path": _opt(None, "str", help="checkpoint: model_final.pth or an MSeg release"),
@@ -197,7 +202,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "save_probabilities": _opt(False, help="write every output class's probability as a compressed .npz (uint16, value / 65535)"),
         "save_figures": _opt(True, help="draw per-class IoU bars, the row-normalised confusion matrix and the zero-shot table as PNGs"),
         "export_format": _opt("onnx", help="mseg-export: onnx | torchscript | both", choices=("onnx", "torchscript", "both")),
-        "export_dynamic": _opt(False, help="mseg-export: dynamic batch/height/width instead of 1 x test_h x test_w"),
+        "export_dynamic": _opt(False, help="mseg-export: dynamic batch/height/width instead of 1 x test_h x test_w (not for dinov2 models: their exported graph holds the positional embedding resampled to one size)"),
         "export_opset": _opt(None, "int", help="mseg-export: ONNX opset (default: the exporter's own; 17 or newer)", minimum=17),
         "export_dynamo": _opt(True, help="mseg-export: ONNX through torch.export (false: the older TorchScript-based exporter)"),
     },
@@ -600,6 +605,9 @@ def _check_together(cfg: Config, where: str) -> None:
     unknown = [name for name in train.loggers if name not in TRACKING_SINKS]
     if unknown:
         raise ConfigError(f"{where}: TRAIN.loggers: unknown logger {unknown[0]!r}{did_you_mean(str(unknown[0]), TRACKING_SINKS)}; valid: {', '.join(TRACKING_SINKS)}")
+    betas = train.betas_adamw
+    if len(betas) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1 for b in betas):
+        raise ConfigError(f"{where}: TRAIN.betas_adamw={betas!r}: expected two numbers in [0, 1), e.g. [0.9, 0.999]")
     for key in ("scales", "benchmark_base_sizes"):
         values = cfg.TEST[key]
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in values):

@@ -5,8 +5,13 @@
   eval-mode forward runs one kernel instead of two. Equal to the unfolded model up to float rounding (tested).
 - :func:`cast_conv_weights`: bf16 autocast casts every convolution weight on every pass; casting them once
   beforehand gives bit-identical results without those casts (BatchNorm, when not folded, stays fp32).
-- :func:`low_res_logits`: HRNet's logits before the final upsampling to the input size (``model(x, upsample=False)``),
-  so the upsampling, softmax and projection can be done together (and only for the classes needed; see ``inference.py``).
+- :func:`low_res_logits`: HRNet's (and the DINOv2 segmenter's) logits before the final upsampling to the input size
+  (``model(x, upsample=False)``), so the upsampling, softmax and projection can be done together (and only for the
+  classes needed; see ``inference.py``).
+
+A DINOv2 segmenter has BatchNorm in its head only (``head.smooth.K`` Sequentials and ``head.conv``/``head.bn``, both
+folded); its transformer has LayerNorm, which folding leaves alone, and its patch embedding is a convolution that
+the bf16 cast and channels_last treat as any other.
 - :class:`FixedBatchRunner`: runs a function on batches of a fixed shape (a short last batch is padded with
   zeros and the padding's outputs dropped), optionally replayed as a CUDA graph, which removes the host's
   per-kernel launch cost for small per-window batches.
@@ -22,8 +27,9 @@ import torch
 import torch.nn as nn
 
 from mseg_semantic.model.hrnet import HRNet
+from mseg_semantic.model.vit_seg import DinoV2Segmenter
 
-__all__ = ["FixedBatchRunner", "cast_conv_weights", "fold_batchnorm", "low_res_logits"]
+__all__ = ["FixedBatchRunner", "cast_conv_weights", "fold_batchnorm", "input_multiple", "low_res_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +100,18 @@ def cast_conv_weights(model: nn.Module, dtype: torch.dtype) -> int:
 
 
 def low_res_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The logits before the final upsampling to ``x``'s size: an HRNet's 1/4-resolution head output
-    (``model(x, upsample=False)``, so that the caller can upsample only the classes it needs). Any other model: its
-    output as it is (upsampled by the caller when smaller than ``x``)."""
-    if isinstance(model, HRNet):
+    """The logits before the final upsampling to ``x``'s size: an HRNet's or a DINOv2 segmenter's 1/4-resolution
+    head output (``model(x, upsample=False)``, so that the caller can upsample only the classes it needs). Any other
+    model: its output as it is (upsampled by the caller when smaller than ``x``)."""
+    if isinstance(model, (HRNet, DinoV2Segmenter)):
         return model(x, upsample=False)
     out = model(x)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def input_multiple(model: nn.Module) -> int | None:
+    """The size every input side must be a multiple of (a ViT's patch size), or None when any size runs."""
+    return model.spec.patch_size if isinstance(model, DinoV2Segmenter) else None
 
 
 def prepared_copy(model: nn.Module, fold: bool, cast_to: torch.dtype | None, channels_last: bool, inplace: bool) -> nn.Module:

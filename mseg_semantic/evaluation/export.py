@@ -8,6 +8,10 @@ input to ``1 x 3 x H x W``; ``dynamic=True`` leaves batch, height and width free
 ONNX goes through ``torch.onnx.export``: the ``torch.export``-based exporter (``dynamo=True``, the default of
 recent PyTorch) or the older TorchScript-based one (``dynamo=False``), at the opset the installed exporter
 picks unless one is given. Files are written to a temporary name and renamed when complete.
+
+A DINOv2 model exports at a fixed size only (:func:`check_exportable`): its graph holds the positional embedding
+resampled to the export size, so a dynamic-size file would give wrong results (or fail) at any other size; and the
+size must be a multiple of its patch size (14).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import torch
 
 from mseg_semantic.atomic import renamed_into_place
 from mseg_semantic.errors import UserError
+from mseg_semantic.evaluation.engine import input_multiple
 
-__all__ = ["ExportReport", "MIN_OPSET", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript", "supported_opsets"]
+__all__ = ["ExportReport", "MIN_OPSET", "check_exportable", "export_onnx", "export_torchscript", "check_onnx", "check_torchscript",
+           "supported_opsets"]
 
 
 @dataclass
@@ -76,6 +82,22 @@ def _exporter_name(dynamo: bool) -> str:
     return "torch.export (dynamo)" if dynamo else "TorchScript-based"
 
 
+def check_exportable(model: torch.nn.Module, height: int, width: int, dynamic: bool) -> None:
+    """Refuse what a model's exported graph could not do, naming the TEST key: a ViT exports at one size (a multiple
+    of its patch size), never with dynamic height and width."""
+    multiple = input_multiple(model)
+    if multiple is None:
+        return
+    name = getattr(model, "name", "") or type(model).__name__
+    if dynamic:
+        raise UserError(f"TEST.export_dynamic=true: {name} cannot be exported with a dynamic size (its graph holds the positional "
+                        f"embedding resampled to one size); export at the size you will run, export_dynamic=false test_h=H test_w=W")
+    if height % multiple or width % multiple:
+        nearest = [max(multiple, (side + multiple // 2) // multiple * multiple) for side in (height, width)]
+        raise UserError(f"TEST.test_h x test_w = {height} x {width}: {name} takes sizes that are multiples of its patch size "
+                        f"{multiple}; use test_h={nearest[0]} test_w={nearest[1]}")
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -88,6 +110,7 @@ def export_onnx(
     import onnx
 
     path = Path(path)
+    check_exportable(model, height, width, dynamic)
     exporter = _exporter_name(dynamo)
     if opset is not None:
         low, high = supported_opsets(dynamo)
@@ -125,6 +148,7 @@ def export_torchscript(model: torch.nn.Module, path: str | os.PathLike, height: 
     """``torch.jit.trace`` of the forward pass; the traced HRNet computes its resize sizes from the input,
     so the file also runs at other sizes (checked by :func:`check_torchscript`)."""
     path = Path(path)
+    check_exportable(model, height, width, dynamic=False)
     wrapped = _LogitsOnly(model).eval().cpu()
     with warnings.catch_warnings(), renamed_into_place(path) as tmp:
         warnings.simplefilter("ignore")  # torch.jit is deprecated in recent PyTorch; it still works

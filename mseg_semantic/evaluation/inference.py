@@ -35,7 +35,8 @@ The procedure follows MSeg's evaluation (mseg_semantic/tool/inference_task.py), 
    (:func:`resized_argmax`, the same labels), which matters when the image is much larger than ``base_size``.
 
 Whole-image mode replaces step 3 by one forward of the whole padded image (padded to a multiple of
-``size_divisor``). Images are uint8 RGB ``H x W x 3`` numpy arrays (or ``3 x H x W`` uint8 tensors).
+``size_divisor``; for a ViT, of its patch size). A ViT takes inputs whose sides are multiples of its patch size (14):
+sliding windows must be (``test_h = test_w = 714`` instead of MSeg's 713), which :class:`InferenceModel` checks. Images are uint8 RGB ``H x W x 3`` numpy arrays (or ``3 x H x W`` uint8 tensors).
 
 The model runs as :class:`InferenceModel` prepares it (:mod:`mseg_semantic.evaluation.engine`): BatchNorm folded,
 convolution weights cast once for bf16, channels_last, CUDA graphs of the fixed-shape window batch.
@@ -54,7 +55,7 @@ import torch.nn.functional as F
 
 from mseg_semantic.data.transforms import normalize_images
 from mseg_semantic.errors import UserError
-from mseg_semantic.evaluation.engine import FixedBatchRunner, low_res_logits, prepared_copy
+from mseg_semantic.evaluation.engine import FixedBatchRunner, input_multiple, low_res_logits, prepared_copy
 from mseg_semantic.model import autocast_context
 from mseg_semantic.model.upsample import upsample_logits, upsample_logits_nhwc
 from mseg_semantic.taxonomy import Projection
@@ -327,6 +328,9 @@ class InferenceModel:
             raise UserError(f"TEST.test_cuda_graphs=true needs the model on a CUDA device; it is on {self.device} "
                             f"(set test_device=cuda, or test_cuda_graphs=false)")
         self.fixed_batches = self.settings.cuda_graphs if fixed_batches is None else fixed_batches
+        self.multiple = input_multiple(model)
+        self.model_name = getattr(model, "name", "")
+        self.check_window(self.settings)
         modes = _module_modes(model)
         model.eval()  # folding reads the running statistics
         cast_to = torch.bfloat16 if self.settings.precision == "bf16" else None
@@ -338,8 +342,22 @@ class InferenceModel:
         if self.settings.fused_postprocess:
             self._postprocess = torch.compile(window_probabilities_nhwc, dynamic=False)
 
+    def check_window(self, settings: InferenceSettings) -> None:
+        """A ViT's sliding windows must be multiples of its patch size (whole images are padded to one)."""
+        multiple = self.multiple
+        if multiple is None or settings.mode != "sliding" or not (settings.crop_h % multiple or settings.crop_w % multiple):
+            return
+        nearest = [max(multiple, (side + multiple // 2) // multiple * multiple) for side in (settings.crop_h, settings.crop_w)]
+        raise UserError(f"TEST.test_h x test_w = {settings.crop_h} x {settings.crop_w}: {self.model_name or 'this ViT'} "
+                        f"takes windows whose sides are multiples of its patch size {multiple}; use test_h={nearest[0]} test_w={nearest[1]}")
+
+    def divisor(self, settings: InferenceSettings) -> int:
+        """What whole-image mode pads to a multiple of."""
+        return self.multiple or settings.size_divisor
+
     def check(self, settings: InferenceSettings) -> None:
         """``settings`` must agree with what this model was prepared for (geometry may differ: base size, crop)."""
+        self.check_window(settings)
         wanted = settings.for_device(self.device)
         for name in ("precision", "channels_last", "fold_bn", "cuda_graphs", "fused_postprocess"):
             if getattr(wanted, name) != getattr(self.settings, name):
@@ -537,7 +555,7 @@ def predict_image_probabilities(
                 inner = resized_hw(h, w, settings.base_size, scale)
                 x = _prepare(image, inner)
                 if settings.mode == "whole":
-                    d = settings.size_divisor
+                    d = engine.divisor(settings)
                     target = (math.ceil(inner[0] / d) * d, math.ceil(inner[1] / d) * d)
                 else:
                     target = (settings.crop_h, settings.crop_w)

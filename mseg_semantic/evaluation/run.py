@@ -204,10 +204,11 @@ def run_demo_from_config(cfg: Config, unreadable: list[str] | None = None) -> li
 
 def run_export_from_config(cfg: Config) -> list:
     """``mseg-export``: the checkpoint as ONNX and/or TorchScript, each checked against eager PyTorch."""
-    from mseg_semantic.evaluation.export import check_onnx, check_torchscript, export_onnx, export_torchscript
+    from mseg_semantic.evaluation.export import check_exportable, check_onnx, check_torchscript, export_onnx, export_torchscript
 
     t = cfg.TEST
     loaded = load_model_from_config(cfg, torch.device("cpu"), _oracle_dataset(cfg))  # an oracle of a user dataset: by class count
+    check_exportable(loaded.model, t.test_h, t.test_w, t.export_dynamic)  # before any file is written
     stem = Path(t.model_path).stem
     out_dir = Path(t.save_folder) if t.save_folder else Path(t.model_path).parent
     # a different size than the example shows that dynamic axes really are dynamic

@@ -39,6 +39,7 @@ from mseg_semantic.evaluation.evaluate import EvalData, evaluate_dataset
 from mseg_semantic.evaluation.inference import InferenceModel, InferenceSettings
 from mseg_semantic.evaluation.model_space import LoadedModel, evaluation_space, universal_taxonomy_of
 from mseg_semantic.model import save_weights, unwrap_model
+from mseg_semantic.model.vit_seg import deployable_state_dict
 from mseg_semantic.taxonomy import Catalog
 
 __all__ = ["BEST_NAME", "STATE_KEY", "ValidationSettings", "Validator", "build_validator"]
@@ -161,7 +162,7 @@ class Validator:
             self.state[STATE_KEY] = best
             if self.info.is_main:
                 meta = {**self.meta, "iteration": iteration, "val_metric": name, "val_value": value}
-                save_weights(unwrap_model(self.model).state_dict(), meta, self.output_dir / BEST_NAME)
+                save_weights(deployable_state_dict(unwrap_model(self.model)), meta, self.output_dir / BEST_NAME)  # LoRA merged
         if best is not None:
             scalars[f"val/best_{self.settings.metric}"] = best["value"]
         self.write_scalars(iteration, scalars)

@@ -58,6 +58,7 @@ __all__ = [
     "DinoV2Segmenter",
     "PyramidHead",
     "build_dinov2_segmenter",
+    "deployable_state_dict",
     "layer_decay_param_groups",
     "set_backbone_mode",
 ]
@@ -234,3 +235,19 @@ def layer_decay_param_groups(model: nn.Module, base_lr: float, layer_decay: floa
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     return [groups[k] for k in sorted(groups, key=lambda g: (g.layer, not g.decay))]
+
+
+@torch.no_grad()
+def deployable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every LoRA adapter folded into its ``qkv.weight`` (as :func:`merge_lora` folds it)
+    and the adapter keys left out: what a final-weights file of an adapters run holds, so that the tools build the
+    plain model. ``model`` keeps its adapters (training may go on); a model without adapters gives its state dict."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        lora = module._modules.get("lora") if name.endswith("attn") else None
+        if lora is None:
+            continue
+        weight = state[f"{name}.qkv.weight"]
+        state[f"{name}.qkv.weight"] = weight + (lora.up @ lora.down).to(weight.dtype) * lora.scale
+        del state[f"{name}.lora.down"], state[f"{name}.lora.up"]
+    return state

@@ -218,21 +218,26 @@ class Checkpointer:
         ``schedule``: this run's ``base_lr``, ``power``, ``momentum`` and ``weight_decay``. They take effect from the
         resumed iteration on (the poly curve is a closed form of the iteration, so a changed ``base_lr`` or
         ``max_iters`` gives the curve of the new values from here), instead of the values the checkpoint was
-        written with.
+        written with. Each parameter group keeps its own relation to them, as this run built it
+        (:func:`mseg_semantic.training.optim.parameter_groups`): its base is ``base_lr * lr_scale`` and its weight
+        decay ``weight_decay * weight_decay_scale`` (layer decay; no decay on norms and biases); its other
+        hyperparameters (AdamW's betas) are this run's too.
         """
         unwrap_model(parts.model).load_state_dict(state[TRAINING_MODEL_KEY])
-        lr_tensors = [group["lr"] for group in parts.optimizer.param_groups]  # a CUDA graph reads these very tensors
+        built = [{k: v for k, v in group.items() if k != "params"} for group in parts.optimizer.param_groups]
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         parts.scheduler.max_iters = max_iters
         parts.scheduler.power = schedule["power"]
-        parts.scheduler.base_lrs = [schedule["base_lr"] for _ in parts.optimizer.param_groups]
-        for group, lr, built in zip(parts.optimizer.param_groups, parts.scheduler.get_lr(), lr_tensors):
-            group["momentum"] = schedule["momentum"]
-            group["weight_decay"] = schedule["weight_decay"]
-            group["initial_lr"] = schedule["base_lr"]
-            if isinstance(built, torch.Tensor):
-                group["lr"] = built.fill_(float(lr))
+        parts.scheduler.base_lrs = [schedule["base_lr"] * group.get("lr_scale", 1.0) for group in built]
+        for group, lr, own in zip(parts.optimizer.param_groups, parts.scheduler.get_lr(), built):
+            group.update({k: v for k, v in own.items() if k not in ("lr", "initial_lr")})
+            if "momentum" in group:
+                group["momentum"] = schedule["momentum"]
+            group["weight_decay"] = schedule["weight_decay"] * own.get("weight_decay_scale", 1.0)
+            group["initial_lr"] = schedule["base_lr"] * own.get("lr_scale", 1.0)
+            if isinstance(own["lr"], torch.Tensor):  # a CUDA graph reads this very tensor
+                group["lr"] = own["lr"].fill_(float(lr))
             else:
                 group["lr"] = float(lr)
         if parts.scaler is not None and state.get("scaler"):

@@ -90,7 +90,8 @@ def report_step(reporter: TrainingReporter, iteration: int, out: StepOutput, par
     scalars = dict(out.scalars)
     if parts.scaler is not None:
         scalars["amp/loss_scale"] = float(parts.scaler.get_scale())
-    reporter.report(iteration, values[0] / info.world_size, float(parts.optimizer.param_groups[0]["lr"]),
+    # the last group runs at base_lr's schedule (layer-decay groups are ordered by layer, the head last)
+    reporter.report(iteration, values[0] / info.world_size, float(parts.optimizer.param_groups[-1]["lr"]),
                     {ctx.dataset_name(i): v for i, v in enumerate(means)}, scalars)
 
 

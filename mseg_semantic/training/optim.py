@@ -1,7 +1,13 @@
-"""MSeg's optimisation recipe: SGD with a per-iteration poly learning rate, the iteration count, loss scaling.
+"""MSeg's optimisation recipe: SGD with a per-iteration poly learning rate, the iteration count, loss scaling; and
+the ViT recipe beside it: AdamW over layer-decay parameter groups.
 
 The learning rate of (0-based) iteration ``t`` is ``base_lr * (1 - t / max_iters) ** power``, the value MSeg
-sets after each step; it is a closed form of ``t``, so resuming or lengthening a run keeps the curve exact.
+sets after each step; it is a closed form of ``t``, so resuming or lengthening a run keeps the curve exact. With
+several parameter groups each has its own base (``base_lr * lr_scale``) on the same curve.
+
+Every group the trainer builds (:func:`parameter_groups`) says how it relates to the config: ``lr_scale`` (its
+learning rate over ``TRAIN.base_lr``) and ``weight_decay_scale`` (1: ``TRAIN.weight_decay`` applies, 0: the group
+is never decayed), so that a resume can apply the resumed run's values group by group.
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from mseg_semantic.errors import UserError
+from mseg_semantic.model import unwrap_model
+from mseg_semantic.model.vit_seg import DinoV2Segmenter, layer_decay_param_groups
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def poly_learning_rate(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) -> float:
@@ -38,18 +48,68 @@ class PolyLR(torch.optim.lr_scheduler.LRScheduler):
 
 def build_sgd(params: Iterable[torch.nn.Parameter], base_lr: float | torch.Tensor, momentum: float, weight_decay: float,
               fused: bool = False) -> torch.optim.SGD:
-    """One parameter group, as MSeg trains HRNet (no backbone/head learning-rate split).
-
-    ``fused``: one kernel for the whole update, which also skips the update on the device when the loop sets
-    ``optimizer.found_inf`` (a non-finite loss), so the loop never waits for the loss on the host. The trainer
-    uses it on GPUs; on CPUs the plain implementation keeps the numbers of earlier runs.
-    """
+    """One parameter group, as MSeg trains HRNet (no backbone/head learning-rate split): :func:`build_optimizer`'s SGD
+    over the trainable ``params`` (a tensor ``base_lr`` keeps the learning rate on its device, for a CUDA graph)."""
     trainable = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=base_lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
+    group = {"params": trainable, "lr": float(base_lr), "weight_decay": weight_decay, "lr_scale": 1.0, "weight_decay_scale": 1.0}
+    return build_optimizer("sgd", [group], momentum, fused=fused,
+                           lr_on_device=base_lr.device if isinstance(base_lr, torch.Tensor) else None)
+
+
+def parameter_groups(model: torch.nn.Module, base_lr: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """The trainable parameters in optimizer groups, each with ``lr``, ``weight_decay``, ``lr_scale`` and
+    ``weight_decay_scale``.
+
+    HRNet: one group, as MSeg trains it (weight decay on every parameter). A DINOv2 segmenter: one group per layer
+    and decay kind (:func:`~mseg_semantic.model.vit_seg.layer_decay_param_groups`), no weight decay on norms,
+    biases, LayerScale and the learned tokens, whatever ``layer_decay`` (1.0 gives every group the same rate).
+    """
+    inner = unwrap_model(model)
+    if isinstance(inner, DinoV2Segmenter):
+        # built with a unit decay, so that each group records whether it decays even when weight_decay is 0
+        groups = layer_decay_param_groups(inner, base_lr, layer_decay, weight_decay=1.0)
+        for group in groups:
+            group["weight_decay_scale"] = group["weight_decay"]
+            group["weight_decay"] = weight_decay * group["weight_decay_scale"]
+        return groups
+    if layer_decay != 1.0:
+        raise ValueError(f"layer_decay={layer_decay} applies to the DINOv2 models; {type(inner).__name__} has no layers to decay")
+    trainable = [p for p in inner.parameters() if p.requires_grad]
+    return [{"params": trainable, "lr": base_lr, "weight_decay": weight_decay, "lr_scale": 1.0, "weight_decay_scale": 1.0}]
+
+
+def build_optimizer(kind: str, groups: list[dict], momentum: float = 0.9, betas: Sequence[float] = (0.9, 0.999),
+                    fused: bool = False, lr_on_device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over ``groups`` (:func:`parameter_groups`).
+
+    ``fused``: one kernel for the update, which also skips it on the device when the loop sets
+    ``optimizer.found_inf``; its state is made up front (zeros, as a first step would make it), so that a skipped
+    first update leaves no state missing and a CUDA graph captures a step over existing tensors. ``lr_on_device``:
+    each group's learning rate is a tensor there (a CUDA graph replays the update reading it), and AdamW's step
+    count lives there too (``capturable``).
+    """
+    if kind not in OPTIMIZERS:
+        raise UserError(f"TRAIN.optimizer={kind!r} is not one of {', '.join(OPTIMIZERS)}")
+    groups = [dict(group) for group in groups]
+    if lr_on_device is not None:
+        for group in groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=lr_on_device)
+    default_lr = groups[0]["lr"] if groups else 0.0
+    if kind == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=default_lr, momentum=momentum, fused=fused or None)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=default_lr, betas=tuple(betas), fused=fused or None,
+                                      capturable=lr_on_device is not None)
     if fused:
-        # a skipped first update must not leave the momentum buffers uninitialised (zeros: the same first step)
-        for param in trainable:
-            optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                state = optimizer.state[param]
+                if kind == "sgd":
+                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                else:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
     return optimizer
 
 

@@ -23,6 +23,7 @@ from mseg_semantic.data import demo_world
 from mseg_semantic.distributed import DistInfo, barrier, broadcast_object
 from mseg_semantic.evaluation.validation import build_validator
 from mseg_semantic.model import save_weights, unwrap_model
+from mseg_semantic.model.vit_seg import deployable_state_dict
 from mseg_semantic.model.weights import WEIGHTS, ManualDownloadError, WeightsError, resolve_weights, weights_path
 from mseg_semantic.training.checkpoint import CHECKPOINT_DIR, FINAL_NAME, Checkpointer, load_checkpoint
 from mseg_semantic.training.lock import OutputDirLock
@@ -175,7 +176,7 @@ def run_stage(cfg: Config, output_dir: Path, info: DistInfo, weights_hint: str =
             if validator is not None:
                 validator.finish()  # the last iteration's validation, when it waited for precise BN
             if info.is_main:
-                save_weights(unwrap_model(run.parts.model).state_dict(), run.meta, final_path)
+                save_weights(deployable_state_dict(unwrap_model(run.parts.model)), run.meta, final_path)  # LoRA merged
             if preemption.received:
                 log.info(f"received {preemption.received} after the last iteration; the run is complete: {final_path}")
     finally:

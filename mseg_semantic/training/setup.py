@@ -29,12 +29,12 @@ from mseg_semantic.config import SCHEMA, Config, ConfigError, apply_stage, stage
 from mseg_semantic.data import build_train_loader, check_dataset_gpu_mapping
 from mseg_semantic.distributed import DistInfo, per_rank_batch_size
 from mseg_semantic.errors import UnknownNameError, did_you_mean
-from mseg_semantic.model import MODEL_NAMES, autocast_context, build_model, load_weights
+from mseg_semantic.model import DINOV2_SPECS, MODEL_NAMES, autocast_context, build_model, load_weights, set_backbone_mode
 from mseg_semantic.model.weights import resolve_weights
 from mseg_semantic.taxonomy import Catalog, build_taxonomy_converter
 from mseg_semantic.training.checkpoint import TrainingParts
 from mseg_semantic.training.gradients import LOSSES, METHODS, BackwardStep, StepContext, backward_step_for, check_capabilities, pixel_loss_for
-from mseg_semantic.training.optim import PolyLR, build_sgd, derive_max_iters, make_grad_scaler
+from mseg_semantic.training.optim import PolyLR, build_optimizer, derive_max_iters, make_grad_scaler, parameter_groups
 from mseg_semantic.training.speed import compile_loss_head, compile_regions, inductor_cache_dir
 
 log = logging.getLogger("mseg_semantic.training")
@@ -45,6 +45,7 @@ __all__ = ["FIXED_ON_RESUME", "RunSetup", "StageRun", "accept_resume", "build_st
 FIXED_ON_RESUME = (
     "DATA.dataset", "DATA.universal", "DATA.sampling_weights", "DATA.taxonomy_files", "TRAIN.model", "TRAIN.use_naive_taxonomy",
     "TRAIN.seed", "TRAIN.batch_size", "TRAIN.dataset_gpu_mapping", "TRAIN.stage", "TRAIN.method",
+    "TRAIN.backbone_mode", "TRAIN.lora_rank", "TRAIN.optimizer",  # the trained parameters and the optimizer state's layout
 )
 # Used to initialise a fresh run only: a resumed run keeps the values it started with.
 UNUSED_ON_RESUME = ("TRAIN.weights", "TRAIN.reinit_head")
@@ -103,6 +104,7 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
     train = cfg.TRAIN
     if train.model not in MODEL_NAMES:
         raise UnknownNameError(f"TRAIN.model={train.model!r} is not a model{did_you_mean(train.model, MODEL_NAMES)}; valid: {', '.join(MODEL_NAMES)}")
+    check_backbone_options(cfg)
     # One dataset: every rank reads it, whatever a mapping says (as MSeg does).
     mapping = dict(train.dataset_gpu_mapping) if train.dataset_gpu_mapping and len(datasets) > 1 else None
     model_taxonomy = model_taxonomy_of(cfg, datasets)
@@ -123,6 +125,34 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
     workers = 0 if train.workers <= 0 else max(1, train.workers // local)
     return RunSetup(datasets, model_taxonomy, converter, train.precision, train.batch_size, batch_per_rank, max_iters, workers, mapping,
                     train.method, train.loss, catalog)
+
+
+def nearest_multiple(size: int, multiple: int) -> int:
+    """The positive multiple of ``multiple`` nearest ``size`` (a tie goes up: 713 -> 714 for 14)."""
+    return max(multiple, (size + multiple // 2) // multiple * multiple)
+
+
+def check_backbone_options(cfg: Config) -> None:
+    """The options that only some architectures take, and the sizes a ViT can run at (one line naming the key)."""
+    train = cfg.TRAIN
+    spec = DINOV2_SPECS.get(train.model)
+    if spec is None:
+        if train.backbone_mode != "finetune":
+            raise ConfigError(f"TRAIN.backbone_mode={train.backbone_mode!r}: {train.model} trains its whole network (finetune); frozen "
+                              f"and adapters apply to the dinov2 models ({', '.join(DINOV2_SPECS)})")
+        if train.layer_decay != 1.0:
+            raise ConfigError(f"TRAIN.layer_decay={train.layer_decay}: layer-wise decay applies to the dinov2 models; {train.model} "
+                              f"trains with one learning rate (layer_decay=1.0)")
+        return
+    patch = spec.patch_size
+    sizes = [("TRAIN", "train_h"), ("TRAIN", "train_w")]
+    if train.val_every and cfg.TEST.inference_mode == "sliding":  # validation runs windows of the TEST size
+        sizes += [("TEST", "test_h"), ("TEST", "test_w")]
+    for section, key in sizes:
+        value = cfg[section][key]
+        if value % patch:
+            raise ConfigError(f"{section}.{key}={value}: {train.model} takes sizes that are multiples of its patch size {patch}; "
+                              f"use {key}={nearest_multiple(value, patch)}")
 
 
 def check_label_set_weights(train: Any, converter: Any) -> None:
@@ -231,6 +261,7 @@ def model_meta(cfg: Config, setup: RunSetup) -> dict[str, Any]:
         "precision": setup.precision,
         "method": setup.method,
         "loss": setup.loss,
+        "backbone_mode": cfg.TRAIN.backbone_mode,  # adapters: the final files hold them merged (the plain model)
         "exp_id": cfg.TRAIN.exp_id,
         "stage": cfg.TRAIN.stage,
     }
@@ -273,6 +304,8 @@ def _build_model(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: 
     train = cfg.TRAIN
     seed_everything(train.seed)  # identical initial weights on every rank
     model = build_model(train.model, num_classes=setup.converter.num_classes)
+    if train.model in DINOV2_SPECS:  # before the optimizer and DDP, which fix the set of parameters that train; before
+        set_backbone_mode(model, train.backbone_mode, lora_rank=train.lora_rank)  # loading: a file may hold adapters
     if initial_weights:
         report = load_weights(model, resolve_weights(initial_weights), reinit_head=train.reinit_head, log=False)
         log.info(f"fine-tuning from {initial_weights}: {report}")
@@ -291,9 +324,10 @@ def build_stage(cfg: Config, info: DistInfo, setup: RunSetup, initial_weights: s
     """The model (from ``initial_weights`` when given), optimizer, schedule, loader and backward step of a stage."""
     train = cfg.TRAIN
     model = _build_model(cfg, info, setup, initial_weights)
-    # a CUDA graph replays the update with the learning rate it reads from a device tensor
-    base_lr = torch.tensor(train.base_lr, device=info.device) if train.cuda_graphs else train.base_lr
-    optimizer = build_sgd(model.parameters(), base_lr, train.momentum, train.weight_decay, fused=info.device.type == "cuda")
+    groups = parameter_groups(model, train.base_lr, train.weight_decay, train.layer_decay)
+    # a CUDA graph replays the update with the learning rates it reads from device tensors
+    optimizer = build_optimizer(train.optimizer, groups, train.momentum, train.betas_adamw, fused=info.device.type == "cuda",
+                                lr_on_device=info.device if train.cuda_graphs else None)
     scaler = make_grad_scaler(setup.precision, info.device.type)
     loader = build_train_loader(cfg, setup.datasets, setup.converter, catalog=setup.catalog, rank=info.rank, world_size=info.world_size,
                                 workers=setup.workers_per_rank, dataset_gpu_mapping=setup.dataset_gpu_mapping,

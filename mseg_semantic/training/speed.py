@@ -2,8 +2,9 @@
 
 Both keep what is computed; they change how it is launched. ``TRAIN.compile`` compiles the repeated HRNet modules
 (every high-resolution module, stage 1 and the head: a handful of distinct graphs cover almost every forward op),
-which fuses BatchNorm, ReLU, the fusion sums and the casts between them; compiled code is cached on disk, so only
-the first run on a machine pays the compile time. ``TRAIN.cuda_graphs`` captures the whole step (forward,
+which fuses BatchNorm, ReLU, the fusion sums and the casts between them; for a DINOv2 model it compiles each
+transformer block (one graph serves them all: they share their code and shapes) and the pyramid head. Compiled code
+is cached on disk, so only the first run on a machine pays the compile time. ``TRAIN.cuda_graphs`` captures the whole step (forward,
 backward, clipping and the fused SGD update, whose learning rate is a device tensor) once and replays it: for a
 fixed crop and batch the host then issues one launch per iteration instead of thousands, which is what small
 models and small per-GPU batches need.
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 
 from mseg_semantic.distributed import DistInfo
+from mseg_semantic.model.dinov2 import Block as ViTBlock
 from mseg_semantic.model.hrnet import HighResolutionModule
 from mseg_semantic.training.gradients import BackwardStep, PixelLoss, StepContext, StepOutput
 from mseg_semantic.training.gradients.common import UpsampledPixelLoss
@@ -39,11 +41,12 @@ def inductor_cache_dir() -> Path:
 
 
 def compile_regions(model: torch.nn.Module) -> list[str]:
-    """Compile the repeated regions of an HRNet in place (parameter names unchanged); returns their names."""
+    """Compile the repeated regions of an HRNet (its high-resolution modules, stage 1, the head) or of a DINOv2
+    segmenter (its transformer blocks, the head) in place (parameter names unchanged); returns their names."""
     inductor_cache_dir()
     compiled = []
     for name, module in model.named_modules():
-        if isinstance(module, HighResolutionModule) or name in ("layer1", "head"):
+        if isinstance(module, (HighResolutionModule, ViTBlock)) or name in ("layer1", "head"):
             module.compile(dynamic=False)
             compiled.append(name)
     return compiled
@@ -57,7 +60,7 @@ def compile_loss_head(pixel_loss_fn: PixelLoss) -> PixelLoss:
 
 
 class GraphedStep:
-    """One training step on static input buffers: zero the gradients, the backward step, clip, fused SGD update.
+    """One training step on static input buffers: zero the gradients, the backward step, clip, fused SGD/AdamW update.
 
     ``capture=True`` (CUDA) records it as a CUDA graph after a few warm-up steps (cuDNN autotuning, lazy buffers);
     the warm-up's effect on the weights, BatchNorm statistics and optimizer state is undone, so the run trains
@@ -105,10 +108,12 @@ class GraphedStep:
         return out
 
     def _snapshot(self) -> list[torch.Tensor]:
-        """Everything the warm-up changes: parameters and buffers (BatchNorm statistics), momentum buffers."""
+        """Everything the warm-up changes: parameters and buffers (BatchNorm statistics), the optimizer's state (SGD's
+        momentum buffers; AdamW's moments and step counts), which the fused optimizers make up front."""
         state = list(self.model.state_dict().values())
         for group in self.optimizer.param_groups:
-            state += [self.optimizer.state[p]["momentum_buffer"] for p in group["params"] if "momentum_buffer" in self.optimizer.state[p]]
+            for p in group["params"]:
+                state += [value for _, value in sorted(self.optimizer.state[p].items()) if isinstance(value, torch.Tensor)]
         return state
 
     def undone(self, run: Callable[[], None]) -> None:
