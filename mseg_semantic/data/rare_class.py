@@ -1,0 +1,320 @@
+"""Rare-class sampling (``DATA.rare_class_sampling``): DAFormer's RCS (Hoyer et al., CVPR 2022) in the mixed stream.
+
+Statistics. Every label of a training dataset's split list is counted once, in the MODEL's label space: how many
+pixels of each model class each image has. A pixel counts for its *one-hot target* under the run's converter
+(``converter.label_maps``): a class whose label set has several members (ADE20K ``fence``: fence or guard rail;
+Cityscapes ``rider``: bicyclist, rider_other, motorcyclist) counts for the set's first member, MSeg's one-hot
+target, the member its relabeling records find most often. So a set never makes its minority members look common
+(ADE20K's many fences do not make guard rails common), its majority member keeps the pixels it has in expectation,
+and RCS draws the same images and crops whichever loss (``ce`` or ``partial_label``) trains on them. The counts
+are cached beside the split list (``<list>.classstats-<key>.npz``; under ``$XDG_CACHE_HOME/mseg_semantic`` when
+that folder is read-only), keyed by the list's bytes, the dataset root, the label files' sizes, the dataset's
+source-id -> model-class table and the model's class names: a changed list, label file or taxonomy/converter
+gets new statistics. Computing them reads each label once (threads); each rank of a first multi-GPU run computes
+them alone, and the atomic writes make that safe.
+
+Sampling. The mixing sampler still decides which dataset each row comes from (sampling weights and
+``dataset_gpu_mapping`` keep their meaning); within dataset d, RCS picks class c among the classes d has (at
+least ``min_pixels`` pixels in some image) with P(c) proportional to exp((1 - f_c) / T), f_c = the share of c
+among the labelled pixels of the stream without RCS (sum over datasets of w_d x c's share of d's labelled pixels,
+w = the normalised sampling weights), then an image of d with at least ``min_pixels`` pixels of c, uniformly.
+Both draws come from (seed, row position) only, so global batch b stays a function of (seed, b) on any world size
+and worker count, and a resume needs nothing new.
+
+Crop. The augmentation's parameters are drawn as always; then a pixel of c is drawn from the source label and the
+crop window's offset is redrawn uniformly among the offsets whose window holds that pixel (MSeg's crop range
+otherwise). A candidate pixel that the rotation pushes off the canvas, or that the nearest-neighbour label sampling
+would miss, is replaced by another; when none of a few candidates works (or the image lacks c: a replaced bad
+sample) the crop stays as drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mseg_semantic.atomic import atomic_write_bytes
+from mseg_semantic.data.lists import BadSampleError, read_label
+from mseg_semantic.data.sampler import stream_rng
+from mseg_semantic.data.transforms import AugmentConfig, AugmentParams, crop_to_source_matrix, scaled_size, short_side_size
+from mseg_semantic.errors import UserError
+from mseg_semantic.taxonomy import IGNORE_INDEX, DatasetLocation
+
+log = logging.getLogger(__name__)
+
+STREAM_RARE_CLASS = 5  # which class and image a row shows (sampler.py owns streams 1-4)
+STREAM_RARE_CROP = 6  # which pixel of the class the crop holds
+STATS_VERSION = 1  # bump when the counting changes
+NOT_COUNTED = np.iinfo(np.int32).max  # a source id with no model class (ignore, unknown ids)
+CROP_CANDIDATES = 16  # class pixels tried before the crop stays as drawn
+_SEARCH_PIXELS = 1 << 16  # class pixels are looked for on a grid of about this many pixels first
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Pixels per (image, model class) of one split list, as sparse triples; ``labeled`` per image."""
+
+    key: str
+    image: np.ndarray  # int32
+    cls: np.ndarray  # int32 model class ids
+    pixels: np.ndarray  # int64
+    labeled: np.ndarray  # int64 per image: pixels counted for some class
+    num_classes: int
+
+    def class_pixels(self) -> np.ndarray:
+        return np.bincount(self.cls, weights=self.pixels, minlength=self.num_classes).astype(np.int64)
+
+
+def one_hot_table(converter: Any | None, dataset: str) -> np.ndarray:
+    """Source label id -> the model class it counts for (int32, 256 entries; NOT_COUNTED for ignore and ids the
+    dataset does not have). Without a converter the labels are already model ids."""
+    table = np.full(256, NOT_COUNTED, np.int32)
+    if converter is None:
+        table[:IGNORE_INDEX] = np.arange(IGNORE_INDEX)
+        return table
+    for source, target in converter.label_maps[dataset].items():
+        if source != IGNORE_INDEX and target != IGNORE_INDEX:
+            table[source] = target
+    return table
+
+
+def _model_class_count(converter: Any | None) -> int:
+    return IGNORE_INDEX if converter is None else int(converter.num_classes)
+
+
+def stats_key(location: DatasetLocation, samples: Sequence[tuple[Path, Path]], table: np.ndarray, class_names: Sequence[str]) -> str:
+    """What the statistics depend on (see the module docstring), as a hex digest."""
+    digest = hashlib.sha256()
+    digest.update(f"classstats v{STATS_VERSION}\n{location.name}\n{Path(location.root).resolve()}\n".encode())
+    digest.update(Path(location.list_file).read_bytes())
+    digest.update(table.tobytes())
+    digest.update("\n".join(class_names).encode())
+    sizes = np.array([_size(label) for _, label in samples], np.int64)
+    digest.update(sizes.tobytes())
+    return digest.hexdigest()
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def cache_paths(location: DatasetLocation, key: str) -> list[Path]:
+    """Where the statistics may live: beside the list first, then the user's cache folder."""
+    list_file = Path(location.list_file)
+    name = f"{list_file.name}.classstats-{key[:16]}.npz"
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mseg_semantic" / "classstats"
+    return [list_file.parent / name, cache_root / f"{location.name}-{name}"]
+
+
+def _read_cache(path: Path, key: str, num_classes: int) -> ClassStats | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                return None
+            return ClassStats(key, data["image"], data["cls"], data["pixels"], data["labeled"], num_classes)
+    except (OSError, KeyError, ValueError):
+        return None  # absent, or unreadable: counted again
+
+
+def _count_image(label_path: Path, table: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, pixels) of one label, in the model's classes."""
+    label = read_label(label_path)
+    counts = np.bincount(label.ravel(), minlength=256)
+    mapped = table[np.flatnonzero(counts)]
+    present = np.flatnonzero(counts)[mapped != NOT_COUNTED]
+    per_class = np.bincount(table[present], weights=counts[present], minlength=num_classes).astype(np.int64)
+    classes = np.flatnonzero(per_class)
+    return classes.astype(np.int32), per_class[classes]
+
+
+def compute_stats(samples: Sequence[tuple[Path, Path]], table: np.ndarray, num_classes: int, key: str, threads: int = 1,
+                  on_bad_sample: str = "error") -> ClassStats:
+    """Count every label (a bad file is an error naming it; with ``on_bad_sample=skip`` the image counts nothing,
+    so RCS never picks it)."""
+
+    def count(index: int):
+        try:
+            return _count_image(samples[index][1], table, num_classes)
+        except BadSampleError:
+            if on_bad_sample == "skip":
+                return np.zeros(0, np.int32), np.zeros(0, np.int64)
+            raise
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = list(pool.map(count, range(len(samples))))
+    image = np.concatenate([np.full(len(c), i, np.int32) for i, (c, _) in enumerate(results)] or [np.zeros(0, np.int32)])
+    cls = np.concatenate([c for c, _ in results] or [np.zeros(0, np.int32)])
+    pixels = np.concatenate([p for _, p in results] or [np.zeros(0, np.int64)])
+    labeled = np.array([int(p.sum()) for _, p in results], np.int64)
+    return ClassStats(key, image, cls, pixels, labeled, num_classes)
+
+
+def _write_cache(stats: ClassStats, paths: list[Path]) -> Path | None:
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(stats.key), image=stats.image, cls=stats.cls, pixels=stats.pixels, labeled=stats.labeled)
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return atomic_write_bytes(path, buffer.getvalue())
+        except OSError as exc:
+            log.info("rare-class sampling: cannot cache class statistics at %s (%s)", path, exc)
+    return None
+
+
+def dataset_stats(location: DatasetLocation, samples: Sequence[tuple[Path, Path]], converter: Any | None, threads: int = 1,
+                  on_bad_sample: str = "error") -> ClassStats:
+    """The class statistics of one split list: from the cache, or counted and cached."""
+    table = one_hot_table(converter, location.name)
+    num_classes = _model_class_count(converter)
+    names = list(converter.class_names) if converter is not None else [str(i) for i in range(num_classes)]
+    key = stats_key(location, samples, table, names)
+    paths = cache_paths(location, key)
+    for path in paths:
+        stats = _read_cache(path, key, num_classes)
+        if stats is not None:
+            return stats
+    stats = compute_stats(samples, table, num_classes, key, threads, on_bad_sample)
+    written = _write_cache(stats, paths)
+    log.info("rare-class sampling: counted the classes of %s (%d images)%s", location.name, len(samples),
+             f", cached in {written}" if written else "")
+    return stats
+
+
+def class_probabilities(frequencies: np.ndarray, temperature: float) -> np.ndarray:
+    """DAFormer's P(c) proportional to exp((1 - f_c) / T), normalised (computed stably)."""
+    logits = (1.0 - np.asarray(frequencies, np.float64)) / float(temperature)
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
+@dataclass(frozen=True)
+class DatasetChoices:
+    """What RCS draws from in one dataset."""
+
+    classes: np.ndarray  # model class ids d has with >= min_pixels in some image
+    probabilities: np.ndarray  # P(c) over ``classes``
+    images: tuple[np.ndarray, ...]  # per class: the line indices of its images
+    source_ids: tuple[np.ndarray, ...]  # per class: the source label ids that count for it (to find it in a crop)
+
+
+class RareClassPlan:
+    """Which (class, image) each row of each dataset shows, from (seed, position) only; see the module docstring."""
+
+    def __init__(self, dataset_names: Sequence[str], stats: Sequence[ClassStats], tables: Sequence[np.ndarray],
+                 dataset_weights: np.ndarray, temperature: float, min_pixels: int):
+        if not temperature > 0:
+            raise UserError(f"DATA.rare_class_temperature={temperature!r}: must be > 0 (DAFormer uses 0.01)")
+        if int(min_pixels) < 1:
+            raise UserError(f"DATA.rare_class_min_pixels={min_pixels!r}: must be an integer >= 1")
+        self.dataset_names = list(dataset_names)
+        self.temperature = float(temperature)
+        self.min_pixels = int(min_pixels)
+        num_classes = stats[0].num_classes
+        weights = np.asarray(dataset_weights, np.float64) / np.sum(dataset_weights)
+        self.frequencies = np.zeros(num_classes, np.float64)
+        for w, s in zip(weights, stats):
+            total = int(s.labeled.sum())
+            if total > 0:
+                self.frequencies += w * s.class_pixels() / total
+        self.choices: list[DatasetChoices | None] = []
+        for name, s, table in zip(self.dataset_names, stats, tables):
+            enough = s.pixels >= self.min_pixels
+            classes = np.unique(s.cls[enough])
+            if classes.size == 0:
+                log.warning("rare-class sampling: no class of %s has %d pixels in any image; its rows are drawn as without "
+                            "RCS (lower DATA.rare_class_min_pixels)", name, self.min_pixels)
+                self.choices.append(None)
+                continue
+            images = tuple(np.sort(s.image[enough & (s.cls == c)]).astype(np.int64) for c in classes)
+            source_ids = tuple(np.flatnonzero(table == c).astype(np.uint8) for c in classes)
+            self.choices.append(DatasetChoices(classes, class_probabilities(self.frequencies[classes], self.temperature),
+                                               images, source_ids))
+        self.stats_keys = [s.key for s in stats]
+
+    def fingerprint(self) -> dict:
+        return {"temperature": self.temperature, "min_pixels": self.min_pixels,
+                "stats": hashlib.sha256("".join(self.stats_keys).encode()).hexdigest()[:16]}
+
+    def draws_from(self, dataset: int) -> bool:
+        return self.choices[dataset] is not None
+
+    def choose(self, seed: int, position: int, dataset: int) -> tuple[int, int]:
+        """(model class, line index) of the row at ``position`` (a row of ``dataset``)."""
+        choices = self.choices[dataset]
+        rng = stream_rng(seed, STREAM_RARE_CLASS, position)
+        k = int(np.searchsorted(np.cumsum(choices.probabilities), rng.random() * choices.probabilities.sum(), side="right"))
+        k = min(k, len(choices.classes) - 1)
+        images = choices.images[k]
+        return int(choices.classes[k]), int(images[rng.integers(len(images))])
+
+    def source_ids(self, dataset: int, model_class: int) -> np.ndarray:
+        choices = self.choices[dataset]
+        k = int(np.searchsorted(choices.classes, model_class))
+        return choices.source_ids[k]
+
+
+def build_rare_class_plan(locations: Sequence[DatasetLocation], samples: Sequence[Sequence[tuple[Path, Path]]],
+                          converter: Any | None, dataset_weights: np.ndarray, temperature: float, min_pixels: int,
+                          threads: int = 1, on_bad_sample: str = "error") -> RareClassPlan:
+    stats = [dataset_stats(loc, s, converter, threads, on_bad_sample) for loc, s in zip(locations, samples)]
+    tables = [one_hot_table(converter, loc.name) for loc in locations]
+    return RareClassPlan([loc.name for loc in locations], stats, tables, dataset_weights, temperature, min_pixels)
+
+
+def _class_pixels(label: np.ndarray, source_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Up to CROP_CANDIDATES random (row, col) pixels whose source id is one of ``source_ids``: looked for on a
+    coarse grid first (a quick pass on large labels), on every pixel when the grid misses the class."""
+    h, w = label.shape
+    stride = max(1, int(np.sqrt(h * w / _SEARCH_PIXELS)))
+    for step in ((stride, 1) if stride > 1 else (1,)):
+        view = label[::step, ::step]
+        mask = view == source_ids[0] if len(source_ids) == 1 else np.isin(view, source_ids)
+        flat = np.flatnonzero(mask)
+        if flat.size:
+            picks = flat[rng.choice(flat.size, size=min(CROP_CANDIDATES, flat.size), replace=False)]
+            rows, cols = np.divmod(picks, view.shape[1])
+            return np.stack([rows * step, cols * step], axis=1)
+    return np.zeros((0, 2), np.int64)
+
+
+def crop_holding_class(label: np.ndarray, source_ids: np.ndarray, params: AugmentParams, cfg: AugmentConfig,
+                       rng: np.random.Generator) -> AugmentParams:
+    """``params`` with the crop offset redrawn so that the crop holds a pixel whose source id is in ``source_ids``
+    (``params`` unchanged when no candidate pixel can be held)."""
+    src_h, src_w = label.shape
+    h2, w2 = scaled_size(*short_side_size(src_h, src_w, cfg.short_size), params.scale)
+    max_top, max_left = max(h2, cfg.train_h) - cfg.train_h, max(w2, cfg.train_w) - cfg.train_w
+    at_origin = replace(params, crop_top=0, crop_left=0)
+    to_source, (top0, left0, bottom0, right0) = crop_to_source_matrix(src_h, src_w, at_origin, cfg)
+    to_crop = np.linalg.inv(to_source)
+    pixels = _class_pixels(label, source_ids, rng)
+    if not len(pixels):
+        return params
+    points = np.stack([pixels[:, 1], pixels[:, 0], np.ones(len(pixels))]).astype(np.float64)
+    crop_x, crop_y = np.floor(to_crop[:2] @ points + 0.5)  # the window pixel (at offset 0) each source pixel falls in
+    back = to_source[:2] @ np.stack([crop_x, crop_y, np.ones_like(crop_x)])
+    near_x, near_y = np.floor(back + 0.5).astype(np.int64)  # what nearest-neighbour sampling reads there
+    for k in range(len(pixels)):
+        x, y = int(crop_x[k]), int(crop_y[k])
+        if not (left0 <= x < right0 and top0 <= y < bottom0):
+            continue  # rotated off the canvas
+        if not (0 <= near_y[k] < src_h and 0 <= near_x[k] < src_w) or label[near_y[k], near_x[k]] not in source_ids:
+            continue  # the label sampling would read a neighbour
+        # window pixel (x - left, y - top) must lie in 0..train_w-1 / 0..train_h-1
+        low_top, high_top = max(0, y - cfg.train_h + 1), min(max_top, y)
+        low_left, high_left = max(0, x - cfg.train_w + 1), min(max_left, x)
+        if low_top > high_top or low_left > high_left:
+            continue
+        return replace(params, crop_top=int(rng.integers(low_top, high_top + 1)), crop_left=int(rng.integers(low_left, high_left + 1)))
+    return params
