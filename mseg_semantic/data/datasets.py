@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mseg_semantic.data.lists import BadSampleError, locate_and_read, read_pair
-from mseg_semantic.data.rare_class import STREAM_RARE_CROP, crop_holding_class
+from mseg_semantic.data.rare_class import crop_holding_class
 from mseg_semantic.data.sampler import STREAM_AUGMENT, STREAM_REPLACEMENT, SampleRef, stream_rng
 from mseg_semantic.data.transforms import AugmentConfig, augment_crop_chw, sample_augment_params
 from mseg_semantic.errors import UserError
@@ -76,10 +76,10 @@ class TrainSampleReader(torch.utils.data.Dataset):
                 label = self.converter.transform_label(label, name, unknown=self.unknown_label)
             except UnknownLabelError as exc:
                 raise BadSampleError(label_path, f"label ids outside the {name} taxonomy: {exc}") from None
-        params = sample_augment_params(stream_rng(self.seed, STREAM_AUGMENT, position), label.shape[0], label.shape[1], self.augment)
-        if rare_class >= 0 and self.rare_classes is not None:
-            params = crop_holding_class(source_label, self.rare_classes.source_ids(dataset, rare_class), params, self.augment,
-                                        stream_rng(self.seed, STREAM_RARE_CROP, position))
+        rng = stream_rng(self.seed, STREAM_AUGMENT, position)
+        params = sample_augment_params(rng, label.shape[0], label.shape[1], self.augment)
+        if rare_class >= 0 and self.rare_classes is not None:  # the same stream, drawn on: (seed, position) still decides
+            params = crop_holding_class(source_label, self.rare_classes.source_ids(dataset, rare_class), params, self.augment, rng)
         return augment_crop_chw(image, label, params, self.augment)
 
     def __len__(self) -> int:
