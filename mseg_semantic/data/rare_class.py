@@ -30,6 +30,7 @@ sample) the crop stays as drawn.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -71,6 +72,13 @@ class ClassStats:
 
     def class_pixels(self) -> np.ndarray:
         return np.bincount(self.cls, weights=self.pixels, minlength=self.num_classes).astype(np.int64)
+
+    def content_digest(self) -> str:
+        """The counts themselves (not where the data is: a resume on another machine with the same data matches)."""
+        digest = hashlib.sha256()
+        for array in (self.image, self.cls, self.pixels, self.labeled):
+            digest.update(np.ascontiguousarray(array, np.int64).tobytes())
+        return digest.hexdigest()
 
 
 def one_hot_table(converter: Any | None, dataset: str) -> np.ndarray:
@@ -216,6 +224,10 @@ class DatasetChoices:
     images: tuple[np.ndarray, ...]  # per class: the line indices of its images
     source_ids: tuple[np.ndarray, ...]  # per class: the source label ids that count for it (to find it in a crop)
 
+    @functools.cached_property
+    def cumulative(self) -> np.ndarray:
+        return np.cumsum(self.probabilities)
+
 
 class RareClassPlan:
     """Which (class, image) each row of each dataset shows, from (seed, position) only; see the module docstring."""
@@ -249,11 +261,11 @@ class RareClassPlan:
             source_ids = tuple(np.flatnonzero(table == c).astype(np.uint8) for c in classes)
             self.choices.append(DatasetChoices(classes, class_probabilities(self.frequencies[classes], self.temperature),
                                                images, source_ids))
-        self.stats_keys = [s.key for s in stats]
+        self.stats_digest = hashlib.sha256("".join(s.content_digest() for s in stats).encode()).hexdigest()[:16]
 
     def fingerprint(self) -> dict:
-        return {"temperature": self.temperature, "min_pixels": self.min_pixels,
-                "stats": hashlib.sha256("".join(self.stats_keys).encode()).hexdigest()[:16]}
+        """What must match for a saved loader state to mean the same stream (with the mixing sampler's fingerprint)."""
+        return {"temperature": self.temperature, "min_pixels": self.min_pixels, "class_counts": self.stats_digest}
 
     def draws_from(self, dataset: int) -> bool:
         return self.choices[dataset] is not None
@@ -262,8 +274,7 @@ class RareClassPlan:
         """(model class, line index) of the row at ``position`` (a row of ``dataset``)."""
         choices = self.choices[dataset]
         rng = stream_rng(seed, STREAM_RARE_CLASS, position)
-        k = int(np.searchsorted(np.cumsum(choices.probabilities), rng.random() * choices.probabilities.sum(), side="right"))
-        k = min(k, len(choices.classes) - 1)
+        k = min(int(np.searchsorted(choices.cumulative, rng.random() * choices.cumulative[-1], side="right")), len(choices.classes) - 1)
         images = choices.images[k]
         return int(choices.classes[k]), int(images[rng.integers(len(images))])
 

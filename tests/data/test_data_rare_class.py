@@ -135,6 +135,12 @@ def test_resume_and_worker_count_give_the_uninterrupted_stream(world, universal_
         plain.load_state_dict(state)  # a resume cannot switch RCS off (nor on) silently
     with pytest.raises(UserError, match="rare_class_sampling: saved None"):
         resumed.load_state_dict(plain.state_dict())
+    # the same data under another path (another machine): its own statistics, the same stream
+    moved = world.parent / "moved"
+    shutil.copytree(world, moved)
+    elsewhere = build_train_loader(rcs_cfg(moved), TRAIN, universal_converter)
+    elsewhere.load_state_dict(state)
+    assert_same(take(elsewhere, 3), expected)
 
 
 def test_two_ranks_see_the_global_batches_of_one_rank(world, universal_converter):
