@@ -8,14 +8,15 @@ mapillary-public65-relabeled (the same images as mapillary-public65 val, fine tr
 IoU, and fence's (its neighbour) and the mIoU as a check that nothing else broke. It also counts, over the run's
 whole training stream, the crops that hold guard-rail pixels (read from the loader, no model).
 
-  python benchmarks/rare_class_guard_rail.py [--arms ce ce+rcs] [--seeds 0] [--iters 600] [--out output/rare_class_guard_rail]
+  python benchmarks/rare_class_guard_rail.py [--arms ce ce+rcs] [--seeds 0] [--iters 600] [--out output/rare_class_guard_rail] [--reuse]
 
-Prints JSON (also written to <out>/results.json). One arm takes ~5 minutes on an idle 2-core CPU.
+Prints JSON on stdout (the tools' own output goes to stderr; also written to <out>/results.json). One arm takes ~5 minutes on an idle 2-core CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -63,22 +64,14 @@ def guard_rail_crops(config: Path, overrides: list[str], iters: int) -> dict:
     return {"crops": crops, "holding_guard_rail_or_its_set": holding, "holding_guard_rail_label": holding_definite}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["ce", "ce+rcs"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--iters", type=int, default=600)
-    parser.add_argument("--temperature", type=float, default=0.01)
-    parser.add_argument("--out", type=Path, default=Path("output/rare_class_guard_rail"))
-    parser.add_argument("--data-root", default="output/demo_data")
-    args = parser.parse_args(argv)
-    from partial_label_experiment import evaluate, per_class
+def val_images(data_root: str) -> int:
+    from mseg_semantic.data.lists import locate_and_read
+    from mseg_semantic.taxonomy import Catalog
 
-    from mseg_semantic.atomic import atomic_write_json
-    from mseg_semantic.tool.train import main as train_main
+    return len(locate_and_read(Catalog(data_root=Path(data_root)), EVAL_DATASET, "val")[1])
 
-    os.chdir(REPO)
-    started, load_before = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
+
+def run_arms(args: argparse.Namespace, evaluate, per_class, train_main) -> list[dict]:
     runs = []
     for seed in args.seeds:
         for arm in args.arms:
@@ -88,24 +81,49 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [f"output_dir={output_dir}", f"max_iters={args.iters}", f"data_root={args.data_root}", f"seed={seed}",
                          "tensorboard=False", *rcs_overrides(rcs, args.temperature)]
             arm_started = time.perf_counter()
-            if train_main(["--config", str(config), *overrides]) != 0:
-                raise SystemExit(f"training {arm} (seed {seed}) failed")
-            train_s = time.perf_counter() - arm_started
+            if args.reuse and (output_dir / "model_final.pth").is_file():
+                train_s = None  # trained by an earlier call: evaluated again only
+            else:
+                if train_main(["--config", str(config), *overrides]) != 0:
+                    raise SystemExit(f"training {arm} (seed {seed}) failed")
+                train_s = round(time.perf_counter() - arm_started, 1)
             metrics = evaluate(output_dir / "model_final.pth", EVAL_DATASET, output_dir / "eval", args.data_root)
             classes = per_class(metrics)
             runs.append({
                 "arm": arm, "seed": seed, "config": f"config/train/{config_name}", "rare_class_sampling": rcs,
                 "guard_rail_iou": classes["guard_rail"]["iou"], "fence_iou": classes["fence"]["iou"],
                 "guard_rail_gt_pixels": classes["guard_rail"]["gt_pixels"], "guard_rail_pred_pixels": classes["guard_rail"]["pred_pixels"],
-                "miou": metrics["miou"], "train_s": round(train_s, 1),
+                "miou": metrics["miou"], "train_s": train_s,
                 "training_stream": guard_rail_crops(config, overrides, args.iters),
             })
-            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            print(json.dumps(runs[-1]), flush=True)  # stdout is stderr here
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["ce", "ce+rcs"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--iters", type=int, default=600)
+    parser.add_argument("--temperature", type=float, default=0.01)
+    parser.add_argument("--out", type=Path, default=Path("output/rare_class_guard_rail"))
+    parser.add_argument("--data-root", default="output/demo_data")
+    parser.add_argument("--reuse", action="store_true", help="an arm whose model_final.pth exists is evaluated, not trained again")
+    args = parser.parse_args(argv)
+    from partial_label_experiment import evaluate, per_class
+
+    from mseg_semantic.atomic import atomic_write_json
+    from mseg_semantic.tool.train import main as train_main
+
+    os.chdir(REPO)
+    started, load_before = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
+    with contextlib.redirect_stdout(sys.stderr):  # the tools' own prints: stdout carries the JSON only
+        runs = run_arms(args, evaluate, per_class, train_main)
     result = {
         "what": "guard_rail IoU on mapillary-public65 val (fine truth of mapillary-public65-relabeled, universal classes), "
                 "demo world (SYNTHETIC), hrnet_w18_small, with and without DATA.rare_class_sampling",
         "iters": args.iters, "temperature": args.temperature, "min_pixels": DEMO_MIN_PIXELS, "eval_dataset": EVAL_DATASET,
-        "val_images": metrics["num_images"] if runs else None,
+        "val_images": val_images(args.data_root),
         "runs": runs, "wall_s": round(time.perf_counter() - started, 1),
         "load": {"before": load_before, "after": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count()},
         "threads": "1 intra-op thread per process (the demo's cpu_threads), 1 loader worker",
