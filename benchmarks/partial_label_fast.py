@@ -385,6 +385,9 @@ def summarize(ious: dict, names: list[str], gap_points: float, resamples: int) -
         out["best_arm"] = {"arm": best, **entry, "goal": "closure >= 0.8 with the 95% interval's lower end >= 0.6",
                            "goal_met": bool(entry["closure"] >= 0.8 and entry["ci95"][0] is not None and entry["ci95"][0] >= 0.6),
                            "note": "the best of several arms, chosen on the same seeds: optimistic"}
+        matched = out["arms"][best].get("vs_A+rcs_and_C+rcs", {}).get("mean_gap_closure")
+        if matched:  # an RCS arm against A and C with the same sampling: RCS's own gain taken out
+            out["best_arm"]["closure_vs_A+rcs_and_C+rcs"] = matched
     return out
 
 
