@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mseg_semantic.data.lists import BadSampleError, locate_and_read, read_pair
+from mseg_semantic.data.rare_class import crop_holding_class
 from mseg_semantic.data.sampler import STREAM_AUGMENT, STREAM_REPLACEMENT, SampleRef, stream_rng
 from mseg_semantic.data.transforms import AugmentConfig, augment_crop_chw, sample_augment_params
 from mseg_semantic.errors import UserError
@@ -43,7 +44,10 @@ class TrainSampleReader(torch.utils.data.Dataset):
         seed: int,
         on_bad_sample: str = "error",
         unknown_label: str = "error",
+        rare_classes: Any | None = None,
     ):
+        """``rare_classes``: the loader's :class:`~mseg_semantic.data.rare_class.RareClassPlan`, which says where a
+        row's rare class lies in its source label (the crop is drawn to hold it), or None."""
         if on_bad_sample not in BAD_SAMPLE_MODES:
             raise UserError(f"DATA.on_bad_sample={on_bad_sample!r} is not one of {', '.join(BAD_SAMPLE_MODES)}")
         if unknown_label not in UNKNOWN_LABEL_MODES:
@@ -55,8 +59,9 @@ class TrainSampleReader(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.on_bad_sample = on_bad_sample
         self.unknown_label = unknown_label
+        self.rare_classes = rare_classes
 
-    def load(self, dataset: int, index: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, dataset: int, index: int, position: int, rare_class: int = -1) -> tuple[np.ndarray, np.ndarray]:
         """(3 x H x W uint8 RGB crop, H x W label in the training taxonomy) or BadSampleError naming the file.
 
         The whole label goes through the taxonomy before the crop is taken, so an unknown id anywhere in the file
@@ -65,12 +70,16 @@ class TrainSampleReader(torch.utils.data.Dataset):
         name = self.dataset_names[dataset]
         image_path, label_path = self.samples[dataset][index]
         image, label = read_pair(image_path, label_path, bgr=True)
+        source_label = label
         if self.converter is not None:
             try:
                 label = self.converter.transform_label(label, name, unknown=self.unknown_label)
             except UnknownLabelError as exc:
                 raise BadSampleError(label_path, f"label ids outside the {name} taxonomy: {exc}") from None
-        params = sample_augment_params(stream_rng(self.seed, STREAM_AUGMENT, position), label.shape[0], label.shape[1], self.augment)
+        rng = stream_rng(self.seed, STREAM_AUGMENT, position)
+        params = sample_augment_params(rng, label.shape[0], label.shape[1], self.augment)
+        if rare_class >= 0 and self.rare_classes is not None:  # the same stream, drawn on: (seed, position) still decides
+            params = crop_holding_class(source_label, self.rare_classes.source_ids(dataset, rare_class), params, self.augment, rng)
         return augment_crop_chw(image, label, params, self.augment)
 
     def __len__(self) -> int:
@@ -81,7 +90,7 @@ class TrainSampleReader(torch.utils.data.Dataset):
         index = ref.index
         for attempt in range(MAX_REPLACEMENTS + 1):
             try:
-                image, label = self.load(ref.dataset, index, ref.position)
+                image, label = self.load(ref.dataset, index, ref.position, ref.rare_class)
                 return {"image": image, "label": label, "dataset_index": ref.dataset, "batch_index": ref.batch, "skipped": skipped}
             except BadSampleError as exc:
                 if self.on_bad_sample == "error":

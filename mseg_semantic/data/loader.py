@@ -18,7 +18,8 @@ import torch
 
 from mseg_semantic.data.datasets import TrainSampleReader, collate_train_batch, configure_worker_threads
 from mseg_semantic.data.lists import BadSampleError, locate_and_read
-from mseg_semantic.data.sampler import MixingSampler, SamplerCursor
+from mseg_semantic.data.rare_class import build_rare_class_plan
+from mseg_semantic.data.sampler import MixingSampler, SamplerCursor, normalized_weights
 from mseg_semantic.data.transforms import AugmentConfig
 from mseg_semantic.errors import UserError
 from mseg_semantic.taxonomy import Catalog
@@ -148,14 +149,24 @@ def build_train_loader(
     ids; ``catalog``: where the data is (default: the config's DATA section). What depends on the process is the caller's: ``rank``, ``world_size``, ``workers`` (loader processes of
     this rank; ``TRAIN.workers`` counts per node) and MSeg's ``dataset_gpu_mapping`` (it means something only for
     the run's dataset list and process count). Every split list is read up front, so a missing list fails here,
-    naming the file.
+    naming the file. ``DATA.rare_class_sampling``: rare-class sampling (:mod:`mseg_semantic.data.rare_class`; its
+    class statistics are counted here on first use, then cached).
     """
     data, train = cfg.DATA, cfg.TRAIN
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     catalog = catalog or Catalog.from_config(cfg)
-    samples = [locate_and_read(catalog, name, split)[1] for name in names]
+    located = [locate_and_read(catalog, name, split) for name in names]
+    samples = [pairs for _, pairs in located]
+    rare_classes = None
+    if data.rare_class_sampling:
+        # the sampler's own checks first: the plan weighs the datasets' frequencies by the sampling weights
+        MixingSampler(names, [len(s) for s in samples], train.batch_size, train.seed, world_size, data.sampling_weights,
+                      dataset_gpu_mapping)
+        rare_classes = build_rare_class_plan([location for location, _ in located], samples, converter,
+                                             normalized_weights(names, data.sampling_weights), data.rare_class_temperature,
+                                             data.rare_class_min_pixels, threads=max(1, workers), on_bad_sample=data.on_bad_sample)
     sampler = MixingSampler(names, [len(s) for s in samples], train.batch_size, train.seed, world_size,
-                            data.sampling_weights, dataset_gpu_mapping)
+                            data.sampling_weights, dataset_gpu_mapping, rare_classes)
     reader = TrainSampleReader(names, samples, AugmentConfig.from_config(train), converter, train.seed,
-                               data.on_bad_sample, data.unknown_label)
+                               data.on_bad_sample, data.unknown_label, rare_classes)
     return TrainLoader(reader, sampler, rank=rank, workers=workers, pin_memory=pin_memory)

@@ -14,14 +14,16 @@ Mixing modes
 - ``dataset_gpu_mapping`` (MSeg's mode): rank ``r``'s rows are drawn only from the datasets mapped to ``r``
   (stratified the same way when several are). The world size must equal the number of ranks in the mapping.
 
-Within a dataset, samples are taken in a seeded permutation, a new one each pass (epoch) over the dataset.
+Within a dataset, samples are taken in a seeded permutation, a new one each pass (epoch) over the dataset; with
+rare-class sampling (:mod:`mseg_semantic.data.rare_class`) a row instead shows a class and an image drawn from
+(seed, the row's position), and the draw counts still advance.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +51,7 @@ class SampleRef:
     position: int  # batch * batch_size + row: the key of this sample's augmentation
     dataset: int  # index into the loader's dataset list
     index: int  # line index in that dataset's split list
+    rare_class: int = -1  # rare-class sampling: the model class the crop should hold (-1: none)
 
 
 @dataclass
@@ -80,7 +83,7 @@ def stratified_counts(rows: int, weights: np.ndarray, rng: np.random.Generator) 
     return counts
 
 
-def _normalized_weights(names: Sequence[str], sampling_weights: Mapping[str, float] | None) -> np.ndarray:
+def normalized_weights(names: Sequence[str], sampling_weights: Mapping[str, float] | None) -> np.ndarray:
     if not sampling_weights:
         return np.ones(len(names), dtype=np.float64)
     unknown = sorted(set(sampling_weights) - set(names))
@@ -115,7 +118,9 @@ class MixingSampler:
         world_size: int = 1,
         sampling_weights: Mapping[str, float] | None = None,
         dataset_gpu_mapping: Mapping[str, Sequence[int] | int] | None = None,
+        rare_classes: Any | None = None,
     ):
+        """``rare_classes``: a :class:`~mseg_semantic.data.rare_class.RareClassPlan` over the same datasets, or None."""
         names = list(dataset_names)
         if not names:
             raise UserError("no training datasets given")
@@ -135,7 +140,7 @@ class MixingSampler:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.world_size = int(world_size)
-        weights = _normalized_weights(names, sampling_weights)
+        weights = normalized_weights(names, sampling_weights)
         self.mapping = check_dataset_gpu_mapping(names, dataset_gpu_mapping, world_size) if dataset_gpu_mapping else None
         if self.mapping is None:
             self._segments = [_Segment(self.batch_size, weights)]
@@ -148,6 +153,7 @@ class MixingSampler:
                     raise UserError(f"every dataset mapped to rank {rank} has sampling weight 0")
                 self._segments.append(_Segment(rows, weights * mask))
         self._weights = weights
+        self.rare_classes = rare_classes
         self._permutations: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     def fingerprint(self) -> dict:
@@ -159,6 +165,8 @@ class MixingSampler:
             "seed": self.seed,
             "weights": [round(float(w / self._weights.sum()), 12) for w in self._weights],
             "dataset_gpu_mapping": {n: sorted(r) for n, r in self.mapping.items()} if self.mapping else None,
+            # None when off, so that an old state (without the key) matches a run without it
+            "rare_class_sampling": self.rare_classes.fingerprint() if self.rare_classes is not None else None,
         }
 
     def start(self) -> SamplerCursor:
@@ -196,7 +204,12 @@ class MixingSampler:
             slots = rng.permutation(np.repeat(np.arange(len(counts)), counts))
             for d in slots.tolist():
                 row = len(refs)
-                refs.append(SampleRef(b, row, b * self.batch_size + row, d, self.sample_index(d, draws[d])))
+                position = b * self.batch_size + row
+                if self.rare_classes is not None and self.rare_classes.draws_from(d):
+                    rare_class, index = self.rare_classes.choose(self.seed, position, d)
+                    refs.append(SampleRef(b, row, position, d, index, rare_class))
+                else:
+                    refs.append(SampleRef(b, row, position, d, self.sample_index(d, draws[d])))
                 draws[d] += 1
         return refs, SamplerCursor(b + 1, draws)
 
