@@ -303,7 +303,8 @@ def test_release_config_is_msegs_unrelabeled_recipe_with_the_partial_label_loss(
 @pytest.mark.parametrize("options", [
     ["label_set_weights=records", "set_prior_correction=True", "precision=bf16"],
     ["set_prior_correction=True", "method=mgda"],
-], ids=["records+prior+bf16", "prior+mgda"])
+    ["rare_class_sampling=True", "rare_class_min_pixels=1", "method=mgda", "precision=bf16"],
+], ids=["records+prior+bf16", "prior+mgda", "rcs+mgda+bf16"])
 def test_loss_options_train_and_resume_bit_exactly(demo_root, tmp_path, options):
     """The running class marginal of the prior correction is checkpointed: an interrupted run resumed ends where an
     uninterrupted one does, bit for bit."""
