@@ -21,7 +21,8 @@ whose C - A gap is real, and as their mean.
 
     python benchmarks/partial_label_camvid.py --seeds 0 1 2 --iters 600 --out results/camvid_partial.json
 
-Runs ``mseg-train`` / ``mseg-test`` as subprocesses (``--parallel`` at a time, one CPU thread each).
+Runs ``mseg-train`` / ``mseg-test`` as subprocesses (``--parallel`` at a time, one CPU thread each); a run that
+finished before (same ``--work``) is reused, so change ``--work`` when you change the settings.
 """
 
 from __future__ import annotations
@@ -195,8 +196,11 @@ def main(argv=None) -> int:
         write_world(root, args.short_size)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     runs = {(arm, seed): work / f"{arm}_seed{seed}" for arm in ARMS for seed in args.seeds}
-    run_all([train_command(root, arm, seed, args, out) for (arm, seed), out in runs.items()], args.parallel, env)
-    run_all([test_command(root, out) for out in runs.values()], args.parallel, env)
+    # a finished run (its model_final.pth is written last, atomically) is kept, so an interrupted study goes on
+    run_all([train_command(root, arm, seed, args, out) for (arm, seed), out in runs.items()
+             if not (out / "model_final.pth").is_file()], args.parallel, env)
+    run_all([test_command(root, out) for out in runs.values() if not list((out / "eval").rglob("summary.json"))],
+            args.parallel, env)
     scores: dict[str, dict[int, dict[str, float]]] = {arm: {} for arm in ARMS}
     for (arm, seed), out in runs.items():
         summary = json.loads(next((out / "eval").rglob("summary.json")).read_text())

@@ -79,8 +79,16 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
     return DistInfo(rank, world_size, local_rank, local_world_size, device, backend)
 
 
-def shutdown_distributed(info: DistInfo) -> None:
+def shutdown_distributed(info: DistInfo, *, finished: bool = True) -> None:
+    """Leave the process group; after a finished run, only once every rank is done with it.
+
+    Without the barrier a rank that finishes first tears its gloo context down while a peer may still be in a
+    collective, and the peer can die in C++ ("terminate called without an active exception", SIGABRT). After a failure
+    (``finished=False``) there is no barrier: the peers may never arrive.
+    """
     if info.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -102,6 +102,7 @@ def run_evaluation(cfg: Config) -> dict:
                           f"dataset in its own taxonomy as MSeg does; unset output_taxonomy")
     datasets = ordered(cfg.TEST.benchmark_datasets or list(ZERO_SHOT_DATASETS))
     info = init_distributed(cfg.Distributed.dist_backend)
+    finished = False
     try:
         demo_world.write_if_asked(cfg.DATA, info)
         if benchmark:  # fail before loading the model when nothing could be evaluated
@@ -119,10 +120,13 @@ def run_evaluation(cfg: Config) -> dict:
                           Path(cfg.TEST.save_folder) if cfg.TEST.save_folder else default_save_folder(cfg.TEST.model_path),
                           cfg.TEST.model_name or Path(cfg.TEST.model_path).stem)
         if benchmark is None:
-            return _one_dataset(run, oracle_dataset)
-        return _zero_shot(run, datasets, lambda d: catalog.list_file_missing(d, cfg.TEST.split))
+            summary = _one_dataset(run, oracle_dataset)
+        else:
+            summary = _zero_shot(run, datasets, lambda d: catalog.list_file_missing(d, cfg.TEST.split))
+        finished = True
+        return summary
     finally:
-        shutdown_distributed(info)
+        shutdown_distributed(info, finished=finished)
 
 
 def _one_dataset(run: _Evaluation, dataset: str) -> dict:

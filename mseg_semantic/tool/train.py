@@ -28,13 +28,15 @@ def train(cfg: Config) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     plan = plan_run(cfg, world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))  # a bad config fails before any process group
     info = init_distributed(cfg.Distributed.dist_backend)
+    finished = False
     try:
         final = run_training(cfg, info, plan)
+        finished = True
         if info.is_main:
             print(f"final model: {final}")
         return 0
     finally:
-        shutdown_distributed(info)
+        shutdown_distributed(info, finished=finished)
 
 
 def plan_summary(cfg: Config) -> list[str]:

@@ -142,6 +142,7 @@ def _distributed_worker(rank, world_size, init_file, data_root, out_file):
         result = evaluate_dataset(loaded(model, "oracle", ["camvid-11"]), "camvid-11", inference_settings(crop_h=16, crop_w=16), eval_data(data_root), progress=False)
         if rank == 0:
             torch.save({"iou": result.metrics.iou, "pixels": result.metrics.num_pixels, "n": result.num_images}, out_file)
+        dist.barrier()  # as shutdown_distributed does: no rank leaves while a peer is still in a collective
     finally:
         dist.destroy_process_group()
 

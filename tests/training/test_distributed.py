@@ -7,7 +7,7 @@ import torch
 
 from mseg_semantic.model import build_model
 from mseg_semantic.training.run import seed_everything
-from mseg_semantic.distributed import per_rank_batch_size
+from mseg_semantic.distributed import DistInfo, per_rank_batch_size, shutdown_distributed
 from train_helpers import final_state, make_world, run_torchrun, run_train, write_config
 
 
@@ -18,6 +18,22 @@ def test_per_rank_batch_size_needs_a_divisible_global_batch():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("finished, calls", [(True, ["barrier", "destroy"]), (False, ["destroy"])])
+def test_shutdown_waits_for_every_rank_only_after_a_finished_run(monkeypatch, finished, calls):
+    """A finished rank leaving early can abort a peer still in a collective; a failed one must not wait for peers."""
+    import torch.distributed as dist
+
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: seen.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: seen.append("destroy"))
+    shutdown_distributed(DistInfo(0, 2, backend="gloo"), finished=finished)
+    assert seen == calls
+    seen.clear()
+    shutdown_distributed(DistInfo(0, 1, backend="gloo"))  # one process: no group to leave
+    assert seen == []
+
+
 def test_two_gloo_ranks_match_one_rank_at_the_same_global_batch(tmp_path):
     world = make_world(tmp_path / "world")
     # BatchNorm in eval mode: per-rank batch statistics would otherwise differ from the full batch's (SyncBN is CUDA-only)

@@ -176,6 +176,7 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
             grads = [p.grad.clone() for p in model.parameters()]
             torch.save({"grads": grads, "scalars": out.scalars, "loss": out.loss, "per_dataset": out.per_dataset_loss,
                         "backward_passes": len(differentiated)}, f"{out_dir}/rank{rank}_{sync_bn}.pt")
+        dist.barrier()  # as shutdown_distributed does: no rank leaves while a peer is still in a collective
     finally:
         dist.destroy_process_group()
 

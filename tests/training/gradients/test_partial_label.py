@@ -162,6 +162,7 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
         step(model, images[rows], codes[rows], dataset_index[rows], StepContext(num_datasets=2, info=DistInfo(rank, world_size, backend="gloo")))
         if rank == 0:
             torch.save([p.grad for p in model.module.parameters()], os.path.join(out_dir, "ddp.pt"))
+        dist.barrier()  # as shutdown_distributed does: no rank leaves while a peer is still in a collective
     finally:
         dist.destroy_process_group()
 
@@ -361,6 +362,7 @@ def _prior_ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) 
             grads.append([p.grad.clone() for p in model.module.parameters()])
         if rank == 0:
             torch.save({"grads": grads, "marginal": loss.state_dict()}, os.path.join(out_dir, "ddp_prior.pt"))
+        dist.barrier()  # as shutdown_distributed does: no rank leaves while a peer is still in a collective
     finally:
         dist.destroy_process_group()
 
