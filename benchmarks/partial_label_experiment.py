@@ -21,13 +21,16 @@ IoU points) with a bootstrap 95% interval over the seeds (the statistics of benc
 --val-images other than the demo's 20 generates a demo world with that many val images per dataset (the same
 training images) under <data-root>-val<N>.
 
-Writes <out>/results.json and <out>/results.md and prints the table (about 12 minutes per run of 600 iterations
+Each finished run leaves <out>/<run>-seed<s>-it<n>/record.json and is reused by a later invocation with the same --out
+(so seeds can run as parallel invocations and a last one with all of them summarises; change --out when settings
+change). Writes <out>/results.json and <out>/results.md and prints the table (about 12 minutes per run of 600 iterations
 on an idle 2-core CPU, plus ~1 minute per 20 val images per dataset).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -175,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             for run in args.runs:
                 key = f"{run}-seed{seed}-it{iters}"
                 output_dir = args.out / key
+                record = output_dir / "record.json"
+                if record.is_file():  # finished before (by this or a parallel invocation with other --seeds)
+                    runs[key] = json.loads(record.read_text())
+                    continue
                 model_path = train(run, args, seed, iters, output_dir)
                 camvid = evaluate(model_path, "camvid-11", output_dir / "eval", args.data_root)
                 fine = [evaluate(model_path, d, output_dir / "eval", args.data_root) for d in RELABELED]
@@ -192,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                     "universal": universal,
                     "universal_affected_mean": sum(known) / len(known) if known else None,
                     "relabeled_val_miou": {d: m["miou"] for d, m in zip(RELABELED, fine)},
+                    "val_images": args.val_images,
                 }
+                atomic_write_json(record, runs[key], indent=1)
     results = {"iters": args.iters, "seeds": args.seeds, "val_images": args.val_images, "runs": runs,
                "data": "SYNTHETIC demo world (mseg_semantic/data/demo_world.py)"}
     if len(args.seeds) >= 2 and {"A", "C"} <= set(args.runs):

@@ -8,8 +8,8 @@ target, the member its relabeling records find most often. So a set never makes 
 (ADE20K's many fences do not make guard rails common), its majority member keeps the pixels it has in expectation,
 and RCS draws the same images and crops whichever loss (``ce`` or ``partial_label``) trains on them. The counts
 are cached beside the split list (``<list>.classstats-<key>.npz``; under ``$XDG_CACHE_HOME/mseg_semantic`` when
-that folder is read-only), keyed by the list's bytes, the dataset root, the label files' sizes, the dataset's
-source-id -> model-class table and the model's class names: a changed list, label file or taxonomy/converter
+that folder is read-only), keyed by the list's bytes, the dataset root, the label files' sizes and modification
+times, the dataset's source-id -> model-class table and the model's class names: a changed list, label file or taxonomy/converter
 gets new statistics. Computing them reads each label once (threads); each rank of a first multi-GPU run computes
 them alone, and the atomic writes make that safe.
 
@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mseg_semantic.atomic import atomic_write_bytes
+from mseg_semantic.atomic import DiskFullError, atomic_write_bytes
 from mseg_semantic.data.lists import BadSampleError, read_label
 from mseg_semantic.data.sampler import stream_rng
 from mseg_semantic.data.transforms import AugmentConfig, AugmentParams, crop_to_source_matrix, scaled_size, short_side_size
@@ -105,16 +105,18 @@ def stats_key(location: DatasetLocation, samples: Sequence[tuple[Path, Path]], t
     digest.update(Path(location.list_file).read_bytes())
     digest.update(table.tobytes())
     digest.update("\n".join(class_names).encode())
-    sizes = np.array([_size(label) for _, label in samples], np.int64)
-    digest.update(sizes.tobytes())
+    stamps = np.array([_size_and_time(label) for _, label in samples], np.int64).reshape(-1, 2)
+    digest.update(stamps.tobytes())
     return digest.hexdigest()
 
 
-def _size(path: Path) -> int:
+def _size_and_time(path: Path) -> tuple[int, int]:
+    """A label file rewritten in place (same size, e.g. a relabeled PNG) gets a new modification time."""
     try:
-        return os.stat(path).st_size
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
     except OSError:
-        return -1
+        return -1, -1
 
 
 def cache_paths(location: DatasetLocation, key: str) -> list[Path]:
@@ -131,8 +133,8 @@ def _read_cache(path: Path, key: str, num_classes: int) -> ClassStats | None:
             if str(data["key"]) != key:
                 return None
             return ClassStats(key, data["image"], data["cls"], data["pixels"], data["labeled"], num_classes)
-    except (OSError, KeyError, ValueError):
-        return None  # absent, or unreadable: counted again
+    except Exception:  # absent, truncated (EOFError, BadZipFile), or another version's: counted again
+        return None
 
 
 def _count_image(label_path: Path, table: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +186,7 @@ def _write_cache(stats: ClassStats, paths: list[Path]) -> Path | None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return atomic_write_bytes(path, buffer.getvalue())
-        except OSError as exc:
+        except (OSError, DiskFullError) as exc:  # a cache is an optimisation: the next place, or none
             log.info("rare-class sampling: cannot cache class statistics at %s (%s)", path, exc)
     return None
 
@@ -261,11 +263,12 @@ class RareClassPlan:
             source_ids = tuple(np.flatnonzero(table == c).astype(np.uint8) for c in classes)
             self.choices.append(DatasetChoices(classes, class_probabilities(self.frequencies[classes], self.temperature),
                                                images, source_ids))
-        self.stats_digest = hashlib.sha256("".join(s.content_digest() for s in stats).encode()).hexdigest()[:16]
+        # per dataset, so that a refused resume names the dataset whose labels changed
+        self.stats_digests = {name: s.content_digest()[:16] for name, s in zip(self.dataset_names, stats)}
 
     def fingerprint(self) -> dict:
         """What must match for a saved loader state to mean the same stream (with the mixing sampler's fingerprint)."""
-        return {"temperature": self.temperature, "min_pixels": self.min_pixels, "class_counts": self.stats_digest}
+        return {"temperature": self.temperature, "min_pixels": self.min_pixels, "class_counts": self.stats_digests}
 
     def draws_from(self, dataset: int) -> bool:
         return self.choices[dataset] is not None

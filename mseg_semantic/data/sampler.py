@@ -218,7 +218,8 @@ class MixingSampler:
         mine = self.fingerprint()
         diffs = [f"{k}: saved {fingerprint.get(k)!r}, now {mine[k]!r}" for k in mine if fingerprint.get(k) != mine[k]]
         if diffs:
-            raise UserError("the saved data-loader state does not match this loader (" + "; ".join(diffs) + ")")
+            raise UserError("the checkpoint's data-loader state does not match this run's data stream (" + "; ".join(diffs) + "): "
+                            "the datasets, their lists or label files, or the sampling changed since the checkpoint was written")
 
 
 def check_dataset_gpu_mapping(names: Sequence[str], mapping: Mapping[str, Sequence[int] | int], world_size: int) -> dict[str, set[int]]:

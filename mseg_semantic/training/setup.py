@@ -46,6 +46,8 @@ FIXED_ON_RESUME = (
     "DATA.dataset", "DATA.universal", "DATA.sampling_weights", "DATA.taxonomy_files", "TRAIN.model", "TRAIN.use_naive_taxonomy",
     "TRAIN.seed", "TRAIN.batch_size", "TRAIN.dataset_gpu_mapping", "TRAIN.stage", "TRAIN.method",
     "TRAIN.backbone_mode", "TRAIN.lora_rank", "TRAIN.optimizer",  # the trained parameters and the optimizer state's layout
+    # the data stream: batch b is a function of (seed, b) only under the sampling the run started with
+    "DATA.rare_class_sampling", "DATA.rare_class_temperature", "DATA.rare_class_min_pixels",
 )
 # Used to initialise a fresh run only: a resumed run keeps the values it started with.
 UNUSED_ON_RESUME = ("TRAIN.weights", "TRAIN.reinit_head")
@@ -109,7 +111,8 @@ def resolve_run(cfg: Config, world_size: int = 1, local_world_size: int | None =
     mapping = dict(train.dataset_gpu_mapping) if train.dataset_gpu_mapping and len(datasets) > 1 else None
     model_taxonomy = model_taxonomy_of(cfg, datasets)
     check_capabilities(train.method, train.loss, model_taxonomy=model_taxonomy, compile=train.compile, cuda_graphs=train.cuda_graphs,
-                       precision=train.precision, world_size=world_size, one_dataset_per_process=mapping is not None)
+                       precision=train.precision, world_size=world_size, one_dataset_per_process=mapping is not None,
+                       label_set_weights=train.label_set_weights, set_prior_correction=train.set_prior_correction)
     if train.freeze_bn and train.precise_bn_iters > 0:
         raise ConfigError(f"TRAIN.freeze_bn=True with TRAIN.precise_bn_iters={train.precise_bn_iters}: precise BN would replace "
                           f"the frozen running statistics by estimates from training batches; set one of them off")

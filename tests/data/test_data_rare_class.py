@@ -229,6 +229,43 @@ def test_statistics_are_cached_once_reused_and_invalidated(world, universal_conv
     assert len(list((tmp_path / "cache" / "mseg_semantic" / "classstats").glob(f"{name}-train.txt.classstats-*.npz"))) == 1
 
 
+def test_a_same_size_rewrite_a_damaged_cache_and_a_full_disk_are_counted_again(world, universal_converter, monkeypatch, tmp_path):
+    import os
+
+    from mseg_semantic.atomic import DiskFullError
+
+    name = "mapillary-public65"
+    list_dir = world / f"dataset_lists/{name}/list"
+    build_train_loader(rcs_cfg(world), [name], universal_converter)
+    counted = []
+    original = rare_class._count_image
+    monkeypatch.setattr(rare_class, "_count_image", lambda *a: counted.append(a[0]) or original(*a))
+    label = label_files(world, name)[0]
+    stat = label.stat()
+    os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten in place: same size, new time
+    build_train_loader(rcs_cfg(world), [name], universal_converter)
+    assert len(counted) == 8
+    newest = max(list_dir.glob("train.txt.classstats-*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    newest.write_bytes(newest.read_bytes()[:40])  # a truncated cache: an error of the zip reader, not a crash
+    counted.clear()
+    build_train_loader(rcs_cfg(world), [name], universal_converter)
+    assert len(counted) == 8
+    # a full disk beside the list: the user's cache folder takes the statistics, and training goes on
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real_write = rare_class.atomic_write_bytes
+
+    def full_beside_the_list(path, data):
+        if str(path).startswith(str(world)):
+            raise DiskFullError(f"{path}: the disk is full")
+        return real_write(path, data)
+
+    monkeypatch.setattr(rare_class, "atomic_write_bytes", full_beside_the_list)
+    for path in list_dir.glob("train.txt.classstats-*.npz"):
+        path.unlink()
+    build_train_loader(rcs_cfg(world), [name], universal_converter)
+    assert len(list((tmp_path / "cache" / "mseg_semantic" / "classstats").glob(f"{name}-*.npz"))) == 1
+
+
 def test_label_sets_count_for_their_one_hot_target_and_reach_the_crop(world, universal_converter, set_valued_converter):
     loader = build_train_loader(rcs_cfg(world), TRAIN, set_valued_converter)
     plan = loader.sampler.rare_classes

@@ -17,7 +17,6 @@ def test_per_rank_batch_size_needs_a_divisible_global_batch():
         per_rank_batch_size(14, 4)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("finished, calls", [(True, ["barrier", "destroy"]), (False, ["destroy"])])
 def test_shutdown_waits_for_every_rank_only_after_a_finished_run(monkeypatch, finished, calls):
     """A finished rank leaving early can abort a peer still in a collective; a failed one must not wait for peers."""
@@ -34,6 +33,7 @@ def test_shutdown_waits_for_every_rank_only_after_a_finished_run(monkeypatch, fi
     assert seen == []
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_rank_at_the_same_global_batch(tmp_path):
     world = make_world(tmp_path / "world")
     # BatchNorm in eval mode: per-rank batch statistics would otherwise differ from the full batch's (SyncBN is CUDA-only)

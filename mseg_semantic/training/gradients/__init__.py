@@ -114,7 +114,8 @@ def backward_step_for(method: str, cfg: Any, pixel_loss: PixelLoss = cross_entro
 
 
 def check_capabilities(method: str, loss: str, *, model_taxonomy: str, compile: bool, cuda_graphs: bool, precision: str,
-                       world_size: int, one_dataset_per_process: bool) -> None:
+                       world_size: int, one_dataset_per_process: bool, label_set_weights: str = "uniform",
+                       set_prior_correction: bool = False) -> None:
     """The one check of a run's method, loss and speed options against what the tables declare; raises
     ConfigError naming the keys."""
     if method not in METHODS:
@@ -135,6 +136,13 @@ def check_capabilities(method: str, loss: str, *, model_taxonomy: str, compile: 
                    f"the cross-entropy step (TRAIN.method={' or '.join(graphed)}: the others decide on the host)" if not spec.graphs else None)
         if refusal:
             raise ConfigError(f"TRAIN.cuda_graphs=True needs {refusal}; set cuda_graphs=False")
+        if set_prior_correction:  # the warm-up steps before capture would move the running marginal a resume restores
+            raise ConfigError("TRAIN.cuda_graphs=True with TRAIN.set_prior_correction=True: the loss keeps a running class "
+                              "marginal that the graph's warm-up steps would move; set cuda_graphs=False (TRAIN.compile works)")
+    if not LOSSES[loss].needs_label_sets and (set_prior_correction or label_set_weights != "uniform"):
+        given = "TRAIN.set_prior_correction=True" if set_prior_correction else f"TRAIN.label_set_weights={label_set_weights}"
+        raise ConfigError(f"{given} with TRAIN.loss={loss}: it is an option of the label-set loss and would change nothing; "
+                          f"set loss=partial_label, or leave it unset")
     if LOSSES[loss].needs_label_sets and model_taxonomy != "universal":
         key = "TRAIN.use_naive_taxonomy=True" if model_taxonomy == "naive" else "DATA.universal=False"
         raise ConfigError(f"TRAIN.loss={loss} with {key}: label sets exist in the universal taxonomy only (the "

@@ -192,7 +192,9 @@ class PartialLabelLoss:
                 raise ValueError(_invalid_message(labels[invalid].unique()[:8].tolist(), num_ids))
             return codes, None
         worst = torch.where(invalid, labels, torch.full_like(labels, -1)).amax() if labels.numel() else labels.new_tensor(-1)
-        self._invalid_code = worst if self._invalid_code is None else torch.maximum(self._invalid_code, worst)
+        if self._invalid_code is None or self._invalid_code.device != worst.device:
+            self._invalid_code = torch.full_like(worst, -1)
+        torch.maximum(self._invalid_code, worst, out=self._invalid_code)  # in place: a captured graph keeps one buffer
         return codes, invalid
 
     def raise_for_invalid_codes(self) -> None:
@@ -200,7 +202,8 @@ class PartialLabelLoss:
         last check (a host sync: call it where the loop syncs anyway, e.g. on a non-finite loss)."""
         if self._invalid_code is None:
             return
-        worst, self._invalid_code = int(self._invalid_code.item()), None
+        worst = int(self._invalid_code.item())
+        self._invalid_code.fill_(-1)
         if worst >= 0:
             raise ValueError(_invalid_message([worst], self._tables["cpu"][2].shape[0]))
 

@@ -167,6 +167,34 @@ def test_the_compiled_head_equals_eager_and_keeps_no_full_resolution_logits(tmp_
     assert allocations and not full_res_classes, allocations  # per-pixel scalars only: the logits stay in registers
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(_inductor_available() is not None, reason=str(_inductor_available()))
+def test_the_compiled_head_with_the_label_set_loss_equals_eager(tmp_path, monkeypatch):
+    """TRAIN.compile with loss=partial_label: its autograd function and running marginal survive torch.compile
+    (with the prior correction, the loss's most stateful form)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(8)
+    heads = [UpsampledPixelLoss(PartialLabelLoss(SETS, set_prior_correction=True, eager_code_check=False)) for _ in range(2)]
+    eager_head, compiled_head = heads[0], torch.compile(heads[1], dynamic=False)
+    for step in range(2):  # the second step's target reads the marginal the first one moved
+        low = torch.randn(2, NUM_CLASSES, 10, 12, generator=g) * 3
+        labels = _labels((2, 37, 45), seed=9 + step, sets=SETS)
+        outputs = []
+        for head in (eager_head, compiled_head):
+            x = low.clone().requires_grad_()
+            pixel_loss, valid = head(x, labels)
+            pixel_loss.sum().backward()
+            outputs.append((pixel_loss.detach(), valid, x.grad))
+        (eager_loss, eager_valid, eager_grad), (loss, valid, grad) = outputs
+        torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
+        assert torch.equal(valid, eager_valid)
+        torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-6)
+    eager_state, compiled_state = (h.pixel_loss_fn.state_dict() for h in heads)
+    torch.testing.assert_close(compiled_state, eager_state, rtol=1e-6, atol=1e-9)
+    assert not torch.equal(eager_state["class_marginal"], torch.full_like(eager_state["class_marginal"], 1 / NUM_CLASSES))
+
+
 def test_the_graphed_step_writes_gradients_instead_of_zeroing_static_buffers():
     """No zero_ and no add_ into a zeroed buffer: backward writes each gradient (the graph's pool when captured)."""
     from torch.utils._python_dispatch import TorchDispatchMode

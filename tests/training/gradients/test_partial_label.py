@@ -209,6 +209,20 @@ def test_run_refuses_partial_label_where_it_means_nothing(overrides, message):
     assert info.value.exit_code == 2
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["loss=ce", "set_prior_correction=True"], "TRAIN.set_prior_correction=True with TRAIN.loss=ce: it is an option of the label-set loss"),
+    (["loss=ce", "label_set_weights=records"], "TRAIN.label_set_weights=records with TRAIN.loss=ce"),
+    (["loss=partial_label", "set_prior_correction=True", "cuda_graphs=True"], "TRAIN.cuda_graphs=True with TRAIN.set_prior_correction=True"),
+])
+def test_label_set_options_where_they_would_do_nothing_or_break_a_resume_are_refused(overrides, message):
+    from mseg_semantic.training.run import resolve_run
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as info:
+        resolve_run(load_config(None, ["dataset=[cityscapes-19,bdd]", *overrides]))
+    assert info.value.exit_code == 2
+    resolve_run(load_config(None, ["dataset=[cityscapes-19,bdd]", "loss=partial_label", "cuda_graphs=True"]))  # no state: graphed
+
+
 def test_run_builds_a_set_valued_converter_for_partial_label():
     from mseg_semantic.training.run import resolve_run
 

@@ -125,7 +125,9 @@ def test_a_code_that_names_no_set_raises_naming_it():
     deferred = PartialLabelLoss(SETS, eager_code_check=False)
     value, valid = deferred(logits, torch.tensor([[[1, 100, IGNORE_INDEX]]]))
     assert value[0, 0, 1] == float("inf") and torch.isfinite(value[0, 0, ::2]).all() and valid.tolist() == [2]
+    buffer = deferred._invalid_code
     deferred(logits, torch.tensor([[[40, 1, 2]]]))
+    assert deferred._invalid_code is buffer  # updated in place: a captured CUDA graph replays into the same tensor
     with pytest.raises(ValueError, match=r"label code\(s\) 100 name no label set"):
         deferred.raise_for_invalid_codes()
     deferred.raise_for_invalid_codes()  # reported once
