@@ -216,10 +216,18 @@ class MixingSampler:
     def check_state(self, fingerprint: Mapping) -> None:
         """A clear error when a saved state belongs to a different stream."""
         mine = self.fingerprint()
-        diffs = [f"{k}: saved {fingerprint.get(k)!r}, now {mine[k]!r}" for k in mine if fingerprint.get(k) != mine[k]]
+        diffs = _differences("", fingerprint, mine)
         if diffs:
             raise UserError("the checkpoint's data-loader state does not match this run's data stream (" + "; ".join(diffs) + "): "
                             "the datasets, their lists or label files, or the sampling changed since the checkpoint was written")
+
+
+def _differences(where: str, saved: Any, now: Any) -> list[str]:
+    """Where two fingerprints differ, down to the changed entry (e.g. one dataset's class counts)."""
+    if isinstance(saved, Mapping) and isinstance(now, Mapping):
+        return [d for key in now  # what this loader has (an older state may lack a key whose value is None now)
+                for d in _differences(f"{where}.{key}" if where else str(key), saved.get(key), now.get(key))]
+    return [] if saved == now else [f"{where}: saved {saved!r}, now {now!r}"]
 
 
 def check_dataset_gpu_mapping(names: Sequence[str], mapping: Mapping[str, Sequence[int] | int], world_size: int) -> dict[str, set[int]]:

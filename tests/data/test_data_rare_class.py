@@ -266,6 +266,17 @@ def test_a_same_size_rewrite_a_damaged_cache_and_a_full_disk_are_counted_again(w
     assert len(list((tmp_path / "cache" / "mseg_semantic" / "classstats").glob(f"{name}-*.npz"))) == 1
 
 
+def test_a_resume_over_changed_labels_is_refused_naming_the_dataset(world, universal_converter):
+    names = ["cityscapes-19", "mapillary-public65"]
+    loader = build_train_loader(rcs_cfg(world), names, universal_converter)
+    state = loader.state_dict()
+    build_train_loader(rcs_cfg(world), names, universal_converter).load_state_dict(state)  # the same labels: accepted
+    state["fingerprint"]["rare_class_sampling"]["class_counts"]["mapillary-public65"] = "0123456789abcdef"
+    with pytest.raises(UserError, match=r"rare_class_sampling\.class_counts\.mapillary-public65: saved '0123456789abcdef'") as info:
+        build_train_loader(rcs_cfg(world), names, universal_converter).load_state_dict(state)
+    assert "cityscapes-19" not in str(info.value)
+
+
 def test_label_sets_count_for_their_one_hot_target_and_reach_the_crop(world, universal_converter, set_valued_converter):
     loader = build_train_loader(rcs_cfg(world), TRAIN, set_valued_converter)
     plan = loader.sampler.rare_classes
