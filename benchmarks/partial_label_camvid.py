@@ -20,6 +20,9 @@ arms are paired by seed, with 95% bootstrap intervals; gap closure (B - A) / (C 
 whose C - A gap is real, and as their mean.
 
     python benchmarks/partial_label_camvid.py --seeds 0 1 2 --iters 600 --out results/camvid_partial.json
+    # where the small classes can be learned (a GPU, pretrained weights, full resolution):
+    python benchmarks/partial_label_camvid.py --model hrnet_w48 --weights hrnet_w48_imagenet --short-size 360 \
+        --crop 321 --batch 12 --iters 4000 --parallel 1 --seeds 0 1 2 3 4
 
 Runs ``mseg-train`` / ``mseg-test`` as subprocesses (``--parallel`` at a time, one CPU thread each); a run that
 finished before (same ``--work``) is reused, so change ``--work`` when you change the settings.
@@ -121,7 +124,8 @@ def train_command(root: Path, arm: str, seed: int, args, out: Path) -> list[str]
             f"loss={'partial_label' if arm == 'B' else 'ce'}", f"seed={seed}", f"max_iters={args.iters}",
             f"model={args.model}", f"short_size={args.short_size}", f"train_h={args.crop}", f"train_w={args.crop}",
             f"batch_size={args.batch}", "val_every=0", "checkpoint_every=100000", "print_freq=50", "tensorboard=False",
-            "cpu_threads=1", "workers=1", f"precise_bn_iters={args.precise_bn}", f"output_dir={out}", *extra]
+            "cpu_threads=1", "workers=1", f"precise_bn_iters={args.precise_bn}", f"output_dir={out}",
+            *([f"weights={args.weights}"] if args.weights else []), *extra]
 
 
 def test_command(root: Path, run_dir: Path) -> list[str]:
@@ -180,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=97)
     parser.add_argument("--batch", type=int, default=6)
     parser.add_argument("--precise-bn", type=int, default=20)
+    parser.add_argument("--weights", default=None, help="initial weights of every arm (a file or a released name, e.g. "
+                        "hrnet_w48_imagenet with --model hrnet_w48); default: random")
     parser.add_argument("--option", action="append", default=[], help="key=value for arm B only (e.g. set_prior_correction=True)")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--min-gap", type=float, default=0.05, help="a conflict class counts when C - A exceeds this IoU")
