@@ -9,8 +9,8 @@ target, the member its relabeling records find most often. So a set never makes 
 and RCS draws the same images and crops whichever loss (``ce`` or ``partial_label``) trains on them. The counts
 are cached beside the split list (``<list>.classstats-<key>.npz``; under ``$XDG_CACHE_HOME/mseg_semantic`` when
 that folder is read-only), keyed by the list's bytes, the dataset root, the label files' sizes and modification
-times, the dataset's source-id -> model-class table and the model's class names: a changed list, label file or taxonomy/converter
-gets new statistics. Computing them reads each label once (threads); each rank of a first multi-GPU run computes
+times, the dataset's source-id -> model-class table and the model's class names: a changed list, label file or
+taxonomy/converter gets new statistics. Computing them reads each label once (threads); each rank of a first multi-GPU run computes
 them alone, and the atomic writes make that safe.
 
 Sampling. The mixing sampler still decides which dataset each row comes from (sampling weights and

@@ -218,8 +218,9 @@ class MixingSampler:
         mine = self.fingerprint()
         diffs = _differences("", fingerprint, mine)
         if diffs:
-            raise UserError("the checkpoint's data-loader state does not match this run's data stream (" + "; ".join(diffs) + "): "
-                            "the datasets, their lists or label files, or the sampling changed since the checkpoint was written")
+            raise UserError("the checkpoint's data-loader state does not match this run's data stream ("
+                            + "; ".join(diffs) + "): the datasets, their lists or label files, or the sampling changed "
+                            "since the checkpoint was written")
 
 
 def _differences(where: str, saved: Any, now: Any) -> list[str]:
