@@ -107,12 +107,10 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
+    from timing import settle_batchnorm
+
     model = build_model(args.model, args.classes).to(device).eval()
-    with torch.no_grad():  # BatchNorm statistics as after training, so that folding has something to fold
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
+    settle_batchnorm(model)
     image = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     common = dict(crop_h=args.crop, crop_w=args.crop, base_size=args.base_size, scales=tuple(args.scales), flip=True, mode="sliding",
                   cuda_graphs=False, subset="full")

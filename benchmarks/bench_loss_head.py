@@ -170,13 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    if "--variants" in passthrough:  # each child runs one variant
-        start = passthrough.index("--variants")
-        end = start + 1
-        while end < len(passthrough) and not passthrough[end].startswith("--"):
-            end += 1
-        passthrough = passthrough[:start] + passthrough[end:]
+    from timing import argv_without
+
+    passthrough = argv_without("--variants", argv)  # each child runs one variant
     results, reference, failed = [], None, False
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:

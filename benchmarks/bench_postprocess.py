@@ -103,12 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "replay":
         model = ReplayLogits(args.classes, torch.bfloat16 if settings.precision == "bf16" else torch.float32, device)
     else:
+        from timing import settle_batchnorm
+
         model = build_model(args.model, args.classes).to(device).eval()
-        with torch.no_grad():  # BatchNorm statistics as after training, so that folding has something to fold
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.normal_(0, 0.1)
-                    m.running_var.uniform_(0.5, 2.0)
+        settle_batchnorm(model)
     projection = example_projection(args.classes, args.projection) if args.projection else None
     image = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
     variant_settings = {v: dataclasses.replace(settings, fused_postprocess=v == "reordered_fused") for v in args.variants}

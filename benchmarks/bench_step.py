@@ -176,13 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(run_variant(args, args.one)), flush=True)
         return 0
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    if "--variants" in passthrough:  # each child runs one variant
-        start = passthrough.index("--variants")
-        end = start + 1
-        while end < len(passthrough) and not passthrough[end].startswith("--"):
-            end += 1
-        passthrough = passthrough[:start] + passthrough[end:]
+    from timing import argv_without
+
+    passthrough = argv_without("--variants", argv)  # each child runs one variant
     failed = False
     for variant in args.variants:
         done = subprocess.run([sys.executable, __file__, *passthrough, "--one", variant], capture_output=True, text=True)

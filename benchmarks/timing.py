@@ -40,3 +40,29 @@ def step_times_ms(step: Callable[[], object], device, warmup: int, iters: int) -
         sync()
         times.append((time.perf_counter() - start) * 1000)
     return times
+
+
+def argv_without(option: str, argv: list[str] | None = None) -> list[str]:
+    """The command line (``argv`` or ``sys.argv[1:]``) without ``option`` and its values: what a parent script passes
+    on to the child process it runs for each of those values."""
+    import sys
+
+    args = list(argv if argv is not None else sys.argv[1:])
+    if option in args:
+        start = args.index(option)
+        end = start + 1
+        while end < len(args) and not args[end].startswith("--"):
+            end += 1
+        args = args[:start] + args[end:]
+    return args
+
+
+def settle_batchnorm(model) -> None:
+    """BatchNorm running statistics as after training, so that folding BN into the convolutions has something to fold."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)

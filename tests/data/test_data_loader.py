@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from loader_helpers import assert_same, config_for, take
 from mseg_semantic.config import load_config
 from mseg_semantic.data import BadSampleError, build_train_loader
 from mseg_semantic.data.demo_world import DEMO_TRAIN_DATASETS
@@ -16,21 +17,7 @@ SMALL = dict(batch_size=6, train_h=48, train_w=40, short_size=56, seed=5)
 
 def small_cfg(world, **changes):
     """The schema's defaults with the small crops above, this world as data_root, and ``changes``."""
-    values = {**SMALL, "data_root": world, **changes}
-    return load_config(None, [f"{key}={value}" for key, value in values.items()])
-
-
-def take(loader, n):
-    iterator = iter(loader)
-    return [next(iterator) for _ in range(n)]
-
-
-def assert_same(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
-        assert a.keys() == b.keys() == {"image", "label", "dataset_index"}
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+    return config_for(world, SMALL, **changes)
 
 
 def test_batches_follow_the_contract(small_world, universal_converter):

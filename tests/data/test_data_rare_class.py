@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mseg_semantic.config import load_config
+from loader_helpers import assert_same, config_for, take
 from mseg_semantic.data import build_train_loader, read_label
 from mseg_semantic.data import rare_class
 from mseg_semantic.data.demo_world import DEMO_TRAIN_DATASETS
@@ -33,20 +33,7 @@ def set_valued_converter():
 
 
 def rcs_cfg(world, **changes):
-    values = {**RCS, "data_root": world, **changes}
-    return load_config(None, [f"{key}={value}" for key, value in values.items()])
-
-
-def take(loader, n):
-    iterator = iter(loader)
-    return [next(iterator) for _ in range(n)]
-
-
-def assert_same(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
-        for key in ("image", "label", "dataset_index"):
-            assert torch.equal(a[key], b[key]), key
+    return config_for(world, RCS, **changes)
 
 
 def label_files(world, dataset):
